@@ -1,0 +1,88 @@
+"""The message envelope and the ``__assignment`` contract, with the user's wire names."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from bus.errors import ContractError
+
+ASSIGNMENT_KEY = "__assignment"
+
+
+class _Wire(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+
+class Budget(_Wire):
+    """What one assignment may spend: dollars and tokens (wire names ``maxCostUsd``, ``maxTokens``)."""
+
+    max_cost_usd: float = Field(default=1.0, ge=0, alias="maxCostUsd")
+    max_tokens: int = Field(default=100_000, ge=0, alias="maxTokens")
+
+
+class Assignment(_Wire):
+    """``payload.__assignment``: who runs the work, with which model and version, under which limits."""
+
+    agent_id: str = Field(min_length=1, max_length=128)
+    version: str = Field(default="1", min_length=1, max_length=64)
+    model: str = Field(default="cogo-local", min_length=1, max_length=128)
+    budget: Budget = Field(default_factory=Budget)
+    ttl_ms: int = Field(default=60_000, gt=0, le=24 * 3600 * 1000)
+
+    def wire(self) -> dict[str, Any]:
+        """The assignment as it travels: JSON with the user's field names."""
+        return self.model_dump(by_alias=True)
+
+
+class Usage(_Wire):
+    """What an attempt spent, reported by the worker and settled against the budget."""
+
+    tokens: int = Field(default=0, ge=0)
+    cost_usd: float = Field(default=0.0, ge=0)
+
+    def __add__(self, other: Usage) -> Usage:
+        return Usage(tokens=self.tokens + other.tokens, cost_usd=round(self.cost_usd + other.cost_usd, 9))
+
+    def exceeds(self, budget: Budget) -> str | None:
+        """The name of the limit this usage breaks, or None."""
+        if self.tokens > budget.max_tokens:
+            return "maxTokens"
+        if self.cost_usd > budget.max_cost_usd:
+            return "maxCostUsd"
+        return None
+
+
+class Intent(_Wire):
+    """What comes in at ``POST /api/intents``."""
+
+    tenant: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:-]+$")
+    intent: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:-]+$")
+    payload: dict[str, Any] = Field(default_factory=dict)
+
+
+def parse_assignment(payload: dict[str, Any]) -> Assignment:
+    """Read and check ``payload.__assignment``.
+
+    Raises:
+        ContractError: the key is missing or a field is wrong; the message names the field.
+    """
+    raw = payload.get(ASSIGNMENT_KEY) if isinstance(payload, dict) else None
+    if raw is None:
+        raise ContractError(f"payload has no {ASSIGNMENT_KEY}", details={"field": ASSIGNMENT_KEY})
+    return parse_model(Assignment, raw, where=ASSIGNMENT_KEY)
+
+
+def parse_model(model: type[_Wire], raw: Any, *, where: str):
+    """Validate ``raw`` into ``model`` or raise a ContractError naming the first bad field."""
+    try:
+        return model.model_validate(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        loc = ".".join(str(p) for p in (where, *first["loc"]))
+        raise ContractError(f"{loc}: {first['msg']}", details={"field": loc, "errors": _plain(exc)}) from None
+
+
+def _plain(exc: ValidationError) -> list[dict[str, Any]]:
+    return [{"field": ".".join(str(p) for p in e["loc"]), "message": e["msg"]} for e in exc.errors()]

@@ -1,0 +1,94 @@
+"""One error tree for the whole fleet: every error has a stable code and says if a retry can help."""
+
+from __future__ import annotations
+
+
+class CogoError(Exception):
+    """Base of every error cogo raises on purpose.
+
+    Attributes:
+        code: a stable, documented identifier (``config.invalid``, ``contract.invalid`` …).
+        retryable: whether the same call may succeed later without any change.
+    """
+
+    code = "cogo.error"
+    retryable = False
+
+    def __init__(self, message: str, *, code: str | None = None, details: dict | None = None):
+        super().__init__(message)
+        if code is not None:
+            self.code = code
+        self.details = details or {}
+
+    def to_dict(self) -> dict:
+        """The error as the HTTP API and the CLI show it."""
+        return {"code": self.code, "message": str(self), "details": self.details}
+
+
+class ConfigError(CogoError):
+    """A setting is missing or malformed; names the variable and what it expected."""
+
+    code = "config.invalid"
+
+
+class ContractError(CogoError):
+    """A message, assignment or definition does not match its contract."""
+
+    code = "contract.invalid"
+
+
+class NotFound(CogoError):
+    """A run, message or definition that was asked for does not exist."""
+
+    code = "not_found"
+
+
+class Conflict(CogoError):
+    """Someone else changed the row first (a version check failed); reload and try again."""
+
+    code = "conflict"
+    retryable = True
+
+
+class LedgerUnavailable(CogoError):
+    """The database could not be reached or refused the statement for a passing reason."""
+
+    code = "ledger.unavailable"
+    retryable = True
+
+
+class BrokerUnavailable(CogoError):
+    """The broker could not be reached; the ledger row stays and the reclaimer re-sends it."""
+
+    code = "broker.unavailable"
+    retryable = True
+
+
+class PolicyDenied(CogoError):
+    """The executor-dispatcher refused an assignment (budget, model, version, circuit)."""
+
+    code = "policy.denied"
+
+
+class BudgetExceeded(PolicyDenied):
+    """An assignment spent, or would spend, more than its budget allows."""
+
+    code = "budget.exceeded"
+
+
+class TTLExpired(CogoError):
+    """An assignment ran past its ``ttl_ms``."""
+
+    code = "ttl.expired"
+    retryable = True
+
+
+class WorkFailed(CogoError):
+    """A worker's handler failed; ``retryable`` says whether another attempt may help."""
+
+    code = "work.failed"
+
+    def __init__(self, message: str, *, retryable: bool = True, code: str | None = None,
+                 details: dict | None = None):
+        super().__init__(message, code=code, details=details)
+        self.retryable = retryable

@@ -1,0 +1,91 @@
+"""Introspection events (seed 000): every step the fleet takes, per run, in order, with its reason.
+
+Types are dotted names under four categories: ``decision.*`` (what planning chose and why),
+``operation.*`` (state the apply phase changed), ``dispatch.*`` (what was sent, admitted, retried),
+``sql.*`` (statements a step ran). An emitter collects one step's events and writes them in that
+step's transaction, so the trace can never disagree with the state.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import Connection, insert, select
+
+from bus.errors import ContractError
+from bus.schema import introspection_events as ie
+
+CATEGORIES = ("decision", "operation", "dispatch", "sql")
+
+
+@dataclass(frozen=True, slots=True)
+class IntrospectionEvent:
+    """One event: its dotted ``type``, the run it belongs to, and what it saw."""
+
+    type: str
+    run_id: str
+    data: Mapping[str, Any] = field(default_factory=dict)
+    token_id: str | None = None
+    node_id: str | None = None
+    parent_run_id: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.category not in CATEGORIES or self.type.count(".") < 1:
+            raise ContractError(f"introspection type must be <category>.<name> with category in "
+                                f"{CATEGORIES}, got {self.type!r}")
+
+    @property
+    def category(self) -> str:
+        """``decision``, ``operation``, ``dispatch`` or ``sql``."""
+        return self.type.split(".", 1)[0]
+
+    def row(self, now: float) -> dict[str, Any]:
+        """The ``introspection_events`` row."""
+        return {"run_id": self.run_id, "parent_run_id": self.parent_run_id, "category": self.category,
+                "type": self.type, "token_id": self.token_id, "node_id": self.node_id,
+                "data": dict(self.data), "created_at": now}
+
+
+class IntrospectionEmitter:
+    """Collects the events of one step; ``flush`` writes them in the caller's transaction."""
+
+    def __init__(self) -> None:
+        self.events: list[IntrospectionEvent] = []
+
+    def emit(self, type_: str, run_id: str, *, token_id: str | None = None, node_id: str | None = None,
+             parent_run_id: str | None = None, **data: Any) -> IntrospectionEvent:
+        """Record one event and return it."""
+        event = IntrospectionEvent(type_, run_id, data, token_id, node_id, parent_run_id)
+        self.events.append(event)
+        return event
+
+    def extend(self, events: Sequence[IntrospectionEvent]) -> None:
+        """Add events that planning already built."""
+        self.events.extend(events)
+
+    def flush(self, conn: Connection, *, now: float) -> int:
+        """Write and forget the collected events; returns how many."""
+        n = write(conn, self.events, now=now)
+        self.events = []
+        return n
+
+
+def write(conn: Connection, events: Sequence[IntrospectionEvent], *, now: float) -> int:
+    """Insert ``events`` in one statement."""
+    if events:
+        conn.execute(insert(ie), [e.row(now) for e in events])
+    return len(events)
+
+
+def read(conn: Connection, run_id: str, *, category: str | None = None, type_prefix: str | None = None,
+         after_id: int = 0, limit: int = 10_000) -> list[dict[str, Any]]:
+    """One run's events in the order they were written, optionally filtered."""
+    stmt = select(ie).where(ie.c.run_id == run_id, ie.c.id > after_id)
+    if category:
+        stmt = stmt.where(ie.c.category == category)
+    if type_prefix:
+        stmt = stmt.where(ie.c.type.startswith(type_prefix, autoescape=True))
+    rows = conn.execute(stmt.order_by(ie.c.id).limit(limit)).mappings().all()
+    return [dict(r) for r in rows]

@@ -1,0 +1,170 @@
+"""The ledger: every bus message is an ``agent_messages`` row and every change of status is conditional.
+
+A status change is ``UPDATE … WHERE id = ? AND status IN (…)`` (and, for a worker, ``AND attempts = ?``,
+the attempt number acting as a fencing token), so a duplicate delivery or a late worker changes nothing.
+Each function here runs inside the caller's transaction; none commits.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import Connection, and_, insert, select, update
+
+from bus.errors import ContractError
+from bus.routing import Route
+from bus.schema import agent_messages as m
+from bus.schema import bus_events
+
+QUEUED = "queued"
+DISPATCHED = "dispatched"
+RUNNING = "running"
+RETRY_WAIT = "retry_wait"
+DONE = "done"
+FAILED = "failed"
+DEAD = "dead"
+SETTLED = "settled"
+
+FINAL = frozenset({DONE, FAILED, DEAD})
+OPEN = frozenset({QUEUED, DISPATCHED, RUNNING, RETRY_WAIT})
+
+# The one state machine of a bus row. A decide row goes queued → done when the brain applies it;
+# an assignment goes queued → dispatched → running → done | failed | dead, then settled.
+TRANSITIONS: Mapping[str, frozenset[str]] = {
+    QUEUED: frozenset({DISPATCHED, DONE, FAILED, DEAD}),
+    DISPATCHED: frozenset({RUNNING, FAILED, DEAD}),
+    RUNNING: frozenset({DONE, FAILED, RETRY_WAIT, DEAD}),
+    RETRY_WAIT: frozenset({DISPATCHED, FAILED, DEAD}),
+    DONE: frozenset({SETTLED}),
+    FAILED: frozenset({SETTLED}),
+    DEAD: frozenset({SETTLED}),
+    SETTLED: frozenset(),
+}
+
+SNIPPET_CHARS = 2000
+
+
+def can_move(from_status: str, to_status: str) -> bool:
+    """Whether the state machine allows ``from_status → to_status``."""
+    return to_status in TRANSITIONS.get(from_status, ())
+
+
+def new_id() -> str:
+    """A fresh message id."""
+    return str(uuid.uuid4())
+
+
+@dataclass(frozen=True)
+class NewMessage:
+    """A row to insert: the outbox entry a transaction writes before anything is sent."""
+
+    route: Route
+    kind: str
+    payload: dict[str, Any]
+    run_id: str | None = None
+    causation_id: str | None = None
+    max_attempts: int = 1
+    retry_at: float | None = None
+    id: str = field(default_factory=new_id)
+
+    def row(self, now: float) -> dict[str, Any]:
+        """The values of the ``agent_messages`` row."""
+        if self.max_attempts < 1:
+            raise ContractError(f"max_attempts must be at least 1, got {self.max_attempts}")
+        return {
+            "id": self.id, "service": self.route.service, "role": self.route.role, "shard": self.route.shard,
+            "tenant": self.route.tenant, "run_id": self.run_id, "kind": self.kind,
+            "causation_id": self.causation_id, "payload": self.payload, "status": QUEUED, "attempts": 0,
+            "max_attempts": self.max_attempts, "retry_at": self.retry_at, "usage_tokens": 0,
+            "usage_cost_usd": 0.0, "created_at": now, "updated_at": now,
+        }
+
+
+def insert_messages(conn: Connection, messages: Sequence[NewMessage], *, now: float) -> None:
+    """Insert outbox rows in one statement."""
+    if messages:
+        conn.execute(insert(m), [msg.row(now) for msg in messages])
+
+
+def record(conn: Connection, events: Iterable[Mapping[str, Any]], *, now: float) -> None:
+    """Append ``bus_events`` rows: ``{message_id, run_id, tenant, kind, attempt, detail}`` each."""
+    rows = [{"attempt": 0, "detail": None, "run_id": None, **e, "created_at": now} for e in events]
+    if rows:
+        conn.execute(insert(bus_events), rows)
+
+
+def move(conn: Connection, message_id: str, *, from_: Iterable[str], to: str, now: float,
+         attempt: int | None = None, values: Mapping[str, Any] | None = None) -> bool:
+    """Move one row to ``to`` if it is in one of ``from_`` (and at ``attempt``, when given).
+
+    Returns:
+        True when this call changed the row; False when it was not in that state (a duplicate).
+
+    Raises:
+        ContractError: the state machine does not allow one of the moves asked for.
+    """
+    sources = tuple(from_)
+    for source in sources:
+        if not can_move(source, to):
+            raise ContractError(f"a bus row cannot move from {source} to {to}")
+    where = [m.c.id == message_id, m.c.status.in_(sources)]
+    if attempt is not None:
+        where.append(m.c.attempts == attempt)
+    stmt = update(m).where(and_(*where)).values(status=to, updated_at=now, **(values or {}))
+    return conn.execute(stmt).rowcount == 1
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A worker's hold on an assignment: the attempt number fences every later write."""
+
+    id: str
+    attempt: int
+    max_attempts: int
+    run_id: str | None
+    tenant: str
+    route: Route
+    payload: dict[str, Any]
+    lease_until: float
+
+
+def claim(conn: Connection, message_id: str, *, lease_s: float, now: float) -> Claim | None:
+    """Take a dispatched assignment: ``dispatched → running``, one more attempt, a lease.
+
+    Returns:
+        The claim, or None when the row was not dispatched (a duplicate or a stale delivery).
+    """
+    lease_until = now + lease_s
+    stmt = (update(m)
+            .where(m.c.id == message_id, m.c.status == DISPATCHED)
+            .values(status=RUNNING, attempts=m.c.attempts + 1, lease_until=lease_until, updated_at=now)
+            .returning(m.c.attempts, m.c.max_attempts, m.c.run_id, m.c.tenant, m.c.service, m.c.role,
+                       m.c.shard, m.c.payload))
+    row = conn.execute(stmt).first()
+    if row is None:
+        return None
+    route = Route(row.service, row.role, row.shard, row.tenant)
+    return Claim(message_id, row.attempts, row.max_attempts, row.run_id, row.tenant, route, row.payload,
+                 lease_until)
+
+
+def renew_lease(conn: Connection, message_id: str, *, attempt: int, lease_s: float, now: float) -> bool:
+    """Extend a running attempt's lease; False when the attempt is no longer the current one."""
+    stmt = (update(m).where(m.c.id == message_id, m.c.status == RUNNING, m.c.attempts == attempt)
+            .values(lease_until=now + lease_s, updated_at=now))
+    return conn.execute(stmt).rowcount == 1
+
+
+def get(conn: Connection, message_id: str):
+    """One row, or None."""
+    return conn.execute(select(m).where(m.c.id == message_id)).first()
+
+
+def snippet(value: Any) -> str:
+    """A short, human-readable text of a result for ``result_snippet``."""
+    import json
+    text = value if isinstance(value, str) else json.dumps(value, default=str, separators=(",", ":"))
+    return text if len(text) <= SNIPPET_CHARS else text[: SNIPPET_CHARS - 1] + "…"

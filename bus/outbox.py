@@ -1,0 +1,77 @@
+"""Phase 2 of every step: send the rows a committed transaction wrote; each row's queue is derived from it.
+
+A row is committed first and sent second. If the send fails (broker down, process killed), the row is
+still in the ledger with its status and age, and the reclaimer sends it again. Sending twice is safe:
+every consumer's first write is a conditional update.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from celery import Celery
+
+from bus import ledger
+from bus.celery_app import TASK_DECIDE, TASK_EXECUTE, TASK_WORK
+from bus.errors import BrokerUnavailable
+from bus.routing import DECIDE, ORCHESTRATOR, Route, decide_queue, execute_queue
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """One Celery message to send: which task, on which queue, about which row, and when."""
+
+    task: str
+    queue: str
+    message_id: str
+    countdown_s: float = 0.0
+
+
+def destination(*, route: Route, status: str, run_id: str | None, shards: int) -> tuple[str, str]:
+    """The task and queue that must next receive a row in ``status`` on ``route``.
+
+    A decide row goes to its run's brain shard; an assignment goes to its run's dispatcher shard until
+    it is dispatched, then to the worker queue of its route.
+    """
+    key = run_id or ""
+    if route.service == ORCHESTRATOR and route.role == DECIDE:
+        return TASK_DECIDE, decide_queue(key, shards)
+    if status == ledger.DISPATCHED:
+        return TASK_WORK, route.queue
+    return TASK_EXECUTE, execute_queue(key, shards)
+
+
+def delivery_for(msg: ledger.NewMessage, *, shards: int, now: float) -> Delivery:
+    """The first delivery of a freshly inserted (queued) row."""
+    task, queue = destination(route=msg.route, status=ledger.QUEUED, run_id=msg.run_id, shards=shards)
+    countdown = max(0.0, (msg.retry_at or now) - now)
+    return Delivery(task, queue, msg.id, countdown)
+
+
+class Publisher:
+    """Sends deliveries through one Celery app's producer pool."""
+
+    def __init__(self, app: Celery):
+        self.app = app
+
+    def send(self, deliveries: Iterable[Delivery]) -> int:
+        """Send every delivery; returns how many went out.
+
+        Raises:
+            BrokerUnavailable: the broker refused; what was not sent is left to the reclaimer.
+        """
+        sent = 0
+        try:
+            with self.app.producer_or_acquire() as producer:
+                for d in deliveries:
+                    self.app.send_task(d.task, args=[d.message_id], queue=d.queue, routing_key=d.queue,
+                                       countdown=d.countdown_s or None, producer=producer)
+                    sent += 1
+        except Exception as exc:  # kombu raises many transport types; one boundary, one error
+            log.warning("publish failed after %d sends; the reclaimer will re-send: %s", sent, exc)
+            raise BrokerUnavailable(f"could not publish to the broker: {exc}") from exc
+        return sent

@@ -1,0 +1,95 @@
+"""The ledger's tables: ``agent_messages`` (the bus), ``bus_events`` (its audit), ``introspection_events``.
+
+Times are seconds since the epoch (UTC) as doubles: the same type and the same comparisons on SQLite
+and PostgreSQL, and no time-zone conversion on the hot path.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Column,
+    Double,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    text,
+)
+
+metadata = MetaData(naming_convention={
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "pk": "pk_%(table_name)s",
+})
+
+ID = String(36)
+BIGID = BigInteger().with_variant(Integer, "sqlite")  # SQLite autoincrements only INTEGER PRIMARY KEY
+
+agent_messages = Table(
+    "agent_messages", metadata,
+    Column("id", ID, primary_key=True),
+    Column("service", String(64), nullable=False),
+    Column("role", String(64), nullable=False),
+    Column("shard", Integer, nullable=False, default=0),
+    Column("tenant", String(128), nullable=False),
+    Column("run_id", ID, nullable=True),
+    Column("kind", String(32), nullable=False),
+    Column("causation_id", ID, nullable=True),
+    Column("payload", JSON, nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("max_attempts", Integer, nullable=False, default=1),
+    Column("retry_at", Double, nullable=True),
+    Column("lease_until", Double, nullable=True),
+    Column("last_error", Text, nullable=True),
+    Column("last_error_at", Double, nullable=True),
+    Column("result_snippet", Text, nullable=True),
+    Column("result_url", Text, nullable=True),
+    Column("usage_tokens", Integer, nullable=False, default=0),
+    Column("usage_cost_usd", Double, nullable=False, default=0.0),
+    Column("created_at", Double, nullable=False),
+    Column("updated_at", Double, nullable=False),
+    Column("published_at", Double, nullable=True),
+    Column("settled_at", Double, nullable=True),
+    Index(None, "status", "updated_at"),
+    Index(None, "run_id"),
+    Index(None, "causation_id"),
+    # The reclaimer's scan: only rows that are not finished, so it stays small as the table grows.
+    Index("ix_agent_messages_open", "status", "updated_at",
+          sqlite_where=text("status NOT IN ('settled', 'done', 'failed', 'dead')"),
+          postgresql_where=text("status NOT IN ('settled', 'done', 'failed', 'dead')")),
+)
+
+bus_events = Table(
+    "bus_events", metadata,
+    Column("id", BIGID, primary_key=True, autoincrement=True),
+    Column("message_id", ID, nullable=False),
+    Column("run_id", ID, nullable=True),
+    Column("tenant", String(128), nullable=False),
+    Column("kind", String(32), nullable=False),
+    Column("attempt", Integer, nullable=False, default=0),
+    Column("detail", JSON, nullable=True),
+    Column("created_at", Double, nullable=False),
+    Index(None, "message_id"),
+    Index(None, "run_id"),
+    Index(None, "kind", "created_at"),
+)
+
+introspection_events = Table(
+    "introspection_events", metadata,
+    Column("id", BIGID, primary_key=True, autoincrement=True),
+    Column("run_id", ID, nullable=False),
+    Column("parent_run_id", ID, nullable=True),
+    Column("category", String(16), nullable=False),
+    Column("type", String(96), nullable=False),
+    Column("token_id", String(64), nullable=True),
+    Column("node_id", String(128), nullable=True),
+    Column("data", JSON, nullable=True),
+    Column("created_at", Double, nullable=False),
+    Index(None, "run_id", "id"),
+    Index(None, "type"),
+)

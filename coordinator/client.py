@@ -1,0 +1,156 @@
+"""The Python client (SDK) of the HTTP API: submit intents, read runs and their introspection events."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+
+from bus.errors import CogoError, NotFound
+
+TERMINAL = frozenset({"completed", "failed", "cancelled"})
+
+
+class ApiError(CogoError):
+    """The API answered with an error; ``code`` is the API's stable error code."""
+
+    code = "api.error"
+
+
+class WaitTimeout(CogoError):
+    """A wait reached its deadline before the condition held."""
+
+    code = "wait.timeout"
+    retryable = True
+
+
+class Client:
+    """A client of ``orchestrator-chat``.
+
+    Args:
+        base_url: where the API listens, e.g. ``http://127.0.0.1:8080``.
+        timeout_s: per-request timeout.
+    """
+
+    def __init__(self, base_url: str, *, timeout_s: float = 10.0):
+        self.base_url = base_url.rstrip("/")
+        self._http = httpx.Client(base_url=self.base_url, timeout=timeout_s)
+
+    def close(self) -> None:
+        """Close the connection pool."""
+        self._http.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- intents and runs ---------------------------------------------------------------------------
+    def submit(self, intent: str, *, tenant: str = "default", payload: dict | None = None) -> str:
+        """Submit an intent; returns the new run's id (the API answered ``202 {id}``)."""
+        body = self._call("POST", "/api/intents", json={"tenant": tenant, "intent": intent,
+                                                         "payload": payload or {}})
+        return body["id"]
+
+    def run(self, run_id: str) -> dict[str, Any]:
+        """A run: status, workflow, context, output, error, timestamps."""
+        return self._call("GET", f"/api/runs/{run_id}")
+
+    def runs(self, *, tenant: str | None = None, status: str | None = None, limit: int = 50) -> list[dict]:
+        """Recent runs, newest first."""
+        params = {k: v for k, v in {"tenant": tenant, "status": status, "limit": limit}.items() if v}
+        return self._call("GET", "/api/runs", params=params)["runs"]
+
+    def cancel(self, run_id: str, *, reason: str = "cancelled by client") -> dict[str, Any]:
+        """Ask the brain to cancel a run (and its children)."""
+        return self._call("POST", f"/api/runs/{run_id}/cancel", json={"reason": reason})
+
+    def wait(self, run_id: str, *, timeout_s: float = 60.0, poll_s: float = 0.1,
+             on_progress: Callable[[dict], None] | None = None) -> dict[str, Any]:
+        """Wait until the run ends; calls ``on_progress(run)`` on every poll.
+
+        Raises:
+            WaitTimeout: the run had not ended by the deadline.
+        """
+        deadline = time.monotonic() + timeout_s
+        while True:
+            run = self.run(run_id)
+            if on_progress:
+                on_progress(run)
+            if run["status"] in TERMINAL:
+                return run
+            if time.monotonic() >= deadline:
+                raise WaitTimeout(f"run {run_id} still {run['status']} after {timeout_s}s",
+                                  details={"run_id": run_id, "status": run["status"]})
+            time.sleep(poll_s)
+
+    # -- introspection ------------------------------------------------------------------------------
+    def events(self, run_id: str, *, category: str | None = None, type: str | None = None,
+               after_id: int = 0) -> list[dict[str, Any]]:
+        """The run's introspection events in order; ``type`` filters by prefix (``decision.sync``)."""
+        params = {k: v for k, v in {"category": category, "type": type, "after_id": after_id}.items() if v}
+        return self._call("GET", f"/api/runs/{run_id}/events", params=params)["events"]
+
+    def wait_for_event(self, run_id: str, type: str, *, timeout_s: float = 30.0,
+                       poll_s: float = 0.1) -> dict[str, Any]:
+        """Wait for the first event of ``type`` (a prefix) in the run.
+
+        Raises:
+            WaitTimeout: no such event by the deadline.
+        """
+        deadline = time.monotonic() + timeout_s
+        while True:
+            found = self.events(run_id, type=type)
+            if found:
+                return found[0]
+            if time.monotonic() >= deadline:
+                raise WaitTimeout(f"no {type} event in run {run_id} after {timeout_s}s")
+            time.sleep(poll_s)
+
+    def explain(self, run_id: str) -> dict[str, Any]:
+        """What the run is waiting for and why."""
+        return self._call("GET", f"/api/runs/{run_id}/explain")
+
+    def bus_events(self, run_id: str) -> list[dict[str, Any]]:
+        """The ``bus_events`` audit rows of the run's messages, in order."""
+        return self._call("GET", f"/api/runs/{run_id}/bus-events")["events"]
+
+    # -- people and the outside world ---------------------------------------------------------------
+    def approvals(self, *, tenant: str | None = None, status: str = "pending") -> list[dict[str, Any]]:
+        """Approval requests, pending by default."""
+        params = {k: v for k, v in {"tenant": tenant, "status": status}.items() if v}
+        return self._call("GET", "/api/approvals", params=params)["approvals"]
+
+    def approve(self, approval_id: str, *, by: str = "client", comment: str = "") -> dict[str, Any]:
+        """Approve a pending request; the run resumes."""
+        return self._call("POST", f"/api/approvals/{approval_id}/approve", json={"by": by, "comment": comment})
+
+    def reject(self, approval_id: str, *, by: str = "client", comment: str = "") -> dict[str, Any]:
+        """Reject a pending request; the run takes the definition's reject route."""
+        return self._call("POST", f"/api/approvals/{approval_id}/reject", json={"by": by, "comment": comment})
+
+    def signal(self, run_id: str, name: str, data: dict | None = None) -> dict[str, Any]:
+        """Deliver a named external event to a run waiting for it."""
+        return self._call("POST", f"/api/runs/{run_id}/signals/{name}", json={"data": data or {}})
+
+    def health(self) -> dict[str, Any]:
+        """The API's health answer."""
+        return self._call("GET", "/healthz")
+
+    def _call(self, method: str, path: str, **kwargs) -> Any:
+        try:
+            response = self._http.request(method, path, **kwargs)
+        except httpx.HTTPError as exc:
+            raise ApiError(f"cannot reach the cogo API at {self.base_url}: {exc}", code="api.unreachable",
+                           details={"url": self.base_url}) from exc
+        body = response.json() if response.content else {}
+        if response.status_code == 404:
+            raise NotFound(body.get("error", {}).get("message", f"{path} not found"))
+        if response.status_code >= 400:
+            err = body.get("error", {}) if isinstance(body, dict) else {}
+            raise ApiError(err.get("message", f"HTTP {response.status_code}"),
+                           code=err.get("code", "api.error"), details=err.get("details", {}))
+        return body

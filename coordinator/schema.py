@@ -1,0 +1,108 @@
+"""The coordinator's tables: runs, tokens, branch scopes, fan-ins, approvals, workflow definitions.
+
+They share the ledger's MetaData so that one migration history covers the whole database.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import JSON, Boolean, Column, Double, Index, Integer, String, Table, Text
+
+from bus.schema import ID, metadata
+
+runs = Table(
+    "runs", metadata,
+    Column("id", ID, primary_key=True),
+    Column("tenant", String(128), nullable=False),
+    Column("intent", String(128), nullable=False),
+    Column("workflow", String(128), nullable=False),
+    Column("workflow_version", Integer, nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("parent_run_id", ID, nullable=True),
+    Column("parent_token_id", String(64), nullable=True),
+    Column("root_run_id", ID, nullable=False),
+    Column("depth", Integer, nullable=False, default=0),
+    Column("input", JSON, nullable=False),
+    Column("context", JSON, nullable=False),
+    Column("output", JSON, nullable=True),
+    Column("error", JSON, nullable=True),
+    Column("budget", JSON, nullable=True),
+    Column("spent_tokens", Integer, nullable=False, default=0),
+    Column("spent_cost_usd", Double, nullable=False, default=0.0),
+    Column("version", Integer, nullable=False, default=0),
+    Column("created_at", Double, nullable=False),
+    Column("updated_at", Double, nullable=False),
+    Column("ended_at", Double, nullable=True),
+    Index(None, "status", "updated_at"),
+    Index(None, "parent_run_id"),
+    Index(None, "tenant", "created_at"),
+)
+
+tokens = Table(
+    "tokens", metadata,
+    Column("id", String(64), primary_key=True),
+    Column("run_id", ID, nullable=False),
+    Column("node_id", String(128), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("scope", String(64), nullable=True),
+    Column("fan_id", String(64), nullable=True),
+    Column("branch_index", Integer, nullable=True),
+    Column("attempt", Integer, nullable=False, default=0),
+    Column("iteration", Integer, nullable=False, default=0),
+    Column("assignment_id", ID, nullable=True),
+    Column("child_run_id", ID, nullable=True),
+    Column("wait", JSON, nullable=True),
+    Column("output", JSON, nullable=True),
+    Column("error", JSON, nullable=True),
+    Column("created_at", Double, nullable=False),
+    Column("updated_at", Double, nullable=False),
+    Index(None, "run_id", "status"),
+)
+
+branch_scopes = Table(
+    "branch_scopes", metadata,
+    Column("id", String(64), primary_key=True),
+    Column("run_id", ID, nullable=False),
+    Column("fan_id", String(64), nullable=False),
+    Column("branch_index", Integer, nullable=False),
+    Column("data", JSON, nullable=False),
+    Column("created_at", Double, nullable=False),
+    Index(None, "run_id", "fan_id"),
+)
+
+fan_ins = Table(
+    "fan_ins", metadata,
+    Column("run_id", ID, primary_key=True),
+    Column("fan_id", String(64), primary_key=True),
+    Column("join_node", String(128), nullable=False),
+    Column("expected", Integer, nullable=False),
+    Column("arrived", JSON, nullable=False),
+    Column("fired", Boolean, nullable=False, default=False),
+    Column("created_at", Double, nullable=False),
+    Column("updated_at", Double, nullable=False),
+)
+
+approvals = Table(
+    "approvals", metadata,
+    Column("id", ID, primary_key=True),
+    Column("run_id", ID, nullable=False),
+    Column("token_id", String(64), nullable=False),
+    Column("node_id", String(128), nullable=False),
+    Column("tenant", String(128), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("prompt", Text, nullable=True),
+    Column("requested_at", Double, nullable=False),
+    Column("expires_at", Double, nullable=True),
+    Column("decided_at", Double, nullable=True),
+    Column("decided_by", String(128), nullable=True),
+    Column("comment", Text, nullable=True),
+    Index(None, "status", "tenant"),
+    Index(None, "run_id"),
+)
+
+workflow_definitions = Table(
+    "workflow_definitions", metadata,
+    Column("name", String(128), primary_key=True),
+    Column("version", Integer, primary_key=True),
+    Column("body", JSON, nullable=False),
+    Column("created_at", Double, nullable=False),
+)

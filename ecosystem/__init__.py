@@ -1,0 +1,1 @@
+"""cogo ecosystem."""
