@@ -17,7 +17,7 @@ def alembic_config(engine: Engine) -> Config:
     """An Alembic config pointing at cogo's migration scripts."""
     cfg = Config()
     cfg.set_main_option("script_location", str(_SCRIPTS))
-    cfg.set_main_option("sqlalchemy.url", engine.url.render_as_string(hide_password=False))
+    cfg.set_main_option("sqlalchemy.url", engine.url.render_as_string(hide_password=False).replace("%", "%%"))
     return cfg
 
 

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-22 22:09:18.488774
+Create Date: 2026-11-22 22:13:38.883357
 """
 from alembic import op
 import sqlalchemy as sa
@@ -51,7 +51,7 @@ def upgrade() -> None:
     op.create_table('approvals',
     sa.Column('id', sa.String(length=36), nullable=False),
     sa.Column('run_id', sa.String(length=36), nullable=False),
-    sa.Column('token_id', sa.String(length=64), nullable=False),
+    sa.Column('token_id', sa.String(length=160), nullable=False),
     sa.Column('node_id', sa.String(length=128), nullable=False),
     sa.Column('tenant', sa.String(length=128), nullable=False),
     sa.Column('status', sa.String(length=16), nullable=False),
@@ -112,7 +112,7 @@ def upgrade() -> None:
     sa.Column('parent_run_id', sa.String(length=36), nullable=True),
     sa.Column('category', sa.String(length=16), nullable=False),
     sa.Column('type', sa.String(length=96), nullable=False),
-    sa.Column('token_id', sa.String(length=64), nullable=True),
+    sa.Column('token_id', sa.String(length=160), nullable=True),
     sa.Column('node_id', sa.String(length=128), nullable=True),
     sa.Column('data', sa.JSON(), nullable=True),
     sa.Column('created_at', sa.Double(), nullable=False),
@@ -130,7 +130,7 @@ def upgrade() -> None:
     sa.Column('workflow_version', sa.Integer(), nullable=False),
     sa.Column('status', sa.String(length=16), nullable=False),
     sa.Column('parent_run_id', sa.String(length=36), nullable=True),
-    sa.Column('parent_token_id', sa.String(length=64), nullable=True),
+    sa.Column('parent_token_id', sa.String(length=160), nullable=True),
     sa.Column('root_run_id', sa.String(length=36), nullable=False),
     sa.Column('depth', sa.Integer(), nullable=False),
     sa.Column('input', sa.JSON(), nullable=False),
@@ -140,6 +140,8 @@ def upgrade() -> None:
     sa.Column('budget', sa.JSON(), nullable=True),
     sa.Column('spent_tokens', sa.Integer(), nullable=False),
     sa.Column('spent_cost_usd', sa.Double(), nullable=False),
+    sa.Column('visits', sa.JSON(), nullable=False),
+    sa.Column('token_seq', sa.Integer(), nullable=False),
     sa.Column('version', sa.Integer(), nullable=False),
     sa.Column('created_at', sa.Double(), nullable=False),
     sa.Column('updated_at', sa.Double(), nullable=False),
@@ -152,8 +154,8 @@ def upgrade() -> None:
         batch_op.create_index(batch_op.f('ix_runs_tenant_created_at'), ['tenant', 'created_at'], unique=False)
 
     op.create_table('tokens',
-    sa.Column('id', sa.String(length=64), nullable=False),
     sa.Column('run_id', sa.String(length=36), nullable=False),
+    sa.Column('id', sa.String(length=160), nullable=False),
     sa.Column('node_id', sa.String(length=128), nullable=False),
     sa.Column('status', sa.String(length=16), nullable=False),
     sa.Column('scope', sa.String(length=64), nullable=True),
@@ -168,7 +170,7 @@ def upgrade() -> None:
     sa.Column('error', sa.JSON(), nullable=True),
     sa.Column('created_at', sa.Double(), nullable=False),
     sa.Column('updated_at', sa.Double(), nullable=False),
-    sa.PrimaryKeyConstraint('id', name=op.f('pk_tokens'))
+    sa.PrimaryKeyConstraint('run_id', 'id', name=op.f('pk_tokens'))
     )
     with op.batch_alter_table('tokens', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_tokens_run_id_status'), ['run_id', 'status'], unique=False)

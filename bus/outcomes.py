@@ -1,0 +1,26 @@
+"""An assignment's final outcome travels to its run's brain as a decide row written in the same
+transaction as the assignment's final status — so an outcome is never recorded without being reported."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import Connection
+
+from bus import ledger
+from bus.outbox import Delivery, delivery_for
+from bus.routing import DECIDE, ORCHESTRATOR, Route, shard_for
+
+TASK_COMPLETED = "task_completed"
+TASK_FAILED = "task_failed"
+
+
+def report(conn: Connection, *, assignment_id: str, run_id: str, tenant: str, payload: dict[str, Any],
+           kind: str, body: dict[str, Any], now: float, shards: int) -> Delivery:
+    """Insert the brain event for an assignment's outcome; returns its delivery for phase 2."""
+    token = (payload or {}).get("__token", {})
+    route = Route(ORCHESTRATOR, DECIDE, shard_for(run_id, shards), tenant)
+    msg = ledger.NewMessage(route=route, kind=kind, run_id=run_id, causation_id=assignment_id,
+                            payload={"token_id": token.get("token_id", ""), "assignment_id": assignment_id, **body})
+    ledger.insert_messages(conn, [msg], now=now)
+    return delivery_for(msg, shards=shards, now=now)

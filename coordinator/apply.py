@@ -1,0 +1,242 @@
+"""Two-phase apply (seed 001): phase 1 writes every state change of a plan in the caller's transaction;
+phase 2, after commit, sends what phase 1 put in the outbox. No decision is planned here.
+
+Phase 1 emits the ``operation.*`` and ``dispatch.*`` introspection events of each decision right after
+the ``decision.*`` events planning made, so the trace reads as "decided X, did X".
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import Connection, insert, update
+
+from bus import introspection, ledger
+from bus.errors import Conflict
+from bus.introspection import IntrospectionEvent
+from bus.outbox import Delivery, Publisher, delivery_for
+from bus.routing import DECIDE, ORCHESTRATOR, Route, shard_for
+from coordinator import decisions as d
+from coordinator.planning.builder import Plan
+from coordinator.schema import runs, tokens
+from coordinator.state import (
+    CANCELLED,
+    DISPATCHED,
+    RUN_CANCELLED,
+    RUN_COMPLETED,
+    RUN_FAILED,
+    RUN_RUNNING,
+    RUN_TERMINAL,
+    RUN_WAITING,
+    TOKEN_ACTIVE,
+    WAITING,
+    WorkflowState,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Effects:
+    """What phase 2 must do once phase 1 has committed."""
+
+    deliveries: list[Delivery] = field(default_factory=list)
+    notifications: list[tuple[str, Any]] = field(default_factory=list)
+    run_status: str = ""
+
+
+class Phase1:
+    """Accumulates one plan's writes and executes them as few statements as it can."""
+
+    def __init__(self, conn: Connection, state: WorkflowState, *, cause_id: str, now: float, shards: int):
+        self.conn, self.state, self.cause_id, self.now, self.shards = conn, state, cause_id, now, shards
+        self.run = state.run
+        self.events: list[IntrospectionEvent] = []
+        self.run_values: dict[str, Any] = {"status": self.run.status}
+        self.context = dict(state.context)
+        self.visits = dict(state.visits)
+        self.token_seq = state.token_seq
+        self.statuses = {t.id: t.status for t in state.tokens.values()}
+        self.new_tokens: dict[str, dict[str, Any]] = {}
+        self.token_updates: dict[str, dict[str, Any]] = {}
+        self.messages: list[ledger.NewMessage] = []
+        self.cancelled_assignments: list[str] = []
+        self.effects = Effects()
+
+    # -- the walk ------------------------------------------------------------------------------------
+    def apply(self, plan: Plan) -> Effects:
+        """Write the whole plan; raises Conflict when the run changed since it was loaded."""
+        for item in plan.items:
+            if isinstance(item, IntrospectionEvent):
+                self.events.append(item)
+            else:
+                APPLIERS[type(item)](self, item)
+        self._flush()
+        return self.effects
+
+    def op(self, type_: str, token_id: str | None = None, node_id: str | None = None, **data: Any) -> None:
+        """Record an operation/dispatch event of this step."""
+        self.events.append(IntrospectionEvent(type_, self.run.id, data, token_id, node_id, self.run.parent_run_id))
+
+    def token_update(self, token_id: str, **values: Any) -> None:
+        """Change a token, whether it was loaded or created in this same step."""
+        if "status" in values:
+            self.statuses[token_id] = values["status"]
+        target = self.new_tokens.get(token_id)
+        if target is not None:
+            target.update(values)
+        else:
+            self.token_updates.setdefault(token_id, {}).update(values)
+
+    def send(self, message: ledger.NewMessage) -> None:
+        """Add an outbox row and its first delivery."""
+        self.messages.append(message)
+        self.effects.deliveries.append(delivery_for(message, shards=self.shards, now=self.now))
+
+    def decide_row(self, run_id: str, kind: str, payload: dict[str, Any], *, retry_at: float | None = None,
+                   id: str | None = None, tenant: str | None = None) -> ledger.NewMessage:
+        """An outbox row for a brain (this run's, a parent's or a child's)."""
+        route = Route(ORCHESTRATOR, DECIDE, shard_for(run_id, self.shards), tenant or self.run.tenant)
+        extra = {"id": id} if id else {}
+        return ledger.NewMessage(route=route, kind=kind, payload=payload, run_id=run_id,
+                                 causation_id=self.cause_id, retry_at=retry_at, **extra)
+
+    # -- writing -------------------------------------------------------------------------------------
+    def _flush(self) -> None:
+        status = self.run_values["status"]
+        if status not in RUN_TERMINAL:
+            active = [s for s in self.statuses.values() if s in TOKEN_ACTIVE]
+            status = RUN_WAITING if active and all(s == WAITING for s in active) else RUN_RUNNING
+            self.run_values["status"] = status
+        self.effects.run_status = status
+        stmt = (update(runs).where(runs.c.id == self.run.id, runs.c.version == self.run.version)
+                .values(context=self.context, visits=self.visits, token_seq=self.token_seq,
+                        version=runs.c.version + 1, updated_at=self.now, **self.run_values))
+        if self.conn.execute(stmt).rowcount != 1:
+            raise Conflict(f"run {self.run.id} changed since it was loaded (version {self.run.version})")
+        if self.new_tokens:
+            self.conn.execute(insert(tokens), list(self.new_tokens.values()))
+        for token_id, values in self.token_updates.items():
+            self.conn.execute(update(tokens).where(tokens.c.run_id == self.run.id, tokens.c.id == token_id)
+                              .values(updated_at=self.now, **values))
+        if self.cancelled_assignments:
+            for assignment_id in self.cancelled_assignments:
+                ledger.move(self.conn, assignment_id, from_=(ledger.QUEUED, ledger.RETRY_WAIT), to=ledger.DEAD,
+                            now=self.now, values={"last_error": "cancelled", "last_error_at": self.now})
+        ledger.insert_messages(self.conn, self.messages, now=self.now)
+        introspection.write(self.conn, self.events, now=self.now)
+
+
+# -- one applier per decision type --------------------------------------------------------------------
+def _initialize(p: Phase1, _: d.InitializeWorkflow) -> None:
+    p.run_values["status"] = RUN_RUNNING
+    p.op("operation.workflow.initialize", workflow=p.state.definition.name, version=p.state.definition.version)
+
+
+def _create_token(p: Phase1, x: d.CreateToken) -> None:
+    t = x.token
+    p.new_tokens[t.id] = {"run_id": p.run.id, "id": t.id, "node_id": t.node_id, "status": t.status,
+                          "scope": t.scope, "fan_id": t.fan_id, "branch_index": t.branch_index,
+                          "attempt": t.attempt, "iteration": t.iteration, "assignment_id": t.assignment_id,
+                          "child_run_id": t.child_run_id, "wait": t.wait, "output": t.output,
+                          "error": None, "created_at": p.now, "updated_at": p.now}
+    p.statuses[t.id] = t.status
+    p.visits[f"{t.scope or ''}/{t.node_id}"] = t.iteration + 1
+    p.token_seq = max(p.token_seq, int(t.id.rsplit(".", 1)[1]))
+    p.op("operation.tokens.create", t.id, t.node_id, status=t.status, scope=t.scope, iteration=t.iteration)
+
+
+def _update_token(p: Phase1, x: d.UpdateTokenStatus) -> None:
+    before = p.statuses.get(x.token_id)
+    p.token_update(x.token_id, status=x.status, output=x.output, error=x.error)
+    p.op("operation.tokens.update_status", x.token_id, **{"from": before, "to": x.status})
+
+
+def _mark_waiting(p: Phase1, x: d.MarkWaiting) -> None:
+    p.token_update(x.token_id, status=WAITING, wait=x.wait)
+    p.op("operation.tokens.mark_waiting", x.token_id, wait=x.wait)
+
+
+def _set_context(p: Phase1, x: d.SetContext | d.ApplyOutputMapping) -> None:
+    if x.scope is not None:
+        raise NotImplementedError("branch scopes are written by the fan-out appliers")
+    p.context[x.key] = x.value
+    p.op("operation.context.set", getattr(x, "token_id", None), key=x.key, scope=x.scope)
+
+
+def _dispatch(p: Phase1, x: d.DispatchToken) -> None:
+    route = Route(x.service, x.role, shard_for(p.run.id, p.shards), p.run.tenant)
+    payload = {"__assignment": x.assignment, "__token": {"token_id": x.token_id, "node_id": x.node_id},
+               "__retry": x.retry, "input": x.input}
+    p.send(ledger.NewMessage(route=route, kind="assignment", payload=payload, run_id=p.run.id,
+                             causation_id=p.cause_id, max_attempts=x.max_attempts, id=x.assignment_id))
+    p.token_update(x.token_id, status=DISPATCHED, assignment_id=x.assignment_id)
+    p.op("dispatch.token.enqueued", x.token_id, x.node_id, assignment_id=x.assignment_id, queue=route.queue)
+
+
+def _alarm(p: Phase1, x: d.ScheduleAlarm) -> None:
+    p.send(p.decide_row(p.run.id, "timer", {"token_id": x.token_id, "purpose": x.purpose},
+                        retry_at=x.fire_at, id=x.alarm_id))
+    p.op("operation.alarm.schedule", x.token_id, purpose=x.purpose, fire_at=x.fire_at)
+
+
+def _notify(p: Phase1, x: d.Notify) -> None:
+    p.effects.notifications.append((x.channel, x.message))
+    p.op("dispatch.notify.queued", channel=x.channel)
+
+
+def _cancel_tokens(p: Phase1, x: d.CancelActiveTokens) -> None:
+    for token_id in x.token_ids:
+        p.token_update(token_id, status=CANCELLED)
+        token = p.state.tokens.get(token_id)
+        if token is not None and token.assignment_id:
+            p.cancelled_assignments.append(token.assignment_id)
+        if token is not None and token.child_run_id:
+            p.send(p.decide_row(token.child_run_id, "cancel", {"reason": f"parent: {x.reason}"}))
+    p.op("operation.tokens.cancel", token_ids=list(x.token_ids), reason=x.reason)
+
+
+def _finish_run(p: Phase1, status: str, *, output: Any = None, error: Any = None) -> None:
+    p.run_values.update(status=status, ended_at=p.now, output=output, error=error)
+    if p.run.parent_run_id:
+        if status == RUN_COMPLETED:
+            kind, body = "child_completed", {"output": output}
+        else:
+            kind, body = "child_failed", {"error": error or {"code": "child." + status}}
+        p.send(p.decide_row(p.run.parent_run_id, kind,
+                            {"token_id": p.run.parent_token_id, "child_run_id": p.run.id, **body}))
+    p.op(f"operation.workflow.{ {RUN_COMPLETED: 'complete', RUN_FAILED: 'fail'}.get(status, 'cancel') }",
+         status=status, **({"error": error} if error else {}))
+
+
+APPLIERS: dict[type, Callable[[Phase1, Any], None]] = {
+    d.InitializeWorkflow: _initialize,
+    d.CreateToken: _create_token,
+    d.UpdateTokenStatus: _update_token,
+    d.MarkWaiting: _mark_waiting,
+    d.SetContext: _set_context,
+    d.ApplyOutputMapping: _set_context,
+    d.DispatchToken: _dispatch,
+    d.ScheduleAlarm: _alarm,
+    d.Notify: _notify,
+    d.CancelActiveTokens: _cancel_tokens,
+    d.CompleteWorkflow: lambda p, x: _finish_run(p, RUN_COMPLETED, output=x.output),
+    d.FailWorkflow: lambda p, x: _finish_run(p, RUN_FAILED, error=x.error),
+    d.CancelWorkflow: lambda p, x: _finish_run(p, RUN_CANCELLED, error={"code": "cancelled", "message": x.reason}),
+}
+"""How each decision type changes state; the fan-out, approval and sub-workflow modules add theirs."""
+
+
+def phase2(effects: Effects, publisher: Publisher, notify: Callable[[str, Any], None] | None = None) -> None:
+    """Send the outbox rows of a committed step; what fails is left to the reclaimer."""
+    if effects.deliveries:
+        publisher.send(effects.deliveries)
+    for channel, message in effects.notifications:
+        if notify is not None:
+            try:
+                notify(channel, message)
+            except Exception as exc:  # a lost notification must not undo a committed step
+                log.warning("notify on %s failed: %s", channel, exc)

@@ -1,0 +1,119 @@
+"""``cogo-orchestrator-brain``: for each decide row, load state → plan → phase 1 → commit → phase 2.
+
+The decide row's own conditional ``queued → done`` is the inbox: it is the first write of the
+transaction, so a duplicate delivery (or a second brain on the same shard) changes nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from sqlalchemy import Engine, select
+
+from bus import ledger
+from bus.celery_app import TASK_DECIDE
+from bus.errors import CogoError, Conflict
+from bus.outbox import Delivery, Publisher
+from bus.schema import agent_messages as m
+from bus.settings import Settings
+from coordinator import events as ev
+from coordinator.apply import Effects, Phase1, phase2
+from coordinator.definitions import Registry
+from coordinator.planning import plan
+from coordinator.store import load_state
+
+log = logging.getLogger(__name__)
+MAX_CONFLICT_RETRIES = 8
+EARLY_TOLERANCE_S = 0.05
+
+
+class Brain:
+    """Applies brain events; one instance per process."""
+
+    def __init__(self, *, engine: Engine, publisher: Publisher, registry: Registry, shards: int,
+                 notify: Callable[[str, Any], None] | None = None, clock: Callable[[], float] = time.time):
+        self.engine, self.publisher, self.registry, self.shards = engine, publisher, registry, shards
+        self.notify, self.clock = notify, clock
+
+    def handle(self, message_id: str) -> str:
+        """Apply one decide row; returns what happened (``applied``, ``duplicate``, ``early``, ``rejected``)."""
+        for _ in range(MAX_CONFLICT_RETRIES):
+            try:
+                outcome, effects = self._step(message_id)
+            except Conflict:
+                log.info("version conflict on %s; planning again", message_id)
+                continue
+            if effects is not None:
+                phase2(effects, self.publisher, self.notify)
+            return outcome
+        raise Conflict(f"gave up on {message_id} after {MAX_CONFLICT_RETRIES} version conflicts")
+
+    def _step(self, message_id: str) -> tuple[str, Effects | None]:
+        now = self.clock()
+        with self.engine.begin() as conn:
+            row = conn.execute(select(m.c.status, m.c.kind, m.c.payload, m.c.run_id, m.c.retry_at, m.c.tenant)
+                               .where(m.c.id == message_id)).first()
+            if row is None or row.status != ledger.QUEUED:
+                return "duplicate", None
+            if row.retry_at is not None and row.retry_at > now + EARLY_TOLERANCE_S:
+                countdown = row.retry_at - now
+                return "early", Effects(deliveries=[Delivery(TASK_DECIDE, _queue(row, self.shards), message_id,
+                                                             countdown)])
+            try:
+                event = ev.from_row(id=message_id, run_id=row.run_id, kind=row.kind, payload=row.payload)
+                state = load_state(conn, row.run_id, self.registry)
+            except CogoError as exc:
+                _reject(conn, message_id, row, exc, now)
+                return "rejected", None
+            the_plan = plan(state, event, now=now)
+            ledger.move(conn, message_id, from_=(ledger.QUEUED,), to=ledger.DONE, now=now)
+            _settle_outcome(conn, event, now)
+            effects = Phase1(conn, state, cause_id=message_id, now=now, shards=self.shards).apply(the_plan)
+        return "applied", effects
+
+
+def _queue(row: Any, shards: int) -> str:
+    from bus.routing import decide_queue
+    return decide_queue(row.run_id or "", shards)
+
+
+def _settle_outcome(conn, event: ev.Event, now: float) -> None:
+    """The brain has consumed an assignment's outcome: ``done | failed | dead → settled``, spend counted."""
+    if isinstance(event, (ev.TaskCompleted, ev.TaskFailed)) and event.assignment_id:
+        ledger.move(conn, event.assignment_id, from_=ledger.FINAL, to=ledger.SETTLED, now=now,
+                    values={"settled_at": now})
+        usage = event.usage or {}
+        if usage.get("tokens") or usage.get("cost_usd"):
+            from sqlalchemy import update
+
+            from coordinator.schema import runs
+            conn.execute(update(runs).where(runs.c.id == event.run_id).values(
+                spent_tokens=runs.c.spent_tokens + int(usage.get("tokens", 0)),
+                spent_cost_usd=runs.c.spent_cost_usd + float(usage.get("cost_usd", 0.0))))
+
+
+def _reject(conn, message_id: str, row: Any, exc: CogoError, now: float) -> None:
+    log.error("rejecting brain event %s: %s", message_id, exc)
+    ledger.move(conn, message_id, from_=(ledger.QUEUED,), to=ledger.FAILED, now=now,
+                values={"last_error": f"{exc.code}: {exc}", "last_error_at": now})
+    ledger.record(conn, [{"message_id": message_id, "run_id": row.run_id, "tenant": row.tenant,
+                          "kind": "event_rejected", "detail": exc.to_dict()}], now=now)
+
+
+def main(settings: Settings, name: str) -> None:
+    """Run the brain: consume ``orchestrator.decide.<shard>`` for every shard."""
+    from bus.celery_app import make_celery
+    from bus.consumer import run_consumer
+    from bus.db import make_engine
+    from coordinator.notify import redis_notifier
+    from ecosystem.processes import by_name
+
+    engine = make_engine(settings.database_url)
+    publisher = Publisher(make_celery(settings, name=f"{name}-producer"))
+    brain = Brain(engine=engine, publisher=publisher, registry=Registry.builtin(), shards=settings.shards,
+                  notify=redis_notifier(settings))
+    run_consumer(settings, name=name, queues=by_name(name).queues(settings.shards), task_name=TASK_DECIDE,
+                 handle=brain.handle)

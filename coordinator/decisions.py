@@ -1,0 +1,157 @@
+"""Decisions (seed 001): frozen values that planning returns and the two-phase apply carries out.
+
+State mutations are applied in phase 1 (one transaction); external effects in phase 2 (after commit).
+Some span both: ``COMPLETE_WORKFLOW`` sets the status (phase 1) and notifies a parent (phase 2, via an
+outbox row written in phase 1).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, ClassVar
+
+from coordinator.state import Token
+
+
+@dataclass(frozen=True)
+class Decision:
+    """Base of every decision; ``type`` is the seed's name."""
+
+    type: ClassVar[str] = "DECISION"
+
+    def describe(self) -> dict[str, Any]:
+        """The decision as plain data (for replay diffs and golden files)."""
+        return {"type": self.type, **_plain(asdict(self))}
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+@dataclass(frozen=True)
+class InitializeWorkflow(Decision):
+    """The run starts: ``pending → running``."""
+
+    type: ClassVar[str] = "INITIALIZE_WORKFLOW"
+
+
+@dataclass(frozen=True)
+class CreateToken(Decision):
+    """A new token at a node."""
+
+    token: Token
+    type: ClassVar[str] = "CREATE_TOKEN"
+
+
+@dataclass(frozen=True)
+class UpdateTokenStatus(Decision):
+    """A token moves to ``status`` (with its output or error when it finishes)."""
+
+    token_id: str
+    status: str
+    output: Any = None
+    error: dict[str, Any] | None = None
+    type: ClassVar[str] = "UPDATE_TOKEN_STATUS"
+
+
+@dataclass(frozen=True)
+class MarkWaiting(Decision):
+    """A token waits for something outside the run (approval, timer, event, child, join)."""
+
+    token_id: str
+    wait: dict[str, Any]
+    type: ClassVar[str] = "MARK_WAITING"
+
+
+@dataclass(frozen=True)
+class SetContext(Decision):
+    """``context[key] = value`` in the root scope (``scope=None``) or a branch scope."""
+
+    key: str
+    value: Any
+    scope: str | None = None
+    type: ClassVar[str] = "SET_CONTEXT"
+
+
+@dataclass(frozen=True)
+class ApplyOutputMapping(Decision):
+    """A finished token's output lands in the context (root, or its own branch scope)."""
+
+    token_id: str
+    key: str
+    value: Any
+    scope: str | None = None
+    type: ClassVar[str] = "APPLY_OUTPUT_MAPPING"
+
+
+@dataclass(frozen=True)
+class DispatchToken(Decision):
+    """Send a task token's assignment to the executor-dispatcher (an outbox row)."""
+
+    token_id: str
+    node_id: str
+    assignment_id: str
+    service: str
+    role: str
+    input: Any
+    assignment: dict[str, Any]
+    max_attempts: int = 1
+    retry: dict[str, Any] = field(default_factory=dict)
+    type: ClassVar[str] = "DISPATCH_TOKEN"
+
+
+@dataclass(frozen=True)
+class ScheduleAlarm(Decision):
+    """A durable timer: a decide row due at ``fire_at`` (epoch seconds)."""
+
+    token_id: str
+    fire_at: float
+    purpose: str
+    alarm_id: str
+    type: ClassVar[str] = "SCHEDULE_ALARM"
+
+
+@dataclass(frozen=True)
+class Notify(Decision):
+    """Publish ``message`` on a Redis channel after commit."""
+
+    channel: str
+    message: Any
+    type: ClassVar[str] = "NOTIFY"
+
+
+@dataclass(frozen=True)
+class CancelActiveTokens(Decision):
+    """Cancel these tokens (their assignments' outcomes will be ignored)."""
+
+    token_ids: tuple[str, ...]
+    reason: str
+    type: ClassVar[str] = "CANCEL_ACTIVE_TOKENS"
+
+
+@dataclass(frozen=True)
+class CompleteWorkflow(Decision):
+    """The run completes with ``output``; a parent, if any, is told."""
+
+    output: Any = None
+    type: ClassVar[str] = "COMPLETE_WORKFLOW"
+
+
+@dataclass(frozen=True)
+class FailWorkflow(Decision):
+    """The run fails with ``error`` ({code, message, …}); a parent, if any, is told."""
+
+    error: dict[str, Any]
+    type: ClassVar[str] = "FAIL_WORKFLOW"
+
+
+@dataclass(frozen=True)
+class CancelWorkflow(Decision):
+    """The run is cancelled; children are cancelled too."""
+
+    reason: str
+    type: ClassVar[str] = "CANCEL_WORKFLOW"

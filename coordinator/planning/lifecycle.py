@@ -1,0 +1,29 @@
+"""Start and cancel: the commands that begin and end a run as a whole."""
+
+from __future__ import annotations
+
+from coordinator import decisions as d
+from coordinator import events as ev
+from coordinator.planning.builder import PlanBuilder
+from coordinator.planning.routing import cancel_others, enter
+from coordinator.state import RUN_PENDING
+
+
+def on_start(b: PlanBuilder, event: ev.Start) -> None:
+    """Initialise the run and enter its start node."""
+    if b.status != RUN_PENDING:
+        b.emit("decision.event.ignored", kind=event.kind, reason=f"run already {b.status}")
+        return
+    b.emit("decision.routing.start", workflow=b.definition.name, version=b.definition.version,
+           start=b.definition.start)
+    b.decide(d.InitializeWorkflow())
+    b.status = "running"
+    enter(b, b.definition.start)
+
+
+def on_cancel(b: PlanBuilder, event: ev.Cancel) -> None:
+    """Cancel every active token and the run."""
+    cancel_others(b, reason=event.reason)
+    b.emit("decision.workflow.cancel", reason=event.reason)
+    b.decide(d.CancelWorkflow(event.reason))
+    b.status = "cancelled"

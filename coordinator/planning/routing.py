@@ -1,0 +1,215 @@
+"""Routing: entering nodes, finishing tokens and choosing the next node by the transitions' conditions."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from bus.errors import ContractError
+from coordinator import decisions as d
+from coordinator.definitions import EndNode, GateNode, NotifyNode, TaskNode, Transition
+from coordinator.expressions import evaluate, render, truthy
+from coordinator.planning.builder import PlanBuilder
+from coordinator.state import CANCELLED, COMPLETED, FAILED, PENDING, RUN_TERMINAL, Token
+
+EntryRule = Callable[[PlanBuilder, Token, Any], None]
+ENTRY_RULES: dict[str, EntryRule] = {}
+"""What entering a node of each kind decides; the planning modules register theirs."""
+
+
+def entry_rule(kind: str) -> Callable[[EntryRule], EntryRule]:
+    """Register the rule for entering nodes of ``kind``."""
+    def register(fn: EntryRule) -> EntryRule:
+        ENTRY_RULES[kind] = fn
+        return fn
+    return register
+
+
+def enter(b: PlanBuilder, node_id: str, *, scope: str | None = None, fan_id: str | None = None,
+          branch_index: int | None = None, came_from: str | None = None) -> Token | None:
+    """Create a token at ``node_id`` and decide what entering it means.
+
+    Returns:
+        The new token, or None when the loop bound stopped the run.
+    """
+    key = f"{scope or ''}/{node_id}"
+    visits = b.visits.get(key, 0) + 1
+    if visits > 1 + b.definition.max_loops:
+        fail_workflow(b, {"code": "loop.max_feedback_loops", "node": node_id,
+                          "message": f"node {node_id!r} would run {visits} times; the workflow allows "
+                                     f"{b.definition.max_loops} loops"})
+        return None
+    b.visits[key] = visits
+    token = Token(id=b.next_token_id(node_id), node_id=node_id, status=PENDING, scope=scope, fan_id=fan_id,
+                  branch_index=branch_index, iteration=visits - 1)
+    b.decide(d.CreateToken(token))
+    node = b.definition.node(node_id)
+    rule = ENTRY_RULES.get(node.kind)
+    if rule is None:
+        fail_workflow(b, {"code": "node.unsupported", "node": node_id,
+                          "message": f"no planner for node kind {node.kind!r}"})
+        return None
+    rule(b, token, node)
+    return token
+
+
+def finish_token(b: PlanBuilder, token: Token, *, output: Any = None, key: str | None = None) -> None:
+    """Mark a token completed and put its output in its scope's context under ``key``."""
+    b.decide(d.UpdateTokenStatus(token.id, COMPLETED, output=output))
+    if key is not None:
+        b.decide(d.ApplyOutputMapping(token.id, key, output, scope=token.scope))
+
+
+def choose(b: PlanBuilder, token: Token, transitions: list[Transition], *, output: Any = None) -> str | None:
+    """The first transition whose condition holds, with an event for every one evaluated."""
+    view = b.scope_view(token, output=output)
+    for index, transition in enumerate(transitions):
+        if transition.when is None:
+            matched, seen = True, None
+        else:
+            try:
+                seen = evaluate(transition.when, view)
+            except ContractError as exc:
+                fail_workflow(b, {"code": exc.code, "node": token.node_id, "message": str(exc)})
+                return None
+            matched = truthy(seen)
+        b.emit("decision.routing.evaluate_transition", token=token, index=index, to=transition.to,
+               condition=transition.when, value=seen, matched=matched)
+        if matched:
+            rejected = [t.to for t in transitions[index + 1:]]
+            b.emit("decision.routing.transition_matched", token=token, to=transition.to, spawn_count=1,
+                   rejected=rejected)
+            return transition.to
+    return None
+
+
+def advance(b: PlanBuilder, token: Token, transitions: list[Transition], *, output: Any = None) -> None:
+    """After ``token`` finished: enter the next node, or end this path."""
+    if not transitions:
+        b.emit("decision.routing.path_end", token=token, reason="node has no transitions")
+        close_if_idle(b)
+        return
+    target = choose(b, token, transitions, output=output)
+    if b.status in RUN_TERMINAL:
+        return
+    if target is None:
+        fail_workflow(b, {"code": "routing.no_match", "node": token.node_id,
+                          "message": f"no transition of node {token.node_id!r} matched"})
+        return
+    enter(b, target, scope=token.scope, fan_id=token.fan_id, branch_index=token.branch_index,
+          came_from=token.id)
+
+
+def close_if_idle(b: PlanBuilder) -> None:
+    """Complete the run when nothing is active any more (an implicit end)."""
+    if b.status not in RUN_TERMINAL and not b.active():
+        complete_workflow(b, dict(b.context), reason="no active tokens remain")
+
+
+def complete_workflow(b: PlanBuilder, output: Any, *, reason: str) -> None:
+    """The run completes; whatever is still active is cancelled."""
+    cancel_others(b, reason="workflow completed")
+    b.emit("decision.workflow.complete", reason=reason)
+    b.decide(d.CompleteWorkflow(output))
+    b.status = "completed"
+
+
+def fail_workflow(b: PlanBuilder, error: dict[str, Any]) -> None:
+    """The failure plan, every decision up front: cancel what is active, fail the run."""
+    if b.status in RUN_TERMINAL:
+        return
+    cancel_others(b, reason=f"workflow failed: {error.get('code')}")
+    b.emit("decision.workflow.fail", reason=error.get("message", ""), error=error)
+    b.decide(d.FailWorkflow(error))
+    b.status = "failed"
+
+
+def cancel_others(b: PlanBuilder, *, reason: str) -> None:
+    """Cancel every active token."""
+    active = b.active()
+    if active:
+        ids = tuple(t.id for t in active)
+        b.emit("decision.tokens.cancel", token_ids=list(ids), reason=reason)
+        b.decide(d.CancelActiveTokens(ids, reason))
+        for t in active:
+            b.tokens[t.id] = Token(**{**t.__dict__, "status": CANCELLED})
+
+
+# -- node kinds that need nothing from the outside world ----------------------------------------------
+@entry_rule("task")
+def _enter_task(b: PlanBuilder, token: Token, node: TaskNode) -> None:
+    try:
+        payload = render(node.input, b.scope_view(token))
+    except ContractError as exc:
+        fail_workflow(b, {"code": exc.code, "node": node_id_of(token), "message": str(exc)})
+        return
+    assignment_id = b.derived_id(token.id, "assignment")
+    b.emit("decision.task.dispatch", token=token, route=f"{node.route.service}.{node.route.role}",
+           agent_id=node.agent.agent_id, model=node.agent.model, max_attempts=node.retry.maximum_attempts,
+           reason="entered task node")
+    b.decide(d.DispatchToken(token.id, token.node_id, assignment_id, node.route.service, node.route.role,
+                             payload, node.agent.assignment().wire(), node.retry.maximum_attempts,
+                             node.retry.model_dump()))
+    if node.timeout_ms:
+        b.decide(d.ScheduleAlarm(token.id, b.now + node.timeout_ms / 1000, "timeout",
+                                 b.derived_id(token.id, "timeout")))
+
+
+@entry_rule("end")
+def _enter_end(b: PlanBuilder, token: Token, node: EndNode) -> None:
+    try:
+        output = render(node.output, b.scope_view(token)) if node.output is not None else dict(b.context)
+    except ContractError as exc:
+        fail_workflow(b, {"code": exc.code, "node": token.node_id, "message": str(exc)})
+        return
+    finish_token(b, token)
+    if node.status == "failed":
+        fail_workflow(b, {"code": "workflow.end_failed", "node": token.node_id,
+                          "message": f"reached end node {token.node_id!r} with status failed", "output": output})
+    else:
+        complete_workflow(b, output, reason=f"reached end node {token.node_id!r}")
+
+
+@entry_rule("gate")
+def _enter_gate(b: PlanBuilder, token: Token, node: GateNode) -> None:
+    view = b.scope_view(token)
+    try:
+        if node.condition is not None:
+            value = evaluate(node.condition, view)
+            passed, detail = truthy(value), {"condition": node.condition, "value": value}
+        else:
+            value = evaluate(node.success_rate.value, view)
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+            passed = ok and value >= node.success_rate.threshold
+            detail = {"success_rate": node.success_rate.value, "value": value,
+                      "threshold": node.success_rate.threshold}
+    except ContractError as exc:
+        fail_workflow(b, {"code": exc.code, "node": token.node_id, "message": str(exc)})
+        return
+    target = node.on_pass if passed else node.on_fail
+    b.emit("decision.gate.evaluate", token=token, passed=passed, to=target,
+           rejected=node.on_fail if passed else node.on_pass, **detail)
+    finish_token(b, token, output={"passed": passed, "value": value}, key=token.node_id)
+    enter(b, target, scope=token.scope, fan_id=token.fan_id, branch_index=token.branch_index)
+
+
+@entry_rule("notify")
+def _enter_notify(b: PlanBuilder, token: Token, node: NotifyNode) -> None:
+    try:
+        message = render(node.message, b.scope_view(token))
+    except ContractError as exc:
+        fail_workflow(b, {"code": exc.code, "node": token.node_id, "message": str(exc)})
+        return
+    b.emit("decision.notify.publish", token=token, channel=node.channel)
+    b.decide(d.Notify(node.channel, {"run_id": b.run.id, "node": token.node_id, "message": message}))
+    finish_token(b, token)
+    advance(b, token, node.next)
+
+
+def node_id_of(token: Token) -> str:
+    """The node a token stands on."""
+    return token.node_id
+
+
+__all__ = ["ENTRY_RULES", "advance", "choose", "close_if_idle", "complete_workflow", "enter", "entry_rule",
+           "fail_workflow", "finish_token", "FAILED"]

@@ -1,0 +1,97 @@
+"""``WorkflowState``: everything planning may look at, loaded in one read at the start of each event.
+
+Only what is still open is loaded — active tokens, open fan-ins, live branch scopes — so the cost of an
+event does not grow with the run's history.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from coordinator.definitions import WorkflowDefinition
+
+# Token statuses.
+PENDING = "pending"
+DISPATCHED = "dispatched"
+WAITING = "waiting"
+COMPLETED = "completed"
+FAILED = "failed"
+CANCELLED = "cancelled"
+TOKEN_ACTIVE = frozenset({PENDING, DISPATCHED, WAITING})
+
+# Run statuses.
+RUN_PENDING = "pending"
+RUN_RUNNING = "running"
+RUN_WAITING = "waiting"
+RUN_COMPLETED = "completed"
+RUN_FAILED = "failed"
+RUN_CANCELLED = "cancelled"
+RUN_TERMINAL = frozenset({RUN_COMPLETED, RUN_FAILED, RUN_CANCELLED})
+
+
+@dataclass(frozen=True)
+class Token:
+    """A position of the run in its graph: at ``node_id``, in branch ``scope`` (None: the root)."""
+
+    id: str
+    node_id: str
+    status: str
+    scope: str | None = None
+    fan_id: str | None = None
+    branch_index: int | None = None
+    attempt: int = 0
+    iteration: int = 0
+    assignment_id: str | None = None
+    child_run_id: str | None = None
+    wait: Mapping[str, Any] | None = None
+    output: Any = None
+
+
+@dataclass(frozen=True)
+class FanIn:
+    """The open join of one fan-out: who has arrived, how many are expected, whether it fired."""
+
+    fan_id: str
+    join_node: str
+    expected: int
+    arrived: tuple[str, ...] = ()
+    fired: bool = False
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """The run row, minus its context."""
+
+    id: str
+    tenant: str
+    intent: str
+    workflow: str
+    workflow_version: int
+    status: str
+    input: Mapping[str, Any]
+    parent_run_id: str | None = None
+    parent_token_id: str | None = None
+    root_run_id: str | None = None
+    depth: int = 0
+    budget: Mapping[str, Any] | None = None
+    version: int = 0
+
+
+@dataclass(frozen=True)
+class WorkflowState:
+    """What planning gets: the run, its definition, its context and every open structure."""
+
+    run: RunInfo
+    definition: WorkflowDefinition
+    context: Mapping[str, Any] = field(default_factory=dict)
+    visits: Mapping[str, int] = field(default_factory=dict)
+    tokens: Mapping[str, Token] = field(default_factory=dict)
+    fan_ins: Mapping[str, FanIn] = field(default_factory=dict)
+    scopes: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    token_seq: int = 0
+
+    def active_tokens(self) -> list[Token]:
+        """Tokens that are not finished, in id order."""
+        return [t for t in self.tokens.values() if t.status in TOKEN_ACTIVE]

@@ -1,0 +1,152 @@
+"""``cogo-bus-reclaimer``: finds what the fast path dropped, by status and age, and sends it again.
+
+Its duties, every ``reclaim_interval_s``:
+
+1. **Expired leases.** A ``running`` row whose lease ran out belongs to a dead worker: another attempt
+   (``retry_wait``, due now) if it has attempts left, else ``dead`` with its failure reported to the brain.
+2. **Undelivered rows.** A ``queued``, ``dispatched`` or due ``retry_wait`` row that nobody took for
+   ``stale_s`` was lost if its queue is empty (a worker that is merely behind leaves the queue non-empty):
+   it is sent again. Sending twice is harmless; every consumer's first write is conditional.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from sqlalchemy import Engine, and_, or_, select, update
+
+from bus import ledger, outcomes
+from bus.broker import queue_depth
+from bus.outbox import Delivery, Publisher, destination
+from bus.routing import Route
+from bus.schema import agent_messages as m
+from bus.settings import Settings
+
+log = logging.getLogger(__name__)
+BATCH = 500
+
+
+@dataclass
+class Sweep:
+    """What one pass did."""
+
+    expired: int = 0
+    dead: int = 0
+    resent: int = 0
+    deliveries: list[Delivery] = field(default_factory=list)
+
+
+class Reclaimer:
+    """One pass at a time; ``run_forever`` repeats it."""
+
+    def __init__(self, *, engine: Engine, publisher: Publisher, settings: Settings,
+                 depth: Callable[[str], int | None] | None = None, clock: Callable[[], float] = time.time):
+        self.engine, self.publisher, self.settings, self.clock = engine, publisher, settings, clock
+        self.depth = depth or (lambda q: queue_depth(publisher.app, q))
+
+    def sweep(self) -> Sweep:
+        """Expire leases, then re-send stale rows whose queues are empty."""
+        result = Sweep()
+        self._expire_leases(result)
+        self._resend_stale(result)
+        if result.deliveries:
+            self.publisher.send(result.deliveries)
+        return result
+
+    def _expire_leases(self, result: Sweep) -> None:
+        now = self.clock()
+        with self.engine.begin() as conn:
+            rows = conn.execute(select(m).where(m.c.status == ledger.RUNNING, m.c.lease_until < now)
+                                .limit(BATCH)).all()
+            for row in rows:
+                error = {"code": "lease.expired", "message": f"worker lost attempt {row.attempts}", "retryable": True}
+                audit = {"message_id": row.id, "run_id": row.run_id, "tenant": row.tenant, "attempt": row.attempts}
+                if row.attempts < row.max_attempts:
+                    if ledger.move(conn, row.id, from_=(ledger.RUNNING,), to=ledger.RETRY_WAIT, now=now,
+                                   attempt=row.attempts, values={"retry_at": now, "last_error": error["message"],
+                                                                 "last_error_at": now}):
+                        ledger.record(conn, [{**audit, "kind": "lease_expired", "detail": error}], now=now)
+                        result.expired += 1
+                        result.deliveries.append(self._delivery(row, ledger.RETRY_WAIT))
+                elif ledger.move(conn, row.id, from_=(ledger.RUNNING,), to=ledger.DEAD, now=now, attempt=row.attempts,
+                                 values={"last_error": error["message"], "last_error_at": now}):
+                    ledger.record(conn, [{**audit, "kind": "lease_expired", "detail": error},
+                                         {**audit, "kind": "execute_dead", "detail": error}], now=now)
+                    result.dead += 1
+                    if row.run_id:
+                        result.deliveries.append(outcomes.report(
+                            conn, assignment_id=row.id, run_id=row.run_id, tenant=row.tenant, payload=row.payload,
+                            kind=outcomes.TASK_FAILED, now=now, shards=self.settings.shards,
+                            body={"error": {**error, "retryable": False, "code": "execute.dead"},
+                                  "attempts": row.attempts}))
+
+    def _resend_stale(self, result: Sweep) -> None:
+        now = self.clock()
+        cutoff = now - self.settings.stale_s
+        not_recent = or_(m.c.published_at.is_(None), m.c.published_at < cutoff)
+        due = or_(and_(m.c.retry_at.is_(None), m.c.updated_at < cutoff), m.c.retry_at < cutoff)
+        with self.engine.begin() as conn:
+            rows = conn.execute(select(m.c.id, m.c.service, m.c.role, m.c.shard, m.c.tenant, m.c.run_id, m.c.status)
+                                .where(m.c.status.in_((ledger.QUEUED, ledger.DISPATCHED, ledger.RETRY_WAIT)),
+                                       due, not_recent).order_by(m.c.updated_at).limit(BATCH)).all()
+            by_queue: dict[tuple[str, str], list] = defaultdict(list)
+            for row in rows:
+                by_queue[destination(route=Route(row.service, row.role, row.shard, row.tenant), status=row.status,
+                                     run_id=row.run_id, shards=self.settings.shards)].append(row)
+            for (task, queue), queued in by_queue.items():
+                depth = self.depth(queue)
+                if depth is None or depth > 0:
+                    continue  # the consumer is behind, not robbed; its messages are still there
+                ids = [r.id for r in queued]
+                conn.execute(update(m).where(m.c.id.in_(ids)).values(published_at=now))
+                ledger.record(conn, [{"message_id": r.id, "run_id": r.run_id, "tenant": r.tenant, "kind": "reclaimed",
+                                      "detail": {"queue": queue, "status": r.status}} for r in queued], now=now)
+                result.deliveries.extend(Delivery(task, queue, i) for i in ids)
+                result.resent += len(ids)
+
+    def _delivery(self, row, status: str) -> Delivery:
+        task, queue = destination(route=Route(row.service, row.role, row.shard, row.tenant), status=status,
+                                  run_id=row.run_id, shards=self.settings.shards)
+        return Delivery(task, queue, row.id)
+
+
+def run_forever(tick: Callable[[], object], interval_s: float, *, name: str) -> None:
+    """Call ``tick`` every ``interval_s`` until SIGTERM or SIGINT; a failing tick is logged, not fatal."""
+    from ecosystem.readiness import mark_ready
+
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    ready = False
+    while not stop.is_set():
+        try:
+            tick()
+        except Exception as exc:  # the loop must outlive a database or broker outage
+            log.warning("%s tick failed: %s", name, exc)
+        if not ready:
+            mark_ready()
+            ready = True
+        stop.wait(interval_s)
+
+
+def main(settings: Settings, name: str) -> None:
+    """Run the reclaimer loop."""
+    from bus.celery_app import make_celery
+    from bus.db import make_engine
+
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    reclaimer = Reclaimer(engine=make_engine(settings.database_url),
+                          publisher=Publisher(make_celery(settings, name=name)), settings=settings)
+
+    def tick() -> None:
+        swept = reclaimer.sweep()
+        if swept.expired or swept.dead or swept.resent:
+            log.info("reclaimed: %d leases expired, %d dead, %d re-sent", swept.expired, swept.dead, swept.resent)
+
+    run_forever(tick, settings.reclaim_interval_s, name=name)

@@ -1,0 +1,62 @@
+"""``cogo-bus-retention``: prunes what no one needs any more — settled and done rows of ended runs,
+their audit rows and introspection events — once they are older than ``retention_days``."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from sqlalchemy import Engine, delete, select
+
+from bus import ledger
+from bus.schema import agent_messages as m
+from bus.schema import bus_events, introspection_events
+from bus.settings import Settings
+from coordinator.schema import approvals, branch_scopes, fan_ins, runs, tokens
+from coordinator.state import RUN_TERMINAL
+
+log = logging.getLogger(__name__)
+BATCH = 200
+
+
+@dataclass(frozen=True)
+class Pruned:
+    """How many runs (with their rows) and orphan messages one pass removed."""
+
+    runs: int
+    messages: int
+
+
+def prune(engine: Engine, *, retention_days: float, clock: Callable[[], float] = time.time) -> Pruned:
+    """Delete ended runs older than the horizon, with everything that belongs to them."""
+    cutoff = clock() - retention_days * 86400
+    with engine.begin() as conn:
+        ids = [r.id for r in conn.execute(select(runs.c.id).where(runs.c.status.in_(RUN_TERMINAL),
+                                                                  runs.c.ended_at < cutoff).limit(BATCH))]
+        for table, column in ((introspection_events, introspection_events.c.run_id),
+                              (bus_events, bus_events.c.run_id), (m, m.c.run_id), (tokens, tokens.c.run_id),
+                              (fan_ins, fan_ins.c.run_id), (branch_scopes, branch_scopes.c.run_id),
+                              (approvals, approvals.c.run_id), (runs, runs.c.id)):
+            if ids:
+                conn.execute(delete(table).where(column.in_(ids)))
+        orphans = conn.execute(delete(m).where(m.c.run_id.is_(None), m.c.status.in_((ledger.SETTLED, ledger.DONE)),
+                                               m.c.updated_at < cutoff)).rowcount
+    return Pruned(len(ids), orphans)
+
+
+def main(settings: Settings, name: str) -> None:
+    """Run the retention loop."""
+    from bus.db import make_engine
+    from workers.reclaimer import run_forever
+
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    engine = make_engine(settings.database_url)
+
+    def tick() -> None:
+        pruned = prune(engine, retention_days=settings.retention_days)
+        if pruned.runs or pruned.messages:
+            log.info("pruned %d runs and %d orphan messages", pruned.runs, pruned.messages)
+
+    run_forever(tick, settings.retention_interval_s, name=name)

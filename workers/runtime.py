@@ -1,0 +1,226 @@
+"""The worker runtime: claim an assignment, run its handler under lease and TTL, write the outcome.
+
+The outcome, its audit row and the brain event that reports it are one transaction, fenced by the
+attempt number: a worker whose lease the reclaimer took back cannot overwrite the newer attempt.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import random
+import signal
+import threading
+import time
+import traceback
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Engine
+
+from bus import ledger, outcomes
+from bus.celery_app import TASK_EXECUTE
+from bus.envelope import parse_assignment
+from bus.errors import BudgetExceeded, CogoError, TTLExpired, WorkFailed
+from bus.introspection import IntrospectionEvent, write
+from bus.outbox import Delivery, Publisher
+from bus.retry import RetryPolicy, compute_backoff
+from bus.routing import execute_queue
+from bus.settings import Settings
+from workers.handler import Handler, WorkContext, WorkResult
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Failure:
+    """Why an attempt failed, and whether another attempt may help."""
+
+    code: str
+    message: str
+    retryable: bool
+    audit: str = "execute_failed"
+
+    def as_error(self) -> dict[str, Any]:
+        """The error as the brain and the API see it."""
+        return {"code": self.code, "message": self.message, "retryable": self.retryable}
+
+
+def classify(exc: BaseException) -> Failure:
+    """Map what a handler raised to a failure; unknown exceptions are retryable."""
+    if isinstance(exc, BudgetExceeded):
+        return Failure(exc.code, str(exc), False, "budget_violation")
+    if isinstance(exc, TTLExpired):
+        return Failure(exc.code, str(exc), True, "ttl_expired")
+    if isinstance(exc, CogoError):
+        return Failure(exc.code, str(exc), exc.retryable)
+    tail = traceback.format_exception_only(type(exc), exc)[-1].strip()
+    return Failure("work.exception", tail, True)
+
+
+class Runtime:
+    """Runs assignments for a set of routes in this process."""
+
+    def __init__(self, *, engine: Engine, publisher: Publisher, settings: Settings,
+                 handlers: Mapping[tuple[str, str], Handler], clock: Callable[[], float] = time.time,
+                 rng: Callable[[], float] = random.random):
+        self.engine, self.publisher, self.settings = engine, publisher, settings
+        self.handlers, self.clock, self.rng = dict(handlers), clock, rng
+
+    def handle(self, message_id: str) -> str:
+        """Run one dispatched assignment; returns ``done``, ``retry``, ``failed``, ``duplicate`` or ``lost``."""
+        now = self.clock()
+        with self.engine.begin() as conn:
+            claim = ledger.claim(conn, message_id, lease_s=self.settings.lease_s, now=now)
+            if claim is None:
+                return "duplicate"
+            token = claim.payload.get("__token", {})
+            if claim.run_id:
+                write(conn, [IntrospectionEvent("dispatch.assignment.started", claim.run_id,
+                                                {"assignment_id": claim.id, "attempt": claim.attempt},
+                                                token.get("token_id"), token.get("node_id"))], now=now)
+        result, failure, ctx = self._run(claim, now)
+        return self._finish(claim, ctx, result, failure)
+
+    def _run(self, claim: ledger.Claim, started: float) -> tuple[WorkResult | None, Failure | None, WorkContext | None]:
+        token = claim.payload.get("__token", {})
+        try:
+            assignment = parse_assignment(claim.payload)
+            handler = self.handlers[(claim.route.service, claim.route.role)]
+        except (CogoError, KeyError) as exc:
+            return None, Failure("work.unroutable", f"cannot run {claim.route.queue}: {exc}", False), None
+        ctx = WorkContext(task_id=claim.id, run_id=claim.run_id, token_id=token.get("token_id"),
+                          node_id=token.get("node_id"), tenant=claim.tenant, attempt=claim.attempt,
+                          assignment=assignment, deadline=started + assignment.ttl_ms / 1000,
+                          artifacts_root=self.settings.artifacts_dir, llm_url=self.settings.llm_url,
+                          llm_api_key=self.settings.llm_api_key)
+        try:
+            with _lease_keeper(self, claim), _ttl_guard(ctx):
+                result = handler(ctx, claim.payload.get("input") or {})
+            if not isinstance(result, WorkResult):
+                raise WorkFailed(f"handler returned {type(result).__name__}, not WorkResult", retryable=False)
+            return result, None, ctx
+        except Exception as exc:  # every failure becomes data; the worker never dies of a handler
+            return None, classify(exc), ctx
+
+    def _finish(self, claim: ledger.Claim, ctx: WorkContext | None, result: WorkResult | None,
+                failure: Failure | None) -> str:
+        now = self.clock()
+        usage = ctx.usage if ctx else None
+        usage_values = {"usage_tokens": ledger.m.c.usage_tokens + (usage.tokens if usage else 0),
+                        "usage_cost_usd": ledger.m.c.usage_cost_usd + (usage.cost_usd if usage else 0.0)}
+        usage_body = usage.model_dump() if usage else {}
+        token = claim.payload.get("__token", {})
+        deliveries: list[Delivery] = []
+        with self.engine.begin() as conn:
+            audit = {"message_id": claim.id, "run_id": claim.run_id, "tenant": claim.tenant, "attempt": claim.attempt}
+
+            def trace(type_: str, **data: Any) -> None:
+                if claim.run_id:
+                    write(conn, [IntrospectionEvent(type_, claim.run_id, {"assignment_id": claim.id,
+                                                                          "attempt": claim.attempt, **data},
+                                                    token.get("token_id"), token.get("node_id"))], now=now)
+
+            if failure is None:
+                if not ledger.move(conn, claim.id, from_=(ledger.RUNNING,), to=ledger.DONE, now=now,
+                                   attempt=claim.attempt, values={"result_snippet": ledger.snippet(result.output),
+                                                                  "result_url": result.result_url, **usage_values}):
+                    return "lost"
+                ledger.record(conn, [{**audit, "kind": "execute_done", "detail": {"usage": usage_body}}], now=now)
+                trace("dispatch.assignment.completed", usage=usage_body)
+                if claim.run_id:
+                    deliveries.append(outcomes.report(
+                        conn, assignment_id=claim.id, run_id=claim.run_id, tenant=claim.tenant, payload=claim.payload,
+                        kind=outcomes.TASK_COMPLETED, now=now, shards=self.settings.shards,
+                        body={"output": result.output, "attempts": claim.attempt, "usage": usage_body}))
+                outcome = "done"
+            elif failure.retryable and claim.attempt < claim.max_attempts:
+                policy = RetryPolicy(**(claim.payload.get("__retry") or {"maximum_attempts": claim.max_attempts}))
+                backoff_ms = compute_backoff(claim.attempt, policy, self.rng)
+                if not ledger.move(conn, claim.id, from_=(ledger.RUNNING,), to=ledger.RETRY_WAIT, now=now,
+                                   attempt=claim.attempt, values={"retry_at": now + backoff_ms / 1000,
+                                                                  "last_error": f"{failure.code}: {failure.message}",
+                                                                  "last_error_at": now, **usage_values}):
+                    return "lost"
+                ledger.record(conn, [{**audit, "kind": failure.audit, "detail": failure.as_error()},
+                                     {**audit, "kind": "execute_retry", "detail": {"backoff_ms": backoff_ms}}], now=now)
+                trace("dispatch.attempt.failed", error=failure.as_error())
+                trace("dispatch.retry.scheduled", backoff_ms=backoff_ms, next_attempt=claim.attempt + 1,
+                      max_attempts=claim.max_attempts)
+                deliveries.append(Delivery(TASK_EXECUTE, execute_queue(claim.run_id or "", self.settings.shards),
+                                           claim.id, backoff_ms / 1000))
+                outcome = "retry"
+            else:
+                if not ledger.move(conn, claim.id, from_=(ledger.RUNNING,), to=ledger.FAILED, now=now,
+                                   attempt=claim.attempt, values={"last_error": f"{failure.code}: {failure.message}",
+                                                                  "last_error_at": now, **usage_values}):
+                    return "lost"
+                kinds = [failure.audit] + (["execute_failed"] if failure.audit != "execute_failed" else [])
+                ledger.record(conn, [{**audit, "kind": k, "detail": failure.as_error()} for k in kinds], now=now)
+                trace("dispatch.assignment.failed", error=failure.as_error())
+                if claim.run_id:
+                    deliveries.append(outcomes.report(
+                        conn, assignment_id=claim.id, run_id=claim.run_id, tenant=claim.tenant, payload=claim.payload,
+                        kind=outcomes.TASK_FAILED, now=now, shards=self.settings.shards,
+                        body={"error": failure.as_error(), "attempts": claim.attempt, "usage": usage_body}))
+                outcome = "failed"
+        self.publisher.send(deliveries)
+        return outcome
+
+
+@contextlib.contextmanager
+def _lease_keeper(runtime: Runtime, claim: ledger.Claim) -> Iterator[None]:
+    """Renew the lease every third of its length while the handler runs."""
+    stop = threading.Event()
+    interval = runtime.settings.lease_s / 3
+
+    def renew() -> None:
+        while not stop.wait(interval):
+            try:
+                with runtime.engine.begin() as conn:
+                    if not ledger.renew_lease(conn, claim.id, attempt=claim.attempt,
+                                              lease_s=runtime.settings.lease_s, now=runtime.clock()):
+                        return
+            except Exception as exc:  # a missed renewal only risks a duplicate attempt, fenced later
+                log.warning("lease renewal of %s failed: %s", claim.id, exc)
+
+    thread = threading.Thread(target=renew, name=f"lease-{claim.id}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+
+
+@contextlib.contextmanager
+def _ttl_guard(ctx: WorkContext) -> Iterator[None]:
+    """Interrupt the handler with TTLExpired when ``ttl_ms`` runs out (main thread only: the solo pool)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def expire(_signum, _frame):
+        raise TTLExpired(f"assignment {ctx.task_id} ran past its ttl_ms={ctx.assignment.ttl_ms}")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, max(ctx.remaining_s(), 0.001))
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def serve(settings: Settings, *, name: str, handlers: Mapping[tuple[str, str], Handler]) -> None:
+    """Run a worker process consuming the queues of ``handlers``' routes on every shard."""
+    from bus.celery_app import TASK_WORK, make_celery
+    from bus.consumer import run_consumer
+    from bus.db import make_engine
+    from bus.routing import queue_name
+
+    runtime = Runtime(engine=make_engine(settings.database_url),
+                      publisher=Publisher(make_celery(settings, name=f"{name}-producer")),
+                      settings=settings, handlers=handlers)
+    queues = [queue_name(s, r, shard) for (s, r) in handlers for shard in range(settings.shards)]
+    run_consumer(settings, name=name, queues=queues, task_name=TASK_WORK, handle=runtime.handle)
