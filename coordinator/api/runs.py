@@ -1,0 +1,90 @@
+"""Ingress and runs: ``POST /api/intents`` and what a person reads about a run."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from fastapi import APIRouter, Depends, Query
+from sqlalchemy import select
+
+from bus import introspection
+from bus.envelope import Intent
+from bus.errors import CogoError
+from bus.schema import agent_messages, bus_events
+from coordinator import intents
+from coordinator.api.deps import Services, services
+from coordinator.schema import runs
+from coordinator.store import run_view, token_rows
+
+router = APIRouter()
+
+
+@router.post("/api/intents", status_code=202)
+def post_intent(body: Intent, s: Services = Depends(services)) -> dict[str, str]:
+    """Accept an intent: the run and its start event are committed before the answer."""
+    definition = intents.resolve(body.intent, s.registry)
+    with s.engine.begin() as conn:
+        run_id, delivery = intents.create_run(conn, body, definition, now=time.time(), shards=s.settings.shards)
+    try:
+        s.publisher.send([delivery])
+    except CogoError:
+        pass  # committed: the reclaimer sends the start event once the broker is back
+    return {"id": run_id}
+
+
+@router.get("/api/runs")
+def list_runs(tenant: str | None = None, status: str | None = None, limit: int = Query(50, ge=1, le=1000),
+              s: Services = Depends(services)) -> dict[str, Any]:
+    """Recent runs, newest first."""
+    stmt = select(runs.c.id, runs.c.tenant, runs.c.intent, runs.c.workflow, runs.c.status, runs.c.parent_run_id,
+                  runs.c.created_at, runs.c.ended_at)
+    if tenant:
+        stmt = stmt.where(runs.c.tenant == tenant)
+    if status:
+        stmt = stmt.where(runs.c.status == status)
+    with s.engine.connect() as conn:
+        rows = conn.execute(stmt.order_by(runs.c.created_at.desc()).limit(limit)).mappings().all()
+    return {"runs": [dict(r) for r in rows]}
+
+
+@router.get("/api/runs/{run_id}")
+def get_run(run_id: str, s: Services = Depends(services)) -> dict[str, Any]:
+    """One run: status, context, output, error."""
+    with s.engine.connect() as conn:
+        return run_view(conn, run_id)
+
+
+@router.get("/api/runs/{run_id}/tokens")
+def get_tokens(run_id: str, s: Services = Depends(services)) -> dict[str, Any]:
+    """Every token of the run."""
+    with s.engine.connect() as conn:
+        run_view(conn, run_id)
+        return {"tokens": token_rows(conn, run_id)}
+
+
+@router.get("/api/runs/{run_id}/events")
+def get_events(run_id: str, category: str | None = None, type: str | None = None, after_id: int = 0,
+               s: Services = Depends(services)) -> dict[str, Any]:
+    """The run's introspection events in order, filtered by category or type prefix."""
+    with s.engine.connect() as conn:
+        run_view(conn, run_id)
+        return {"events": introspection.read(conn, run_id, category=category, type_prefix=type, after_id=after_id)}
+
+
+@router.get("/api/runs/{run_id}/bus-events")
+def get_bus_events(run_id: str, s: Services = Depends(services)) -> dict[str, Any]:
+    """The audit rows of the run's bus messages."""
+    with s.engine.connect() as conn:
+        rows = conn.execute(select(bus_events).where(bus_events.c.run_id == run_id)
+                            .order_by(bus_events.c.id)).mappings().all()
+    return {"events": [dict(r) for r in rows]}
+
+
+@router.get("/api/runs/{run_id}/messages")
+def get_messages(run_id: str, s: Services = Depends(services)) -> dict[str, Any]:
+    """The run's bus rows (assignments and brain events)."""
+    with s.engine.connect() as conn:
+        rows = conn.execute(select(agent_messages).where(agent_messages.c.run_id == run_id)
+                            .order_by(agent_messages.c.created_at)).mappings().all()
+    return {"messages": [dict(r) for r in rows]}
