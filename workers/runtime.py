@@ -80,10 +80,10 @@ class Runtime:
                 write(conn, [IntrospectionEvent("dispatch.assignment.started", claim.run_id,
                                                 {"assignment_id": claim.id, "attempt": claim.attempt},
                                                 token.get("token_id"), token.get("node_id"))], now=now)
-        result, failure, ctx = self._run(claim, now)
+        result, failure, ctx = self._run(claim)
         return self._finish(claim, ctx, result, failure)
 
-    def _run(self, claim: ledger.Claim, started: float) -> tuple[WorkResult | None, Failure | None, WorkContext | None]:
+    def _run(self, claim: ledger.Claim) -> tuple[WorkResult | None, Failure | None, WorkContext | None]:
         token = claim.payload.get("__token", {})
         try:
             assignment = parse_assignment(claim.payload)
@@ -92,7 +92,7 @@ class Runtime:
             return None, Failure("work.unroutable", f"cannot run {claim.route.queue}: {exc}", False), None
         ctx = WorkContext(task_id=claim.id, run_id=claim.run_id, token_id=token.get("token_id"),
                           node_id=token.get("node_id"), tenant=claim.tenant, attempt=claim.attempt,
-                          assignment=assignment, deadline=started + assignment.ttl_ms / 1000,
+                          assignment=assignment, deadline=time.time() + assignment.ttl_ms / 1000,
                           artifacts_root=self.settings.artifacts_dir, llm_url=self.settings.llm_url,
                           llm_api_key=self.settings.llm_api_key)
         try:
