@@ -1,0 +1,195 @@
+"""The build-test sandbox: safe edit paths, applying edits to a directory, bounded subprocesses.
+
+This is process-level isolation only (a fresh directory, a scrubbed environment, a time limit and a
+killed process group); it is not a security boundary against hostile code. Run the build-test worker
+in its own container or VM where generated code is not trusted.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+from bus.errors import WorkFailed
+
+MAX_EDITS = 200
+"""Most files one build-test may write; more is a runaway model, not a project."""
+MAX_EDIT_BYTES = 5 * 1024 * 1024
+"""Most bytes all edits together may write."""
+ACTIONS = ("create", "replace")
+
+_DRIVE = re.compile(r"^[A-Za-z]:")
+
+
+def unsafe(message: str, path: object) -> WorkFailed:
+    """The non-retryable error for an edit that would write outside its sandbox."""
+    return WorkFailed(message, retryable=False, code="edits.unsafe", details={"path": str(path)[:300]})
+
+
+def check_relpath(rel: object) -> PurePosixPath:
+    """``rel`` as a relative POSIX path that cannot climb out of whatever directory it is joined to.
+
+    Raises:
+        WorkFailed: ``edits.unsafe`` for absolute paths, ``..``, drive letters, backslashes, NUL or "".
+    """
+    if not isinstance(rel, str) or not rel.strip() or "\x00" in rel:
+        raise unsafe("edit path must be a non-empty string", rel)
+    # A backslash is a separator on Windows and a way to smuggle "..\" past a POSIX check.
+    if "\\" in rel or _DRIVE.match(rel) or rel.startswith("~"):
+        raise unsafe(f"edit path {rel!r} is not a relative POSIX path", rel)
+    pure = PurePosixPath(rel)
+    if pure.is_absolute() or ".." in pure.parts or not pure.parts:
+        raise unsafe(f"edit path {rel!r} must be relative and stay inside the workspace", rel)
+    return pure
+
+
+def safe_path(root: Path, rel: object) -> Path:
+    """Resolve ``rel`` inside ``root``, refusing anything ``check_relpath`` refuses or a symlink escape.
+
+    Raises:
+        WorkFailed: ``edits.unsafe``.
+    """
+    base = root.resolve()
+    target = (base / check_relpath(rel)).resolve()
+    if target == base or not target.is_relative_to(base):
+        raise unsafe(f"edit path {rel!r} resolves outside the workspace", rel)
+    return target
+
+
+def confined(root: Path, raw: object, *, what: str) -> Path:
+    """An input path (``edits_path``, ``index_path``) that must be an artifact under ``root``.
+
+    Such paths come from an earlier worker's output; confining them keeps a crafted input from
+    making a worker read any file on its host.
+
+    Raises:
+        WorkFailed: ``input.invalid`` (not a string), ``input.unsafe`` (outside ``root``),
+            ``input.not_found`` (no such file); none of them retryable.
+    """
+    if not isinstance(raw, str) or not raw:
+        raise WorkFailed(f"{what} must be a path string", retryable=False, code="input.invalid")
+    local = unquote(urlsplit(raw).path) if raw.startswith("file://") else raw
+    path = Path(local).resolve()
+    if not path.is_relative_to(root.resolve()):
+        raise WorkFailed(f"{what} {raw!r} is not under the artifacts directory {root}", retryable=False,
+                         code="input.unsafe", details={"path": raw[:300]})
+    if not path.is_file():
+        raise WorkFailed(f"{what} {raw!r} does not exist", retryable=False, code="input.not_found",
+                         details={"path": raw[:300]})
+    return path
+
+
+def check_edits(edits: object) -> list[dict[str, str]]:
+    """Validate a list of edits (``{path, action, content}``) before anything is written.
+
+    Raises:
+        WorkFailed: ``edits.invalid`` for a malformed edit, ``edits.too_large`` past the limits.
+    """
+    if not isinstance(edits, list):
+        raise WorkFailed("edits must be a list", retryable=False, code="edits.invalid")
+    if len(edits) > MAX_EDITS:
+        raise WorkFailed(f"{len(edits)} edits is more than the {MAX_EDITS} allowed",
+                         retryable=False, code="edits.too_large")
+    total = 0
+    for index, edit in enumerate(edits):
+        if not isinstance(edit, dict) or not isinstance(edit.get("content"), str):
+            raise WorkFailed(f"edit #{index} needs a string 'content'", retryable=False, code="edits.invalid")
+        if edit.get("action", "create") not in ACTIONS:
+            raise WorkFailed(f"edit #{index} has action {edit.get('action')!r}; expected one of {ACTIONS}",
+                             retryable=False, code="edits.invalid")
+        total += len(edit["content"].encode("utf-8"))
+    if total > MAX_EDIT_BYTES:
+        raise WorkFailed(f"edits write {total} bytes, more than the {MAX_EDIT_BYTES} allowed",
+                         retryable=False, code="edits.too_large")
+    return edits
+
+
+def apply_edits(root: Path, edits: list[dict[str, Any]]) -> list[str]:
+    """Write every edit under ``root``; return the relative paths written, in order.
+
+    Every path is checked before the first byte is written, so a refused edit leaves nothing behind.
+    ``create`` and ``replace`` both write the whole file: a retry applies the same edits to a fresh
+    workspace, so the distinction is only informational.
+    """
+    checked = check_edits(edits)
+    targets = [(safe_path(root, edit.get("path")), edit) for edit in checked]
+    written = []
+    for target, edit in targets:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(edit["content"], encoding="utf-8")
+        written.append(target.relative_to(root.resolve()).as_posix())
+    return written
+
+
+def scrubbed_env(**extra: str) -> dict[str, str]:
+    """The environment for sandboxed commands: the worker's, minus every ``COGO_*`` setting.
+
+    Generated code must not see the ledger URL, the broker URL or the LLM API key.
+    """
+    env = {k: v for k, v in os.environ.items() if not k.startswith("COGO_")}
+    env.update(extra)
+    return env
+
+
+@dataclass(frozen=True)
+class Completed:
+    """What a bounded command did: its exit code (None when killed on timeout) and its duration."""
+
+    returncode: int | None
+    duration_s: float
+    timed_out: bool
+
+
+def run_bounded(cmd: list[str], *, cwd: Path, env: dict[str, str], timeout_s: float, log: Path) -> Completed:
+    """Run ``cmd`` with stdout+stderr into ``log``; kill its whole process group after ``timeout_s``.
+
+    Output goes to a file, not a pipe, so a chatty test cannot fill the worker's memory.
+
+    Raises:
+        WorkFailed: ``sandbox.unavailable`` (retryable) when the command cannot be started.
+    """
+    started = time.monotonic()
+    with log.open("wb") as out:
+        try:
+            # A new session makes the child a group leader, so grandchildren die with it on timeout.
+            proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL, start_new_session=True)
+        except OSError as exc:
+            raise WorkFailed(f"cannot start {cmd[0]}: {exc}", retryable=True,
+                             code="sandbox.unavailable") from exc
+        try:
+            returncode = proc.wait(timeout=max(0.0, timeout_s))
+        except subprocess.TimeoutExpired:
+            _kill_group(proc)
+            return Completed(None, time.monotonic() - started, True)
+        except BaseException:
+            # The runtime's TTL alarm (or a shutdown) interrupts the wait: take the children with us.
+            _kill_group(proc)
+            raise
+    return Completed(returncode, time.monotonic() - started, False)
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait()
+
+
+def tail(path: Path, limit: int) -> str:
+    """The last ``limit`` characters of a text file (empty if it does not exist)."""
+    try:
+        with path.open("rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - limit * 4))
+            return f.read().decode("utf-8", errors="replace")[-limit:]
+    except FileNotFoundError:
+        return ""
