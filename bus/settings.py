@@ -48,6 +48,8 @@ class Settings:
     """Port of Flower."""
     artifacts_dir: Path = Path("")
     """Where workers write artifacts. Empty: ``<home>/artifacts``."""
+    workflows_dir: Path = Path("")
+    """Extra workflow definitions (``*.yaml``) loaded beside the built-in ones. Empty: none."""
     task_events: bool = False
     """Send Celery task events (Flower switches them on when it runs)."""
     llm_url: str = ""

@@ -113,7 +113,7 @@ def main(settings: Settings, name: str) -> None:
 
     engine = make_engine(settings.database_url)
     publisher = Publisher(make_celery(settings, name=f"{name}-producer"))
-    brain = Brain(engine=engine, publisher=publisher, registry=Registry.builtin(), shards=settings.shards,
+    brain = Brain(engine=engine, publisher=publisher, registry=Registry.load(settings.workflows_dir), shards=settings.shards,
                   notify=redis_notifier(settings))
     run_consumer(settings, name=name, queues=by_name(name).queues(settings.shards), task_name=TASK_DECIDE,
                  handle=brain.handle)

@@ -312,6 +312,17 @@ class Registry:
         """The registry of every YAML file shipped with cogo."""
         return cls([load_yaml(p) for p in sorted(BUILTIN_DIR.glob("*.yaml"))])
 
+    @classmethod
+    def load(cls, extra_dir: Path | None = None) -> Registry:
+        """The built-in definitions plus every ``*.yaml`` in ``extra_dir`` (the ``COGO_WORKFLOWS_DIR``)."""
+        registry = cls.builtin()
+        if extra_dir is not None and str(extra_dir) not in ("", "."):
+            if not extra_dir.is_dir():
+                raise ContractError(f"COGO_WORKFLOWS_DIR {extra_dir} is not a directory", code="config.invalid")
+            for path in sorted(extra_dir.glob("*.yaml")):
+                registry.add(load_yaml(path))
+        return registry
+
     def add(self, definition: WorkflowDefinition) -> None:
         """Register a definition (replacing the same name and version)."""
         self._by_key[(definition.name, definition.version)] = definition

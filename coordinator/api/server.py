@@ -64,7 +64,7 @@ def main(settings: Settings, name: str) -> None:
 
     app = create_app(Services(engine=make_engine(settings.database_url, pool_size=10),
                               publisher=Publisher(make_celery(settings, name=name)),
-                              registry=Registry.builtin(), settings=settings))
+                              registry=Registry.load(settings.workflows_dir), settings=settings))
     app.router.on_startup.append(mark_ready)
     uvicorn.run(app, host=settings.api_host, port=settings.api_port, log_level=settings.log_level.lower(),
                 access_log=False)
