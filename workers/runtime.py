@@ -21,12 +21,13 @@ from sqlalchemy import Engine
 
 from bus import ledger, outcomes
 from bus.celery_app import TASK_EXECUTE
-from bus.envelope import parse_assignment
+from bus.envelope import Usage, parse_assignment
 from bus.errors import BudgetExceeded, CogoError, TTLExpired, WorkFailed
 from bus.introspection import IntrospectionEvent, write
 from bus.outbox import Delivery, Publisher
 from bus.retry import RetryPolicy, compute_backoff
 from bus.routing import execute_queue
+from bus.schema import agent_messages as m
 from bus.settings import Settings
 from workers.handler import Handler, WorkContext, WorkResult
 
@@ -106,67 +107,90 @@ class Runtime:
 
     def _finish(self, claim: ledger.Claim, ctx: WorkContext | None, result: WorkResult | None,
                 failure: Failure | None) -> str:
-        now = self.clock()
-        usage = ctx.usage if ctx else None
-        usage_values = {"usage_tokens": ledger.m.c.usage_tokens + (usage.tokens if usage else 0),
-                        "usage_cost_usd": ledger.m.c.usage_cost_usd + (usage.cost_usd if usage else 0.0)}
-        usage_body = usage.model_dump() if usage else {}
-        token = claim.payload.get("__token", {})
-        deliveries: list[Delivery] = []
+        outcome = Outcome(self, claim, ctx)
         with self.engine.begin() as conn:
-            audit = {"message_id": claim.id, "run_id": claim.run_id, "tenant": claim.tenant, "attempt": claim.attempt}
-
-            def trace(type_: str, **data: Any) -> None:
-                if claim.run_id:
-                    write(conn, [IntrospectionEvent(type_, claim.run_id, {"assignment_id": claim.id,
-                                                                          "attempt": claim.attempt, **data},
-                                                    token.get("token_id"), token.get("node_id"))], now=now)
-
             if failure is None:
-                if not ledger.move(conn, claim.id, from_=(ledger.RUNNING,), to=ledger.DONE, now=now,
-                                   attempt=claim.attempt, values={"result_snippet": ledger.snippet(result.output),
-                                                                  "result_url": result.result_url, **usage_values}):
-                    return "lost"
-                ledger.record(conn, [{**audit, "kind": "execute_done", "detail": {"usage": usage_body}}], now=now)
-                trace("dispatch.assignment.completed", usage=usage_body)
-                if claim.run_id:
-                    deliveries.append(outcomes.report(
-                        conn, assignment_id=claim.id, run_id=claim.run_id, tenant=claim.tenant, payload=claim.payload,
-                        kind=outcomes.TASK_COMPLETED, now=now, shards=self.settings.shards,
-                        body={"output": result.output, "attempts": claim.attempt, "usage": usage_body}))
-                outcome = "done"
+                status = outcome.done(conn, result)
             elif failure.retryable and claim.attempt < claim.max_attempts:
-                policy = RetryPolicy(**(claim.payload.get("__retry") or {"maximum_attempts": claim.max_attempts}))
-                backoff_ms = compute_backoff(claim.attempt, policy, self.rng)
-                if not ledger.move(conn, claim.id, from_=(ledger.RUNNING,), to=ledger.RETRY_WAIT, now=now,
-                                   attempt=claim.attempt, values={"retry_at": now + backoff_ms / 1000,
-                                                                  "last_error": f"{failure.code}: {failure.message}",
-                                                                  "last_error_at": now, **usage_values}):
-                    return "lost"
-                ledger.record(conn, [{**audit, "kind": failure.audit, "detail": failure.as_error()},
-                                     {**audit, "kind": "execute_retry", "detail": {"backoff_ms": backoff_ms}}], now=now)
-                trace("dispatch.attempt.failed", error=failure.as_error())
-                trace("dispatch.retry.scheduled", backoff_ms=backoff_ms, next_attempt=claim.attempt + 1,
-                      max_attempts=claim.max_attempts)
-                deliveries.append(Delivery(TASK_EXECUTE, execute_queue(claim.run_id or "", self.settings.shards),
-                                           claim.id, backoff_ms / 1000))
-                outcome = "retry"
+                status = outcome.retry(conn, failure)
             else:
-                if not ledger.move(conn, claim.id, from_=(ledger.RUNNING,), to=ledger.FAILED, now=now,
-                                   attempt=claim.attempt, values={"last_error": f"{failure.code}: {failure.message}",
-                                                                  "last_error_at": now, **usage_values}):
-                    return "lost"
-                kinds = [failure.audit] + (["execute_failed"] if failure.audit != "execute_failed" else [])
-                ledger.record(conn, [{**audit, "kind": k, "detail": failure.as_error()} for k in kinds], now=now)
-                trace("dispatch.assignment.failed", error=failure.as_error())
-                if claim.run_id:
-                    deliveries.append(outcomes.report(
-                        conn, assignment_id=claim.id, run_id=claim.run_id, tenant=claim.tenant, payload=claim.payload,
-                        kind=outcomes.TASK_FAILED, now=now, shards=self.settings.shards,
-                        body={"error": failure.as_error(), "attempts": claim.attempt, "usage": usage_body}))
-                outcome = "failed"
-        self.publisher.send(deliveries)
-        return outcome
+                status = outcome.failed(conn, failure)
+        self.publisher.send(outcome.deliveries)
+        return status
+
+
+class Outcome:
+    """Writes one attempt's end: the fenced status change, its audit rows, its trace and its report."""
+
+    def __init__(self, runtime: Runtime, claim: ledger.Claim, ctx: WorkContext | None):
+        self.runtime, self.claim, self.now = runtime, claim, runtime.clock()
+        usage = ctx.usage if ctx else Usage()
+        self.usage = usage.model_dump()
+        self.usage_values = {"usage_tokens": m.c.usage_tokens + usage.tokens,
+                             "usage_cost_usd": m.c.usage_cost_usd + usage.cost_usd}
+        self.token = claim.payload.get("__token", {})
+        self.deliveries: list[Delivery] = []
+
+    def done(self, conn, result: WorkResult) -> str:
+        """``running → done``, audited, traced and reported to the brain."""
+        if not self._move(conn, ledger.DONE, {"result_snippet": ledger.snippet(result.output),
+                                              "result_url": result.result_url}):
+            return "lost"
+        self._audit(conn, [("execute_done", {"usage": self.usage})])
+        self._trace(conn, "dispatch.assignment.completed", usage=self.usage)
+        self._report(conn, outcomes.TASK_COMPLETED, {"output": result.output})
+        return "done"
+
+    def retry(self, conn, failure: Failure) -> str:
+        """``running → retry_wait`` with a backoff; the dispatcher re-admits it when due."""
+        policy = RetryPolicy(**(self.claim.payload.get("__retry") or {"maximum_attempts": self.claim.max_attempts}))
+        backoff_ms = compute_backoff(self.claim.attempt, policy, self.runtime.rng)
+        if not self._move(conn, ledger.RETRY_WAIT, {"retry_at": self.now + backoff_ms / 1000, **_error(failure, self.now)}):
+            return "lost"
+        self._audit(conn, [(failure.audit, failure.as_error()), ("execute_retry", {"backoff_ms": backoff_ms})])
+        self._trace(conn, "dispatch.attempt.failed", error=failure.as_error())
+        self._trace(conn, "dispatch.retry.scheduled", backoff_ms=backoff_ms, next_attempt=self.claim.attempt + 1,
+                    max_attempts=self.claim.max_attempts)
+        queue = execute_queue(self.claim.run_id or "", self.runtime.settings.shards)
+        self.deliveries.append(Delivery(TASK_EXECUTE, queue, self.claim.id, backoff_ms / 1000))
+        return "retry"
+
+    def failed(self, conn, failure: Failure) -> str:
+        """``running → failed`` for good, audited, traced and reported to the brain."""
+        if not self._move(conn, ledger.FAILED, _error(failure, self.now)):
+            return "lost"
+        kinds = [failure.audit] + (["execute_failed"] if failure.audit != "execute_failed" else [])
+        self._audit(conn, [(k, failure.as_error()) for k in kinds])
+        self._trace(conn, "dispatch.assignment.failed", error=failure.as_error())
+        self._report(conn, outcomes.TASK_FAILED, {"error": failure.as_error()})
+        return "failed"
+
+    def _move(self, conn, to: str, values: dict[str, Any]) -> bool:
+        return ledger.move(conn, self.claim.id, from_=(ledger.RUNNING,), to=to, now=self.now,
+                           attempt=self.claim.attempt, values={**values, **self.usage_values})
+
+    def _audit(self, conn, kinds: list[tuple[str, dict]]) -> None:
+        c = self.claim
+        ledger.record(conn, [{"message_id": c.id, "run_id": c.run_id, "tenant": c.tenant, "attempt": c.attempt,
+                              "kind": kind, "detail": detail} for kind, detail in kinds], now=self.now)
+
+    def _trace(self, conn, type_: str, **data: Any) -> None:
+        if self.claim.run_id:
+            write(conn, [IntrospectionEvent(type_, self.claim.run_id,
+                                            {"assignment_id": self.claim.id, "attempt": self.claim.attempt, **data},
+                                            self.token.get("token_id"), self.token.get("node_id"))], now=self.now)
+
+    def _report(self, conn, kind: str, body: dict[str, Any]) -> None:
+        c = self.claim
+        if c.run_id:
+            self.deliveries.append(outcomes.report(
+                conn, assignment_id=c.id, run_id=c.run_id, tenant=c.tenant, payload=c.payload, kind=kind,
+                now=self.now, shards=self.runtime.settings.shards,
+                body={**body, "attempts": c.attempt, "usage": self.usage}))
+
+
+def _error(failure: Failure, now: float) -> dict[str, Any]:
+    return {"last_error": f"{failure.code}: {failure.message}", "last_error_at": now}
 
 
 @contextlib.contextmanager
