@@ -145,7 +145,8 @@ class Outcome:
         """``running → retry_wait`` with a backoff; the dispatcher re-admits it when due."""
         policy = RetryPolicy(**(self.claim.payload.get("__retry") or {"maximum_attempts": self.claim.max_attempts}))
         backoff_ms = compute_backoff(self.claim.attempt, policy, self.runtime.rng)
-        if not self._move(conn, ledger.RETRY_WAIT, {"retry_at": self.now + backoff_ms / 1000, **_error(failure, self.now)}):
+        retry_at = self.now + backoff_ms / 1000
+        if not self._move(conn, ledger.RETRY_WAIT, {"retry_at": retry_at, **_error(failure, self.now)}):
             return "lost"
         self._audit(conn, [(failure.audit, failure.as_error()), ("execute_retry", {"backoff_ms": backoff_ms})])
         self._trace(conn, "dispatch.attempt.failed", error=failure.as_error())
