@@ -54,3 +54,23 @@ def sqlite_engine(tmp_path):
     upgrade(eng)
     yield eng
     eng.dispose()
+
+
+@pytest.fixture
+def engine_url_for(tmp_path):
+    """``engine_url_for("sqlite"|"postgres")``: a migrated ledger URL; PostgreSQL schemas are dropped after."""
+    cleanups = []
+
+    def make(kind: str) -> str:
+        if kind == "sqlite":
+            return f"sqlite:///{tmp_path / 'e2e-ledger.db'}"
+        engine, url, admin, schema = _postgres_engine()
+        engine.dispose()
+        cleanups.append((admin, schema))
+        return url
+
+    yield make
+    for admin, schema in cleanups:
+        with admin.begin() as conn:
+            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
