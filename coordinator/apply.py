@@ -20,6 +20,7 @@ from bus.introspection import IntrospectionEvent
 from bus.outbox import Delivery, Publisher, delivery_for
 from bus.routing import DECIDE, ORCHESTRATOR, Route, shard_for
 from coordinator import decisions as d
+from coordinator.definitions import Registry
 from coordinator.planning.builder import Plan
 from coordinator.schema import runs, tokens
 from coordinator.state import (
@@ -28,6 +29,7 @@ from coordinator.state import (
     RUN_CANCELLED,
     RUN_COMPLETED,
     RUN_FAILED,
+    RUN_PENDING,
     RUN_RUNNING,
     RUN_TERMINAL,
     RUN_WAITING,
@@ -35,6 +37,7 @@ from coordinator.state import (
     WAITING,
     WorkflowState,
 )
+from coordinator.structures import STRUCTURE_APPLIERS, StructureWrites
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +54,10 @@ class Effects:
 class Phase1:
     """Accumulates one plan's writes and executes them as few statements as it can."""
 
-    def __init__(self, conn: Connection, state: WorkflowState, *, cause_id: str, now: float, shards: int):
+    def __init__(self, conn: Connection, state: WorkflowState, *, cause_id: str, now: float, shards: int,
+                 registry: Registry | None = None):
         self.conn, self.state, self.cause_id, self.now, self.shards = conn, state, cause_id, now, shards
+        self.registry = registry  # child runs need their definitions
         self.run = state.run
         self.events: list[IntrospectionEvent] = []
         self.run_values: dict[str, Any] = {"status": self.run.status}
@@ -64,6 +69,8 @@ class Phase1:
         self.token_updates: dict[str, dict[str, Any]] = {}
         self.messages: list[ledger.NewMessage] = []
         self.cancelled_assignments: list[str] = []
+        self.step_assignments: dict[str, str] = {}
+        self.structures = StructureWrites(state)
         self.effects = Effects()
 
     # -- the walk ------------------------------------------------------------------------------------
@@ -81,6 +88,13 @@ class Phase1:
         """Record an operation/dispatch event of this step."""
         self.events.append(IntrospectionEvent(type_, self.run.id, data, token_id, node_id, self.run.parent_run_id))
 
+    def write(self, scope: str | None, key: str, value: Any) -> None:
+        """``context[key] = value`` in the root (``scope=None``) or a branch scope."""
+        if scope is None:
+            self.context[key] = value
+        else:
+            self.structures.write_scope(scope, key, value)
+
     def token_update(self, token_id: str, **values: Any) -> None:
         """Change a token, whether it was loaded or created in this same step."""
         if "status" in values:
@@ -96,6 +110,11 @@ class Phase1:
         self.messages.append(message)
         self.effects.deliveries.append(delivery_for(message, shards=self.shards, now=self.now))
 
+    def unsend(self, message_id: str) -> None:
+        """Take back an outbox row of this same step before anything was written or sent."""
+        self.messages = [m for m in self.messages if m.id != message_id]
+        self.effects.deliveries = [d for d in self.effects.deliveries if d.message_id != message_id]
+
     def decide_row(self, run_id: str, kind: str, payload: dict[str, Any], *, retry_at: float | None = None,
                    id: str | None = None, tenant: str | None = None) -> ledger.NewMessage:
         """An outbox row for a brain (this run's, a parent's or a child's)."""
@@ -107,7 +126,7 @@ class Phase1:
     # -- writing -------------------------------------------------------------------------------------
     def _flush(self) -> None:
         status = self.run_values["status"]
-        if status not in RUN_TERMINAL:
+        if status not in RUN_TERMINAL and status != RUN_PENDING:
             active = [s for s in self.statuses.values() if s in TOKEN_ACTIVE]
             status = RUN_WAITING if active and all(s == WAITING for s in active) else RUN_RUNNING
             self.run_values["status"] = status
@@ -122,6 +141,7 @@ class Phase1:
         for token_id, values in self.token_updates.items():
             self.conn.execute(update(tokens).where(tokens.c.run_id == self.run.id, tokens.c.id == token_id)
                               .values(updated_at=self.now, **values))
+        self.structures.flush(self)
         if self.cancelled_assignments:
             for assignment_id in self.cancelled_assignments:
                 ledger.move(self.conn, assignment_id, from_=(ledger.QUEUED, ledger.RETRY_WAIT), to=ledger.DEAD,
@@ -161,19 +181,20 @@ def _mark_waiting(p: Phase1, x: d.MarkWaiting) -> None:
 
 
 def _set_context(p: Phase1, x: d.SetContext | d.ApplyOutputMapping) -> None:
-    if x.scope is not None:
-        raise NotImplementedError("branch scopes are written by the fan-out appliers")
-    p.context[x.key] = x.value
-    p.op("operation.context.set", getattr(x, "token_id", None), key=x.key, scope=x.scope)
+    p.write(x.scope, x.key, x.value)
+    p.op("operation.context.set" if x.scope is None else "operation.context.write", getattr(x, "token_id", None),
+         key=x.key, scope=x.scope)
 
 
 def _dispatch(p: Phase1, x: d.DispatchToken) -> None:
     route = Route(x.service, x.role, shard_for(p.run.id, p.shards), p.run.tenant)
-    payload = {"__assignment": x.assignment, "__token": {"token_id": x.token_id, "node_id": x.node_id},
+    token = {"token_id": x.token_id, "node_id": x.node_id, "parent_run_id": p.run.parent_run_id}
+    payload = {"__assignment": x.assignment, "__token": token,
                "__retry": x.retry, "input": x.input}
     p.send(ledger.NewMessage(route=route, kind="assignment", payload=payload, run_id=p.run.id,
                              causation_id=p.cause_id, max_attempts=x.max_attempts, id=x.assignment_id))
     p.token_update(x.token_id, status=DISPATCHED, assignment_id=x.assignment_id)
+    p.step_assignments[x.token_id] = x.assignment_id
     p.op("dispatch.token.enqueued", x.token_id, x.node_id, assignment_id=x.assignment_id, queue=route.queue)
 
 
@@ -191,6 +212,8 @@ def _notify(p: Phase1, x: d.Notify) -> None:
 def _cancel_tokens(p: Phase1, x: d.CancelActiveTokens) -> None:
     for token_id in x.token_ids:
         p.token_update(token_id, status=CANCELLED)
+        if token_id in p.step_assignments:
+            p.unsend(p.step_assignments.pop(token_id))  # dispatched and cancelled in one step: never sent
         token = p.state.tokens.get(token_id)
         if token is not None and token.assignment_id:
             p.cancelled_assignments.append(token.assignment_id)
@@ -226,8 +249,9 @@ APPLIERS: dict[type, Callable[[Phase1, Any], None]] = {
     d.CompleteWorkflow: lambda p, x: _finish_run(p, RUN_COMPLETED, output=x.output),
     d.FailWorkflow: lambda p, x: _finish_run(p, RUN_FAILED, error=x.error),
     d.CancelWorkflow: lambda p, x: _finish_run(p, RUN_CANCELLED, error={"code": "cancelled", "message": x.reason}),
+    **STRUCTURE_APPLIERS,
 }
-"""How each decision type changes state; the fan-out, approval and sub-workflow modules add theirs."""
+"""How each decision type changes state (branch scopes, joins, approvals, children: ``structures``)."""
 
 
 def phase2(effects: Effects, publisher: Publisher, notify: Callable[[str, Any], None] | None = None) -> None:

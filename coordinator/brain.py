@@ -6,6 +6,7 @@ transaction, so a duplicate delivery (or a second brain on the same shard) chang
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -69,9 +70,12 @@ class Brain:
                 _reject(conn, message_id, row, exc, now)
                 return "rejected", None
             the_plan = plan(state, event, now=now)
-            ledger.move(conn, message_id, from_=(ledger.QUEUED,), to=ledger.DONE, now=now)
+            # The run version this event produced orders the run's history exactly (replay reads it).
+            ledger.move(conn, message_id, from_=(ledger.QUEUED,), to=ledger.DONE, now=now,
+                        values={"result_snippet": json.dumps({"run_version": state.run.version + 1})})
             _settle_outcome(conn, event, now)
-            effects = Phase1(conn, state, cause_id=message_id, now=now, shards=self.shards).apply(the_plan)
+            effects = Phase1(conn, state, cause_id=message_id, now=now, shards=self.shards,
+                             registry=self.registry).apply(the_plan)
         return "applied", effects
 
 
@@ -113,7 +117,7 @@ def main(settings: Settings, name: str) -> None:
 
     engine = make_engine(settings.database_url)
     publisher = Publisher(make_celery(settings, name=f"{name}-producer"))
-    brain = Brain(engine=engine, publisher=publisher, registry=Registry.load(settings.workflows_dir), shards=settings.shards,
-                  notify=redis_notifier(settings))
+    brain = Brain(engine=engine, publisher=publisher, registry=Registry.load(settings.workflows_dir),
+                  shards=settings.shards, notify=redis_notifier(settings))
     run_consumer(settings, name=name, queues=by_name(name).queues(settings.shards), task_name=TASK_DECIDE,
                  handle=brain.handle)

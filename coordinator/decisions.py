@@ -155,3 +155,123 @@ class CancelWorkflow(Decision):
 
     reason: str
     type: ClassVar[str] = "CANCEL_WORKFLOW"
+
+
+# -- branch scopes and joins (seed 000, phases 4 to 6) -------------------------------------------------
+@dataclass(frozen=True)
+class InitBranchTable(Decision):
+    """Create the isolated scope of one branch of a fan-out, seeded with ``data`` (``item``, ``index``)."""
+
+    scope: str
+    fan_id: str
+    branch_index: int
+    data: dict[str, Any]
+    type: ClassVar[str] = "INIT_BRANCH_TABLE"
+
+
+@dataclass(frozen=True)
+class ApplyBranchOutput(Decision):
+    """A finished token's output lands in its own branch scope, never in a sibling's or the root."""
+
+    token_id: str
+    scope: str
+    key: str
+    value: Any
+    type: ClassVar[str] = "APPLY_BRANCH_OUTPUT"
+
+
+@dataclass(frozen=True)
+class OpenFanIn(Decision):
+    """A fan-out starts: its join expects ``expected`` branches; ``owner_token_id`` waits for it."""
+
+    fan_id: str
+    join_node: str
+    expected: int
+    owner_token_id: str
+    type: ClassVar[str] = "OPEN_FAN_IN"
+
+
+@dataclass(frozen=True)
+class RecordArrival(Decision):
+    """Branch ``branch_index`` reached its join."""
+
+    fan_id: str
+    branch_index: int
+    token_id: str
+    type: ClassVar[str] = "RECORD_ARRIVAL"
+
+
+@dataclass(frozen=True)
+class MergeBranches(Decision):
+    """The join merges the arrived branches' scopes, in branch order, into ``key`` of the enclosing scope."""
+
+    fan_id: str
+    key: str
+    rows: tuple[Any, ...]
+    branches: tuple[int, ...]
+    scope: str | None = None
+    type: ClassVar[str] = "MERGE_BRANCHES"
+
+
+@dataclass(frozen=True)
+class FireJoin(Decision):
+    """The join fires — once: phase 1 flips ``fan_ins.fired`` only if it was still false."""
+
+    fan_id: str
+    join_node: str
+    type: ClassVar[str] = "FIRE_JOIN"
+
+
+@dataclass(frozen=True)
+class CloseFanIn(Decision):
+    """A join that can no longer fire (its owner was cancelled) is forgotten."""
+
+    fan_id: str
+    reason: str
+    type: ClassVar[str] = "CLOSE_FAN_IN"
+
+
+@dataclass(frozen=True)
+class DropBranchTables(Decision):
+    """Drop a fan-out's branch scopes: no scope outlives its join."""
+
+    fan_id: str
+    scopes: tuple[str, ...]
+    reason: str = ""
+    type: ClassVar[str] = "DROP_BRANCH_TABLES"
+
+
+# -- children and people -------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class StartSubworkflow(Decision):
+    """Create the child run (and its start event) for a subworkflow token."""
+
+    token_id: str
+    child_run_id: str
+    workflow: str
+    version: int
+    input: dict[str, Any]
+    type: ClassVar[str] = "START_SUBWORKFLOW"
+
+
+@dataclass(frozen=True)
+class RequestApproval(Decision):
+    """Write a pending ``approvals`` row for a person to decide."""
+
+    approval_id: str
+    token_id: str
+    node_id: str
+    prompt: str
+    expires_at: float | None = None
+    type: ClassVar[str] = "REQUEST_APPROVAL"
+
+
+@dataclass(frozen=True)
+class ResolveApproval(Decision):
+    """A pending approval ends: ``approved``, ``rejected``, ``expired`` or ``cancelled``."""
+
+    approval_id: str
+    status: str
+    by: str = ""
+    comment: str = ""
+    type: ClassVar[str] = "RESOLVE_APPROVAL"

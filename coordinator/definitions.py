@@ -160,6 +160,8 @@ class ForeachNode(_Node):
     body: str
     join: str
     max_items: int = Field(default=10_000, ge=0)
+    item_as: str | None = Field(default=None, alias="as", pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+    """Also store each item under this name, so nested fan-outs can still reach the outer item."""
 
 
 class JoinNode(_Node):
@@ -186,6 +188,7 @@ class SubworkflowNode(_Node):
     input_mapping: Any = Field(default_factory=dict)
     output_mapping: Any = None
     output: str | None = None
+    on_failure: str | None = None
 
 
 class WaitNode(_Node):
@@ -326,6 +329,15 @@ class Registry:
     def add(self, definition: WorkflowDefinition) -> None:
         """Register a definition (replacing the same name and version)."""
         self._by_key[(definition.name, definition.version)] = definition
+
+    def versions(self, name: str) -> tuple[int, ...]:
+        """The registered versions of ``name``, oldest first (empty when unknown)."""
+        return tuple(sorted(v for (n, v) in self._by_key if n == name))
+
+    def catalog(self, definition: WorkflowDefinition) -> dict[str, tuple[int, ...]]:
+        """The registered versions of every workflow that ``definition``'s subworkflow nodes start."""
+        names = {n.workflow for n in definition.nodes.values() if isinstance(n, SubworkflowNode)}
+        return {name: self.versions(name) for name in sorted(names)}
 
     def get(self, name: str, version: int | None = None) -> WorkflowDefinition:
         """A definition; without a version, the newest.

@@ -74,7 +74,8 @@ class Dispatcher:
             write(conn, [IntrospectionEvent("dispatch.assignment.admitted", row.run_id,
                                             {"assignment_id": row.id, "queue": route.queue,
                                              "attempt": row.attempts + 1, "retry": retry},
-                                            token.get("token_id"), token.get("node_id"))], now=now)
+                                            token.get("token_id"), token.get("node_id"),
+                                            token.get("parent_run_id"))], now=now)
         deliveries.append(Delivery(TASK_WORK, route.queue, row.id))
         return "dispatched"
 
@@ -90,7 +91,8 @@ class Dispatcher:
         if row.run_id:
             write(conn, [IntrospectionEvent("dispatch.assignment.denied", row.run_id,
                                             {"assignment_id": row.id, **error},
-                                            token.get("token_id"), token.get("node_id"))], now=now)
+                                            token.get("token_id"), token.get("node_id"),
+                                            token.get("parent_run_id"))], now=now)
             deliveries.append(outcomes.report(conn, assignment_id=row.id, run_id=row.run_id, tenant=row.tenant,
                                               payload=row.payload, kind=outcomes.TASK_FAILED, now=now,
                                               shards=self.shards, body={"error": error, "attempts": row.attempts}))

@@ -20,6 +20,7 @@ INTENT_WORKFLOWS = {
     "index": "indexing",
     "upgrade": "upgrade",
     "echo": "single-task",
+    "demo": "demo",
 }
 """Intent names of the user's three flows; any registered workflow name is an intent too."""
 

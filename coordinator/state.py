@@ -56,7 +56,8 @@ class FanIn:
     fan_id: str
     join_node: str
     expected: int
-    arrived: tuple[str, ...] = ()
+    arrived: tuple[int, ...] = ()
+    """The branch indexes that have reached the join, in arrival order."""
     fired: bool = False
 
 
@@ -91,7 +92,14 @@ class WorkflowState:
     fan_ins: Mapping[str, FanIn] = field(default_factory=dict)
     scopes: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     token_seq: int = 0
+    catalog: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
+    """The registered versions of every workflow the definition's subworkflow nodes name."""
 
     def active_tokens(self) -> list[Token]:
-        """Tokens that are not finished, in id order."""
-        return [t for t in self.tokens.values() if t.status in TOKEN_ACTIVE]
+        """Tokens that are not finished, in creation order."""
+        return sorted((t for t in self.tokens.values() if t.status in TOKEN_ACTIVE), key=lambda t: token_seq_of(t.id))
+
+
+def token_seq_of(token_id: str) -> int:
+    """The per-run sequence number at the end of a token id (``node.<seq>``): its creation order."""
+    return int(token_id.rsplit(".", 1)[1])

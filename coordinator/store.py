@@ -27,9 +27,10 @@ def load_state(conn: Connection, run_id: str, registry: Registry) -> WorkflowSta
                                                    fan_ins.c.fired.is_(False))).mappings().all()
     scopes = conn.execute(select(branch_scopes.c.id, branch_scopes.c.data)
                           .where(branch_scopes.c.run_id == run_id)).all() if open_fans else []
+    definition = registry.get(row["workflow"], row["workflow_version"])
     return WorkflowState(
         run=run_info(row),
-        definition=registry.get(row["workflow"], row["workflow_version"]),
+        definition=definition,
         context=row["context"] or {},
         visits=row["visits"] or {},
         tokens={t["id"]: token_from_row(t) for t in active},
@@ -37,6 +38,7 @@ def load_state(conn: Connection, run_id: str, registry: Registry) -> WorkflowSta
                  for f in open_fans},
         scopes={s.id: s.data for s in scopes},
         token_seq=row["token_seq"],
+        catalog=registry.catalog(definition),
     )
 
 

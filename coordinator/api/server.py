@@ -11,13 +11,14 @@ from sqlalchemy import select
 
 from bus.errors import CogoError, NotFound
 from bus.settings import Settings
-from coordinator.api import runs
+from coordinator.api import people, runs
 from coordinator.api.deps import Services
 
-ROUTERS = [runs.router]
+ROUTERS = [runs.router, people.router]
 """Every router of the API; a module adds its router here."""
 
 _STATUS = {"run.unknown": 404, "intent.unknown": 404, "workflow.unknown": 404, "conflict": 409,
+           "approval.unknown": 404, "approval.not_pending": 409, "run.terminal": 409,
            "ledger.unavailable": 503, "broker.unavailable": 503}
 
 

@@ -9,11 +9,14 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from coordinator import events as ev
-from coordinator.planning import routing, tasks  # noqa: F401  (registers entry rules)
+from coordinator.planning import fanout, routing, tasks  # noqa: F401  (registers entry rules)
 from coordinator.planning.builder import Plan, PlanBuilder
+from coordinator.planning.children import on_child_completed, on_child_failed
 from coordinator.planning.lifecycle import on_cancel, on_start
-from coordinator.planning.tasks import on_task_completed, on_task_failed, on_timer
-from coordinator.state import RUN_TERMINAL, WorkflowState
+from coordinator.planning.people import on_approval
+from coordinator.planning.tasks import on_task_completed, on_task_failed
+from coordinator.planning.timers import on_signal, on_timer
+from coordinator.state import RUN_PENDING, RUN_TERMINAL, WorkflowState
 
 Planner = Callable[[PlanBuilder, ev.Event], None]
 PLANNERS: dict[type[ev.Event], Planner] = {
@@ -22,8 +25,15 @@ PLANNERS: dict[type[ev.Event], Planner] = {
     ev.TaskFailed: on_task_failed,
     ev.Timer: on_timer,
     ev.Cancel: on_cancel,
+    ev.ApprovalDecided: on_approval,
+    ev.Signal: on_signal,
+    ev.ChildCompleted: on_child_completed,
+    ev.ChildFailed: on_child_failed,
 }
-"""The planner of each command; the planning modules for people, children and joins add theirs."""
+"""The planner of each command."""
+
+BEFORE_START = (ev.Start, ev.Cancel)
+"""The only commands that mean anything to a run that has not started."""
 
 
 def plan(state: WorkflowState, event: ev.Event, *, now: float) -> Plan:
@@ -31,6 +41,9 @@ def plan(state: WorkflowState, event: ev.Event, *, now: float) -> Plan:
     b = PlanBuilder(state, now=now)
     if state.run.status in RUN_TERMINAL:
         b.emit("decision.event.ignored", kind=event.kind, reason=f"run is already {state.run.status}")
+        return b.plan()
+    if state.run.status == RUN_PENDING and not isinstance(event, BEFORE_START):
+        b.emit("decision.event.ignored", kind=event.kind, reason="run has not started")
         return b.plan()
     planner = PLANNERS.get(type(event))
     if planner is None:

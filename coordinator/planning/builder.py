@@ -8,19 +8,13 @@ and a per-run sequence, never random, so that replaying the same events yields t
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 from bus.introspection import IntrospectionEvent
-from coordinator.decisions import (
-    ApplyOutputMapping,
-    CreateToken,
-    Decision,
-    MarkWaiting,
-    SetContext,
-    UpdateTokenStatus,
-)
-from coordinator.state import TOKEN_ACTIVE, FanIn, Token, WorkflowState
+from coordinator.decisions import Decision
+from coordinator.planning.working import WorkingCopy
+from coordinator.state import Token, WorkflowState
 
 Item = Decision | IntrospectionEvent
 
@@ -42,22 +36,15 @@ class Plan:
         return [i for i in self.items if isinstance(i, IntrospectionEvent)]
 
 
-class PlanBuilder:
+class PlanBuilder(WorkingCopy):
     """Collects decisions and events while keeping a view of the state as they change it."""
 
     def __init__(self, state: WorkflowState, *, now: float):
-        self.state = state
+        super().__init__(state)
         self.now = now
         self.definition = state.definition
         self.run = state.run
         self.items: list[Item] = []
-        self.tokens: dict[str, Token] = dict(state.tokens)
-        self.context: dict[str, Any] = dict(state.context)
-        self.scopes: dict[str, dict[str, Any]] = {k: dict(v) for k, v in state.scopes.items()}
-        self.fan_ins: dict[str, FanIn] = dict(state.fan_ins)
-        self.visits: dict[str, int] = dict(state.visits)
-        self.seq = state.token_seq
-        self.status = state.run.status
 
     # -- output --------------------------------------------------------------------------------------
     def plan(self) -> Plan:
@@ -67,17 +54,7 @@ class PlanBuilder:
     def decide(self, decision: Decision) -> Decision:
         """Record a decision and keep the working copy in step with it."""
         self.items.append(decision)
-        if isinstance(decision, CreateToken):
-            self.tokens[decision.token.id] = decision.token
-        elif isinstance(decision, UpdateTokenStatus):
-            self.tokens[decision.token_id] = replace(self.tokens[decision.token_id], status=decision.status,
-                                                     output=decision.output)
-        elif isinstance(decision, MarkWaiting):
-            self.tokens[decision.token_id] = replace(self.tokens[decision.token_id], status="waiting",
-                                                     wait=decision.wait)
-        elif isinstance(decision, (SetContext, ApplyOutputMapping)):
-            target = self.context if decision.scope is None else self.scopes.setdefault(decision.scope, {})
-            target[decision.key] = decision.value
+        self.mutate(decision)
         return decision
 
     def emit(self, type_: str, *, token: Token | None = None, node_id: str | None = None,
@@ -98,16 +75,33 @@ class PlanBuilder:
         return str(uuid.uuid5(uuid.UUID(self.run.id) if _is_uuid(self.run.id) else uuid.NAMESPACE_URL,
                               "/".join((self.run.id, *parts))))
 
-    def active(self) -> list[Token]:
-        """Tokens still active in the working copy."""
-        return [t for t in self.tokens.values() if t.status in TOKEN_ACTIVE]
+    def owner_of(self, fan_id: str | None) -> Token | None:
+        """The token that waits for the join of ``fan_id`` (the fan-out's own token)."""
+        token_id = self.owners.get(fan_id) if fan_id else None
+        return self.tokens.get(token_id) if token_id else None
+
+    def scope_chain(self, token: Token) -> list[str]:
+        """The branch scopes a token sees, outermost first (nested fan-outs see their parents')."""
+        chain: list[str] = []
+        scope, fan_id = token.scope, token.fan_id
+        while scope is not None:
+            chain.append(scope)
+            owner = self.owner_of(fan_id)
+            if owner is None:
+                break
+            scope, fan_id = owner.scope, owner.fan_id
+        return chain[::-1]
 
     def scope_view(self, token: Token | None, **extra: Any) -> dict[str, Any]:
-        """What expressions see: ``input``, ``context`` (the root merged with the token's branch scope),
-        ``scope`` (the branch's own data) and anything in ``extra`` (``output``, ``item`` …)."""
-        branch = self.scopes.get(token.scope, {}) if token and token.scope else {}
-        merged = {**self.context, **branch} if branch else self.context
-        return {"input": dict(self.run.input), "context": merged, "scope": branch, **extra}
+        """What expressions see: ``input``, ``context`` (the root merged with the token's branch scopes),
+        ``scope`` (the branch's own data), ``item`` and ``index`` in a branch, and anything in ``extra``."""
+        if token is None or token.scope is None:
+            return {"input": dict(self.run.input), "context": self.context, "scope": {}, **extra}
+        merged = dict(self.context)
+        for scope in self.scope_chain(token):
+            merged.update(self.scopes.get(scope, {}))
+        return {"input": dict(self.run.input), "context": merged, "scope": self.scopes.get(token.scope, {}),
+                "item": merged.get("item"), "index": merged.get("index"), **extra}
 
 
 def _is_uuid(value: str) -> bool:

@@ -10,7 +10,9 @@ from coordinator import decisions as d
 from coordinator.definitions import EndNode, GateNode, NotifyNode, TaskNode, Transition
 from coordinator.expressions import evaluate, render, truthy
 from coordinator.planning.builder import PlanBuilder
-from coordinator.state import CANCELLED, COMPLETED, FAILED, PENDING, RUN_TERMINAL, Token
+from coordinator.planning.scopes import branch_of, drop_fan, unreachable
+from coordinator.planning.working import visit_key
+from coordinator.state import COMPLETED, FAILED, PENDING, RUN_TERMINAL, Token, token_seq_of
 
 EntryRule = Callable[[PlanBuilder, Token, Any], None]
 ENTRY_RULES: dict[str, EntryRule] = {}
@@ -25,6 +27,25 @@ def entry_rule(kind: str) -> Callable[[EntryRule], EntryRule]:
     return register
 
 
+def place(b: PlanBuilder, node_id: str, *, scope: str | None = None, fan_id: str | None = None,
+          branch_index: int | None = None) -> Token | None:
+    """Create a token at ``node_id`` (counting the visit against the loop bound), without entering it.
+
+    Returns:
+        The new token, or None when the loop bound stopped the run.
+    """
+    visits = b.visits.get(visit_key(scope, node_id), 0) + 1
+    if visits > 1 + b.definition.max_loops:
+        fail_workflow(b, {"code": "loop.max_feedback_loops", "node": node_id,
+                          "message": f"node {node_id!r} would run {visits} times; the workflow allows "
+                                     f"{b.definition.max_loops} loops"})
+        return None
+    token = Token(id=b.next_token_id(node_id), node_id=node_id, status=PENDING, scope=scope, fan_id=fan_id,
+                  branch_index=branch_index, iteration=visits - 1)
+    b.decide(d.CreateToken(token))
+    return token
+
+
 def enter(b: PlanBuilder, node_id: str, *, scope: str | None = None, fan_id: str | None = None,
           branch_index: int | None = None, came_from: str | None = None) -> Token | None:
     """Create a token at ``node_id`` and decide what entering it means.
@@ -32,17 +53,9 @@ def enter(b: PlanBuilder, node_id: str, *, scope: str | None = None, fan_id: str
     Returns:
         The new token, or None when the loop bound stopped the run.
     """
-    key = f"{scope or ''}/{node_id}"
-    visits = b.visits.get(key, 0) + 1
-    if visits > 1 + b.definition.max_loops:
-        fail_workflow(b, {"code": "loop.max_feedback_loops", "node": node_id,
-                          "message": f"node {node_id!r} would run {visits} times; the workflow allows "
-                                     f"{b.definition.max_loops} loops"})
+    token = place(b, node_id, scope=scope, fan_id=fan_id, branch_index=branch_index)
+    if token is None:
         return None
-    b.visits[key] = visits
-    token = Token(id=b.next_token_id(node_id), node_id=node_id, status=PENDING, scope=scope, fan_id=fan_id,
-                  branch_index=branch_index, iteration=visits - 1)
-    b.decide(d.CreateToken(token))
     node = b.definition.node(node_id)
     rule = ENTRY_RULES.get(node.kind)
     if rule is None:
@@ -57,7 +70,15 @@ def finish_token(b: PlanBuilder, token: Token, *, output: Any = None, key: str |
     """Mark a token completed and put its output in its scope's context under ``key``."""
     b.decide(d.UpdateTokenStatus(token.id, COMPLETED, output=output))
     if key is not None:
-        b.decide(d.ApplyOutputMapping(token.id, key, output, scope=token.scope))
+        write_output(b, token, key, output)
+
+
+def write_output(b: PlanBuilder, token: Token, key: str, value: Any) -> None:
+    """Put a value in the token's scope: the root context, or its own branch scope."""
+    if token.scope is None:
+        b.decide(d.ApplyOutputMapping(token.id, key, value))
+    else:
+        b.decide(d.ApplyBranchOutput(token.id, token.scope, key, value))
 
 
 def choose(b: PlanBuilder, token: Token, transitions: list[Transition], *, output: Any = None) -> str | None:
@@ -87,6 +108,10 @@ def advance(b: PlanBuilder, token: Token, transitions: list[Transition], *, outp
     """After ``token`` finished: enter the next node, or end this path."""
     if not transitions:
         b.emit("decision.routing.path_end", token=token, reason="node has no transitions")
+        why = unreachable(b, token.fan_id) if token.fan_id else None
+        if why:
+            fail_workflow(b, {"code": "join.unreachable", "node": token.node_id, "message": why})
+            return
         close_if_idle(b)
         return
     target = choose(b, token, transitions, output=output)
@@ -102,7 +127,7 @@ def advance(b: PlanBuilder, token: Token, transitions: list[Transition], *, outp
 
 def close_if_idle(b: PlanBuilder) -> None:
     """Complete the run when nothing is active any more (an implicit end)."""
-    if b.status not in RUN_TERMINAL and not b.active():
+    if b.status not in RUN_TERMINAL and b.idle():
         complete_workflow(b, dict(b.context), reason="no active tokens remain")
 
 
@@ -125,14 +150,34 @@ def fail_workflow(b: PlanBuilder, error: dict[str, Any]) -> None:
 
 
 def cancel_others(b: PlanBuilder, *, reason: str) -> None:
-    """Cancel every active token."""
-    active = b.active()
-    if active:
-        ids = tuple(t.id for t in active)
-        b.emit("decision.tokens.cancel", token_ids=list(ids), reason=reason)
-        b.decide(d.CancelActiveTokens(ids, reason))
-        for t in active:
-            b.tokens[t.id] = Token(**{**t.__dict__, "status": CANCELLED})
+    """Cancel every active token (and so every open join and pending approval of the run)."""
+    cancel_tokens(b, b.active(), reason=reason)
+
+
+def cancel_tokens(b: PlanBuilder, victims: list[Token], *, reason: str) -> None:
+    """Cancel these tokens, resolve the approvals they wait for and drop the fan-outs they own."""
+    victims = _with_branches(b, victims)
+    if not victims:
+        return
+    ids = tuple(t.id for t in victims)
+    b.emit("decision.tokens.cancel", token_ids=list(ids), reason=reason)
+    b.decide(d.CancelActiveTokens(ids, reason))
+    for t in victims:
+        wait = t.wait or {}
+        if wait.get("kind") == "approval":
+            b.decide(d.ResolveApproval(wait["approval_id"], "cancelled", by="cogo", comment=reason))
+        elif wait.get("kind") == "join":
+            drop_fan(b, wait["fan_id"], reason=f"owner cancelled: {reason}", fired=False)
+
+
+def _with_branches(b: PlanBuilder, victims: list[Token]) -> list[Token]:
+    """A cancelled fan-out takes its branches (and theirs) with it: no token may outlive its scope."""
+    fans = [t.wait["fan_id"] for t in victims if (t.wait or {}).get("kind") == "join"]
+    if not fans:
+        return victims
+    chosen = {t.id for t in victims}
+    extra = [t for t in b.active() if t.id not in chosen and any(branch_of(b, t, f) is not None for f in fans)]
+    return sorted([*victims, *extra], key=lambda t: token_seq_of(t.id)) if extra else victims
 
 
 # -- node kinds that need nothing from the outside world ----------------------------------------------
@@ -211,5 +256,5 @@ def node_id_of(token: Token) -> str:
     return token.node_id
 
 
-__all__ = ["ENTRY_RULES", "advance", "choose", "close_if_idle", "complete_workflow", "enter", "entry_rule",
-           "fail_workflow", "finish_token", "FAILED"]
+__all__ = ["ENTRY_RULES", "advance", "cancel_tokens", "choose", "close_if_idle", "complete_workflow", "enter",
+           "entry_rule", "fail_workflow", "finish_token", "place", "write_output", "FAILED"]

@@ -51,13 +51,8 @@ def on_task_failed(b: PlanBuilder, event: ev.TaskFailed) -> None:
                           "message": event.error.get("message", "task failed"), "attempts": event.attempts})
 
 
-def on_timer(b: PlanBuilder, event: ev.Timer) -> None:
+def on_task_timeout(b: PlanBuilder, token: Token, event: ev.Timer) -> None:
     """A task's timeout fired while it was still running: treat it as a final failure."""
-    token = b.tokens.get(event.token_id)
-    if event.purpose != "timeout" or token is None or token.status not in TOKEN_ACTIVE:
-        b.emit("decision.event.ignored", kind=event.kind, token_id=event.token_id,
-               reason="timer for a token that is no longer active")
-        return
     b.emit("decision.task.timeout", token=token, reason="node timeout_ms elapsed before an outcome")
     on_task_failed(b, ev.TaskFailed(event.id, event.run_id, token_id=token.id, assignment_id=None,
                                     error={"code": "node.timeout", "message": f"node {token.node_id!r} timed out"}))

@@ -112,3 +112,88 @@ class Fleet:
             self.deliver(delivery)
             count += 1
         raise AssertionError(f"drain did not settle after {limit} deliveries")
+
+
+# -- helpers for the pattern tests (added with the coordinator's planning; existing behaviour unchanged) --
+def registry_of(*definitions, builtin: bool = False) -> Registry:
+    """A registry of definitions given as YAML text or dicts (plus the built-in ones when asked)."""
+    import yaml
+
+    from coordinator.definitions import parse_definition
+
+    registry = Registry.builtin() if builtin else Registry()
+    for raw in definitions:
+        registry.add(parse_definition(yaml.safe_load(raw) if isinstance(raw, str) else raw))
+    return registry
+
+
+def submit(fleet: Fleet, workflow: str, payload: dict | None = None, *, tenant: str = "acme",
+           run_id: str | None = None) -> str:
+    """Create a run of ``workflow`` (an intent or workflow name) and queue its start event."""
+    from bus.envelope import Intent
+    from coordinator import intents
+
+    definition = intents.resolve(workflow, fleet.registry)
+    with fleet.engine.begin() as conn:
+        run_id, delivery = intents.create_run(conn, Intent(tenant=tenant, intent=workflow, payload=payload or {}),
+                                              definition, now=fleet.clock(), shards=fleet.settings.shards,
+                                              run_id=run_id)
+    fleet.publisher.send([delivery])
+    return run_id
+
+
+def events(fleet: Fleet, run_id: str, prefix: str | None = None) -> list[dict]:
+    """The run's introspection events in order (optionally only types starting with ``prefix``)."""
+    from bus import introspection
+
+    with fleet.engine.connect() as conn:
+        return introspection.read(conn, run_id, type_prefix=prefix)
+
+
+def types(fleet: Fleet, run_id: str, prefix: str | None = None) -> list[str]:
+    """The types of the run's introspection events, in order."""
+    return [e["type"] for e in events(fleet, run_id, prefix)]
+
+
+def run_row(fleet: Fleet, run_id: str) -> dict:
+    """The run as the API shows it."""
+    from coordinator.store import run_view
+
+    with fleet.engine.connect() as conn:
+        return run_view(conn, run_id)
+
+
+def drain_chaotically(fleet: Fleet, rng, *, duplicate: float = 0.3, limit: int = 100_000) -> int:
+    """Deliver everything like a bad broker: what is due together arrives shuffled, some of it twice."""
+    count = 0
+    while count < limit:
+        nxt = fleet.publisher.pop()
+        if nxt is None:
+            return count
+        due, first = nxt
+        batch = [first]
+        while fleet.publisher._heap and fleet.publisher._heap[0][0] <= due:
+            batch.append(fleet.publisher.pop()[1])
+        fleet.clock.now = max(fleet.clock.now, due)
+        rng.shuffle(batch)
+        for delivery in batch:
+            fleet.deliver(delivery)
+            count += 1
+            if rng.random() < duplicate:
+                fleet.publisher.send([delivery])  # the same message again, after whatever is queued now
+    raise AssertionError(f"drain did not settle after {limit} deliveries")
+
+
+def settle(fleet: Fleet, *, until: float | None = None, limit: int = 100_000) -> int:
+    """Deliver what is due by ``until`` (default: now) without moving the clock past it; later timers wait."""
+    horizon = fleet.clock.now if until is None else until
+    count = 0
+    while fleet.publisher._heap and fleet.publisher._heap[0][0] <= horizon:
+        if count >= limit:
+            raise AssertionError(f"settle did not finish after {limit} deliveries")
+        due, delivery = fleet.publisher.pop()
+        fleet.clock.now = max(fleet.clock.now, due)
+        fleet.deliver(delivery)
+        count += 1
+    fleet.clock.now = max(fleet.clock.now, horizon)
+    return count

