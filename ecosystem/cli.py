@@ -1,0 +1,274 @@
+"""The ``cogo`` command line: run one process or the whole fleet, submit intents, read their traces."""
+
+import functools
+import importlib
+import json
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.text import Text
+
+from bus.errors import CogoError, ConfigError
+from bus.settings import Settings
+from ecosystem.net import probe_host
+
+app = typer.Typer(name="cogo", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+                  help="cogo: a message-queue worker fleet for AI-agent workflows.")
+out = Console(highlight=False)
+err = Console(stderr=True, highlight=False)
+
+DEMO_PAYLOAD = json.dumps({"spec": "a function add(a, b) that returns a + b"})
+ApiOption = Annotated[str | None, typer.Option("--api", envvar="COGO_API_URL", show_envvar=True,
+                                               help="Base URL of the API [default: from COGO_API_HOST/PORT]")]
+
+
+class UsageError(CogoError):
+    """The command line itself is wrong (a bad argument or option value); exit code 2."""
+
+    code = "usage.invalid"
+
+
+def _handled(command: Callable) -> Callable:
+    """Show a CogoError as ``error [<code>]: <message>`` (exit 1, or 2 for usage), never a traceback."""
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except CogoError as exc:
+            err.print(Text(f"error [{exc.code}]: {exc}", style="red"), soft_wrap=True)
+            raise typer.Exit(2 if isinstance(exc, UsageError) else 1) from None
+        except KeyboardInterrupt:
+            err.print(Text("interrupted", style="yellow"))
+            raise typer.Exit(130) from None
+    return wrapper
+
+
+def load_entry(entry: str) -> Callable[[Settings, str], None]:
+    """The function named by ``module:function``.
+
+    Raises:
+        ConfigError: the entry is malformed, its module does not exist, or it names no callable.
+    """
+    module_name, sep, attr = entry.partition(":")
+    if not (sep and module_name and attr):
+        raise ConfigError(f"a process entry must be 'module:function', got {entry!r}")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name is None or not module_name.startswith(exc.name):
+            raise  # the module exists but one of its own imports is missing: a bug worth its traceback
+        raise ConfigError(f"process entry {entry!r}: no module named {module_name!r}") from exc
+    fn = getattr(module, attr, None)
+    if not callable(fn):
+        raise ConfigError(f"process entry {entry!r}: {module_name} has no callable {attr!r}")
+    return fn
+
+
+def default_api_url(settings: Settings) -> str:
+    """Where the API of a local fleet listens, from the settings."""
+    return f"http://{probe_host(settings.api_host)}:{settings.api_port}"
+
+
+def _api_url(api: str | None) -> str:
+    return api or os.environ.get("COGO_API_URL") or default_api_url(Settings.from_env())
+
+
+def _parse_payload(text: str) -> dict:
+    try:
+        payload = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise UsageError(f"--payload is not valid JSON ({exc.msg} at column {exc.colno}): {text!r}") from None
+    if not isinstance(payload, dict):
+        raise UsageError(f"--payload must be a JSON object, got {type(payload).__name__}: {text!r}")
+    return payload
+
+
+@app.command()
+@_handled
+def process(name: Annotated[str, typer.Argument(help="A process of the table (see ecosystem/processes.py)")],
+            entry: Annotated[str | None, typer.Option(hidden=True, help="Run this module:function instead")] = None,
+            ) -> None:
+    """Run one process of the fleet in the foreground until SIGTERM or Ctrl-C."""
+    from ecosystem.processes import by_name
+
+    if entry is None:
+        try:
+            entry = by_name(name).entry
+        except ConfigError as exc:
+            raise UsageError(str(exc), code=exc.code) from None
+    settings = Settings.from_env()
+    fn = load_entry(entry)
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    fn(settings, name)
+
+
+@app.command()
+@_handled
+def migrate() -> None:
+    """Bring the ledger (COGO_DATABASE_URL) to the newest migration."""
+    from ecosystem.launcher import migrate_ledger, redact
+
+    settings = Settings.from_env()
+    migrate_ledger(settings)
+    out.print(f"ledger {redact(settings.database_url)} is at the newest migration")
+
+
+@app.command()
+@_handled
+def up(only: Annotated[list[str] | None, typer.Option("--only", help="Start only this process (repeatable)")] = None,
+       shards: Annotated[int | None, typer.Option(min=1, help="Shards [default: COGO_SHARDS]")] = None,
+       ready_timeout: Annotated[float, typer.Option(help="Seconds to wait until every process is ready")] = 60.0,
+       free_ports: Annotated[bool, typer.Option(help="Pick free ports for the HTTP processes")] = False,
+       ) -> None:
+    """Start the whole fleet (embedded Redis and SQLite by default) and supervise it until Ctrl-C."""
+    from ecosystem import render
+    from ecosystem.launcher import Fleet, sigterm_as_interrupt
+
+    settings = Settings.from_env()
+    try:
+        fleet = Fleet(settings, only=only or (), shards=shards, ready_timeout_s=ready_timeout,
+                      free_ports=free_ports, console=out)
+    except ConfigError as exc:
+        raise UsageError(str(exc), code=exc.code) from None
+    with sigterm_as_interrupt():
+        with fleet:
+            api = "" if fleet.api_url == default_api_url(settings) else f" --api {fleet.api_url}"
+            out.print(render.fleet_summary(fleet))
+            out.print(Text.assemble(("try:  ", "bold"), f"cogo submit codegen --tenant demo --payload "
+                                    f"'{DEMO_PAYLOAD}' --wait{api}"), soft_wrap=True)
+            out.print("Ctrl-C stops the fleet.", style="dim")
+            fleet.supervise()
+    out.print("fleet stopped")
+
+
+@app.command()
+@_handled
+def submit(intent: Annotated[str, typer.Argument(help="What to do, e.g. codegen")],
+           tenant: Annotated[str, typer.Option(help="Who asks")] = "default",
+           payload: Annotated[str, typer.Option(help="The intent's payload as a JSON object")] = "{}",
+           wait: Annotated[bool, typer.Option("--wait", help="Wait for the run to end, showing progress")] = False,
+           timeout: Annotated[float, typer.Option(help="Seconds --wait waits")] = 120.0,
+           api: ApiOption = None) -> None:
+    """Submit an intent; with --wait, show progress until the run ends, then its result."""
+    from coordinator.client import Client
+    from ecosystem import render
+
+    body = _parse_payload(payload)
+    url = _api_url(api)
+    with Client(url) as client:
+        run_id = client.submit(intent, tenant=tenant, payload=body)
+        out.print(Text.assemble("submitted run ", (run_id, "bold")))
+        if wait:
+            run = _wait_with_progress(client, run_id, timeout)
+            out.print(render.run_result(run))
+    events_hint = f"cogo events {run_id}" + ("" if api is None else f" --api {url}")
+    out.print(Text.assemble(("its events: ", "dim"), events_hint))
+    if wait and run["status"] != "completed":
+        raise typer.Exit(1)
+
+
+@app.command()
+@_handled
+def events(run_id: Annotated[str, typer.Argument(help="The run's id")],
+           category: Annotated[str | None, typer.Option(help="decision, operation, dispatch or sql")] = None,
+           type_: Annotated[str | None, typer.Option("--type", help="Type prefix, e.g. decision.")] = None,
+           api: ApiOption = None) -> None:
+    """Show a run's introspection trace as a table."""
+    from coordinator.client import Client
+    from ecosystem import render
+
+    with Client(_api_url(api)) as client:
+        found = client.events(run_id, category=category, type=type_)
+    out.print(render.events_table(found, title=f"run {run_id} · {len(found)} events"))
+
+
+@app.command()
+@_handled
+def demo(intent: Annotated[str, typer.Option(help="The intent to submit")] = "codegen",
+         tenant: Annotated[str, typer.Option(help="The tenant")] = "demo",
+         payload: Annotated[str, typer.Option(help="The payload (JSON object)")] = DEMO_PAYLOAD,
+         timeout: Annotated[float, typer.Option(help="Seconds to wait for the run")] = 180.0,
+         ready_timeout: Annotated[float, typer.Option(help="Seconds to wait for the fleet")] = 90.0,
+         logs: Annotated[bool, typer.Option(help="Print the processes' output")] = False) -> None:
+    """Start the embedded fleet, run a real workflow, show its result and trace, stop the fleet."""
+    from coordinator.client import Client
+    from ecosystem import render
+    from ecosystem.launcher import Fleet, sigterm_as_interrupt
+
+    body = _parse_payload(payload)
+    settings = Settings.from_env()
+    with sigterm_as_interrupt(), Fleet(settings, free_ports=True, ready_timeout_s=ready_timeout,
+                                       console=out, show_logs=logs) as fleet:
+        out.print(render.fleet_summary(fleet))
+        with Client(fleet.api_url) as client:
+            run_id = client.submit(intent, tenant=tenant, payload=body)
+            out.print(Text.assemble(f"submitted {intent} for tenant {tenant}: run ", (run_id, "bold")))
+            run = _wait_with_progress(client, run_id, timeout, check=fleet.check_alive)
+            trace = client.events(run_id)
+        out.print("stopping the fleet…")
+    out.print("fleet stopped")
+    out.print(render.run_result(run))
+    out.print(render.events_table(trace, title=f"run {run_id} · {len(trace)} introspection events"))
+    if run["status"] != "completed":
+        raise typer.Exit(1)
+
+
+@app.command()
+@_handled
+def manifests(root: Annotated[Path, typer.Option(help="Where docker-compose.yml and Procfile live")] = Path("."),
+              check: Annotated[bool, typer.Option("--check", help="Fail if they differ from the table")] = False,
+              ) -> None:
+    """Write docker-compose.yml and Procfile from the process table (or check them)."""
+    from ecosystem import manifests as m
+
+    if check:
+        differ = m.stale(root)
+        if differ:
+            raise CogoError(f"{', '.join(differ)} differ from the process table; run `cogo manifests`",
+                            code="manifests.stale")
+        out.print("manifests agree with the process table")
+        return
+    for path in m.write(root):
+        out.print(f"wrote {path}")
+
+
+class _EventCounter:
+    """Counts a run's introspection events incrementally (only new ones are fetched on each poll)."""
+
+    def __init__(self, client: Any, run_id: str):
+        self.client, self.run_id, self.count, self.after = client, run_id, 0, 0
+
+    def update(self) -> int:
+        """Fetch the events written since the last call; returns the total so far."""
+        new = self.client.events(self.run_id, after_id=self.after)
+        self.count += len(new)
+        self.after = max([self.after, *(int(e.get("id", 0)) for e in new)])
+        return self.count
+
+
+def _wait_with_progress(client: Any, run_id: str, timeout_s: float,
+                        check: Callable[[], None] | None = None) -> dict:
+    counter = _EventCounter(client, run_id)
+    with out.status(f"run {run_id}: submitted") as status:
+        def progress(run: dict) -> None:
+            if check is not None:
+                check()
+            status.update(f"run {run_id}: [bold]{run['status']}[/bold] · {counter.update()} events")
+        return client.wait(run_id, timeout_s=timeout_s, poll_s=0.25, on_progress=progress)
+
+
+def main() -> None:
+    """The ``cogo`` console script."""
+    for console in (out, err):
+        if not console.is_terminal and "COLUMNS" not in os.environ:
+            console.width = 160  # a file or pipe has room for long lines; a terminal keeps its width
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,320 @@
+"""The launcher behind ``cogo up`` and ``cogo demo``: start a fleet, wait until healthy, stop it cleanly.
+
+Every process of the table runs as its own OS process in its own process group, so that stopping the
+fleet reaches whatever each process started and nothing else. The launcher starts the embedded Redis
+when no broker is configured and migrates the ledger once before any process starts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import replace
+from pathlib import Path
+
+from kombu.utils.url import maybe_sanitize_url
+from rich.console import Console
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
+
+from bus.errors import CogoError, ConfigError, LedgerUnavailable
+from bus.settings import Settings
+from ecosystem.child import COLOURS, Child, LogSink
+from ecosystem.embedded import EmbeddedRedis
+from ecosystem.net import free_port, probe_host
+from ecosystem.processes import PROCESSES, Process
+
+
+class FleetError(CogoError):
+    """The fleet did not become healthy, or a process of it died where that is a failure."""
+
+    code = "fleet.unhealthy"
+
+
+def migrate_ledger(settings: Settings) -> None:
+    """Bring the ledger at ``settings.database_url`` to the newest migration.
+
+    Raises:
+        LedgerUnavailable: the database could not be reached or refused the migration.
+    """
+    from bus.db import make_engine
+    from bus.migrate import upgrade
+
+    engine = make_engine(settings.database_url)
+    try:
+        upgrade(engine)
+    except SQLAlchemyError as exc:
+        raise LedgerUnavailable(f"cannot migrate the ledger at {redact(settings.database_url)}: "
+                                f"{getattr(exc, 'orig', None) or exc}") from exc
+    finally:
+        engine.dispose()
+
+
+def redact(url: str) -> str:
+    """A broker or database URL with its password masked."""
+    if url.startswith(("sqlite", "postgres")):
+        return make_url(url).render_as_string(hide_password=True)
+    return maybe_sanitize_url(url)
+
+
+def select(processes: Sequence[Process], only: Sequence[str]) -> list[Process]:
+    """The processes named in ``only`` (all when empty), in table order.
+
+    Raises:
+        ConfigError: a name is not in the table.
+    """
+    known = {p.name for p in processes}
+    unknown = [n for n in only if n not in known]
+    if unknown:
+        raise ConfigError(f"no process named {', '.join(map(repr, unknown))}; known: {', '.join(sorted(known))}")
+    return [p for p in processes if not only or p.name in only]
+
+
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """Within the block, SIGTERM and SIGHUP raise KeyboardInterrupt like Ctrl-C does (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def _raise(_signum, _frame):
+        raise KeyboardInterrupt
+
+    previous = {sig: signal.signal(sig, _raise) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+@contextlib.contextmanager
+def _signals_ignored() -> Iterator[None]:
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {s: signal.signal(s, signal.SIG_IGN) for s in _STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+class Fleet:
+    """A running fleet: every selected process of the table (× replicas), supervised from here.
+
+    Usable as a context manager: ``with Fleet(settings, only=[...]) as fleet: fleet.api_url``.
+
+    Args:
+        settings: the base settings; the broker, ports and shards may be filled in by ``start``.
+        only: names of the processes to start (all when empty).
+        processes: the table to start from (tests pass a toy table).
+        shards: overrides ``settings.shards``.
+        ready_timeout_s: how long ``start`` waits for every process to be ready.
+        stop_timeout_s: how long ``stop`` waits after SIGTERM before it sends SIGKILL.
+        free_ports: pick free ports for the HTTP processes instead of the configured ones.
+        console: where prefixed logs and the launcher's messages go.
+        show_logs: print the children's output (it always goes to ``<home>/logs/``).
+        env: extra environment variables for every child.
+        cwd: the children's working directory (default: the current one).
+    """
+
+    def __init__(self, settings: Settings, *, only: Sequence[str] = (), processes: Sequence[Process] = PROCESSES,
+                 shards: int | None = None, ready_timeout_s: float = 60.0, stop_timeout_s: float = 10.0,
+                 free_ports: bool = False, console: Console | None = None, env: Mapping[str, str] | None = None,
+                 cwd: Path | None = None, show_logs: bool = True):
+        self.selected = select(processes, only)
+        self.settings = settings if shards is None else replace(settings, shards=shards).checked()
+        self.ready_timeout_s = ready_timeout_s
+        self.stop_timeout_s = stop_timeout_s
+        self.free_ports = free_ports
+        self.console = console or Console()
+        self.env = dict(env or {})
+        self.cwd = Path(cwd or os.getcwd())
+        self.broker: EmbeddedRedis | None = None
+        self.children: list[Child] = []
+        self._reported: set[int] = set()
+        self._sink = LogSink(self.console, max((len(_label(p, i)) for p in self.selected
+                                               for i in range(p.replicas)), default=8), echo=show_logs)
+
+    # -- lifecycle --------------------------------------------------------------------------------------
+    def start(self) -> Fleet:
+        """Start the broker (if embedded), migrate, start every process and wait until all are ready.
+
+        Raises:
+            FleetError: a process exited during startup or was not ready by the deadline; all stopped.
+            ConfigError: a configured port is already taken.
+        """
+        try:
+            self.settings = self._resolve(self.settings)
+            migrate_ledger(self.settings)
+            self._spawn_all()
+            self._await_ready()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        """SIGTERM every child's process group, SIGKILL what is left after the grace period, stop Redis."""
+        with _signals_ignored():
+            for child in self.children:
+                if child.poll() is None:
+                    child.signal_group(signal.SIGTERM)
+            deadline = time.monotonic() + self.stop_timeout_s
+            for child in self.children:
+                if child.wait(max(0.0, deadline - time.monotonic())) is None:
+                    self._sink.note(f"{child.label} did not stop within {self.stop_timeout_s:g}s: killed",
+                                    "yellow")
+                child.kill_group()
+                child.wait(5.0)
+            for child in self.children:
+                child.drain()
+                child.ready_file.unlink(missing_ok=True)
+            if self.broker is not None:
+                self.broker.stop()
+                self.broker = None
+
+    def __enter__(self) -> Fleet:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    # -- supervision ------------------------------------------------------------------------------------
+    def newly_dead(self) -> list[Child]:
+        """Children that exited since the last call (each reported once)."""
+        dead = [c for c in self.children if c.poll() is not None and id(c) not in self._reported]
+        self._reported.update(id(c) for c in dead)
+        return dead
+
+    def check_alive(self) -> None:
+        """Raise FleetError if any child has exited."""
+        dead = [c for c in self.children if c.poll() is not None]
+        if dead:
+            raise FleetError("; ".join(f"{c.label} exited with code {c.poll()}" for c in dead),
+                             details={"exited": [c.label for c in dead]})
+
+    def supervise(self, poll_s: float = 0.5) -> None:
+        """Block until Ctrl-C or SIGTERM, reporting any child that dies (the others keep running)."""
+        try:
+            while True:
+                for child in self.newly_dead():
+                    self._sink.note(f"{child.label} exited with code {child.poll()}; the others keep running",
+                                    "bold red")
+                    self._show_tail(child)
+                time.sleep(poll_s)
+        except KeyboardInterrupt:
+            self._sink.note("stopping the fleet…")
+
+    # -- where things are -------------------------------------------------------------------------------
+    @property
+    def api_url(self) -> str:
+        """The HTTP API's base URL."""
+        return self._http_url(self.settings.api_port)
+
+    @property
+    def flower_url(self) -> str:
+        """Flower's base URL."""
+        return self._http_url(self.settings.flower_port)
+
+    @property
+    def metrics_url(self) -> str:
+        """The metrics server's base URL."""
+        return self._http_url(self.settings.metrics_port)
+
+    def _http_url(self, port: int) -> str:
+        return f"http://{probe_host(self.settings.api_host)}:{port}"
+
+    # -- internals --------------------------------------------------------------------------------------
+    def _resolve(self, settings: Settings) -> Settings:
+        home = settings.home.resolve()
+        settings = replace(settings, home=home, artifacts_dir=Path(settings.artifacts_dir).resolve())
+        ports = {}
+        for process in self.selected:
+            if process.port_setting:
+                port = free_port() if self.free_ports else getattr(settings, process.port_setting)
+                _check_port_free(settings.api_host, port, process.port_setting)
+                ports[process.port_setting] = port
+        settings = replace(settings, **ports)
+        if not settings.broker_url:
+            self.broker = EmbeddedRedis(home).start()
+            settings = replace(settings, broker_url=self.broker.url)
+        return settings.checked()
+
+    def _spawn_all(self) -> None:
+        env = {**os.environ, **self.env, **self.settings.to_env()}
+        total = sum(p.replicas for p in self.selected)
+        self._sink.note(f"starting {total} processes · broker {redact(self.settings.broker_url)}"
+                        f"{' (embedded)' if self.broker else ''} · ledger {redact(self.settings.database_url)}")
+        n = 0
+        for process in self.selected:
+            for index in range(process.replicas):
+                child = Child(process, index, _label(process, index), self.settings.home,
+                              COLOURS[n % len(COLOURS)])
+                probe = (self.settings.api_host, getattr(self.settings, process.port_setting)) \
+                    if process.port_setting else None
+                child.spawn(self._argv(process), env, self.cwd, self._sink, probe)
+                self.children.append(child)
+                n += 1
+
+    def _argv(self, process: Process) -> list[str]:
+        argv = [sys.executable, "-m", "ecosystem.cli", "process", process.name]
+        if process not in PROCESSES:
+            argv += ["--entry", process.entry]
+        return argv
+
+    def _await_ready(self) -> None:
+        deadline = time.monotonic() + self.ready_timeout_s
+        pending = list(self.children)
+        while pending:
+            exited = [c for c in pending if c.poll() is not None]
+            if exited:
+                self._fail(exited, {c.label: f"exited with code {c.poll()} during startup" for c in exited})
+            for child in [c for c in pending if c.is_ready()]:
+                self._sink.note(f"✓ {child.label} ready", "green")
+                pending.remove(child)
+            if pending and time.monotonic() >= deadline:
+                self._fail(pending, {c.label: f"not ready after {self.ready_timeout_s:g}s" for c in pending})
+            if pending:
+                time.sleep(0.1)
+
+    def _fail(self, culprits: list[Child], reasons: dict[str, str]) -> None:
+        for child in culprits:
+            self._sink.note(f"✗ {child.label} {reasons[child.label]}", "bold red")
+            self._show_tail(child)
+        raise FleetError("the fleet did not become healthy: " +
+                         "; ".join(f"{label} {why}" for label, why in reasons.items()),
+                         details={"processes": reasons})
+
+    def _show_tail(self, child: Child, lines: int = 20) -> None:
+        if child.poll() is not None:
+            child.drain(timeout_s=1.0)
+        self._sink.note(f"── last lines of {child.label} ({child.log_path}) ──", "dim")
+        for text in list(child.tail)[-lines:] or ["(no output)"]:
+            self._sink.note(f"   {text}", "")
+
+
+def _label(process: Process, index: int) -> str:
+    return process.name if process.replicas == 1 else f"{process.name}-{index}"
+
+
+def _check_port_free(host: str, port: int, setting: str) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            raise ConfigError(f"port {port} ({'COGO_' + setting.upper()}) on {host} is already in use "
+                              f"({exc.strerror}); stop what listens there or choose another port",
+                              details={"variable": "COGO_" + setting.upper(), "port": port}) from exc

@@ -1,0 +1,122 @@
+"""Deployment manifests derived from the process table: ``docker-compose.yml`` and ``Procfile``.
+
+``cogo manifests`` (or ``python -m ecosystem.manifests``) writes them; ``--check`` fails when the
+committed files differ from what the table says, and a test does the same.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import yaml
+
+from bus.settings import Settings
+from ecosystem.processes import PROCESSES, Process
+
+HEADER = ("# Generated from ecosystem/processes.py by `cogo manifests`; do not edit by hand.\n"
+          "# Run `cogo manifests` after changing the process table.\n")
+IMAGE = "cogo:latest"
+CONTAINER_ENV = {
+    "COGO_BROKER_URL": "redis://redis:6379/0",
+    "COGO_DATABASE_URL": "postgresql://postgres:postgres@postgres:5432/cogo",
+    "COGO_HOME": "/data",
+    "COGO_API_HOST": "0.0.0.0",
+    "COGO_SHARDS": "1",
+}
+"""The environment of every cogo container: the compose services' broker and ledger, a shared home."""
+
+
+def _cogo_service(command: list[str], depends_on: dict) -> dict:
+    return {
+        "image": IMAGE,
+        "build": {"context": "."},
+        "command": command,
+        "environment": dict(CONTAINER_ENV),
+        "volumes": ["cogo-data:/data"],
+        "depends_on": depends_on,
+    }
+
+
+def _process_service(process: Process) -> dict:
+    service = _cogo_service(process.command, {
+        "redis": {"condition": "service_healthy"},
+        "migrate": {"condition": "service_completed_successfully"},
+    })
+    service["restart"] = "unless-stopped"
+    if process.port_setting:
+        port = getattr(Settings(), process.port_setting)
+        service["ports"] = [f"{port}:{port}"]
+    if process.replicas > 1:
+        service["deploy"] = {"replicas": process.replicas}
+    return service
+
+
+def compose(processes: Sequence[Process] = PROCESSES) -> dict:
+    """The docker-compose document: Redis, PostgreSQL, a one-shot migrate, one service per process."""
+    services: dict[str, dict] = {
+        "redis": {
+            "image": "redis:7-alpine",
+            "healthcheck": {"test": ["CMD", "redis-cli", "ping"], "interval": "2s", "retries": 30},
+        },
+        "postgres": {
+            "image": "postgres:16-alpine",
+            "environment": {"POSTGRES_USER": "postgres", "POSTGRES_PASSWORD": "postgres", "POSTGRES_DB": "cogo"},
+            "volumes": ["pg-data:/var/lib/postgresql/data"],
+            "healthcheck": {"test": ["CMD", "pg_isready", "-U", "postgres", "-d", "cogo"],
+                            "interval": "2s", "retries": 30},
+        },
+        "migrate": _cogo_service(["cogo", "migrate"], {"postgres": {"condition": "service_healthy"}}),
+    }
+    for process in processes:
+        services[process.name] = _process_service(process)
+    return {"name": "cogo", "services": services, "volumes": {"pg-data": {}, "cogo-data": {}}}
+
+
+class _Dumper(yaml.SafeDumper):
+    """Writes short lists of scalars inline (``command: [cogo, process, flower]``), the rest in blocks."""
+
+
+def _represent_list(dumper: yaml.SafeDumper, value: list) -> yaml.Node:
+    flat = all(isinstance(item, str | int | float) for item in value)
+    return dumper.represent_sequence("tag:yaml.org,2002:seq", value, flow_style=flat)
+
+
+_Dumper.add_representer(list, _represent_list)
+
+
+def compose_yaml(processes: Sequence[Process] = PROCESSES) -> str:
+    """``docker-compose.yml`` as text."""
+    return HEADER + yaml.dump(compose(processes), Dumper=_Dumper, sort_keys=False, width=110)
+
+
+def procfile(processes: Sequence[Process] = PROCESSES) -> str:
+    """The ``Procfile``: one line per process (honcho, foreman, Heroku-like platforms)."""
+    return "".join(f"{p.name}: {' '.join(p.command)}\n" for p in processes)
+
+
+def rendered(processes: Sequence[Process] = PROCESSES) -> dict[str, str]:
+    """Every manifest by file name."""
+    return {"docker-compose.yml": compose_yaml(processes), "Procfile": procfile(processes)}
+
+
+def stale(root: Path) -> list[str]:
+    """The manifests under ``root`` that differ from (or are missing next to) what the table gives."""
+    return [name for name, text in rendered().items()
+            if not (root / name).is_file() or (root / name).read_text() != text]
+
+
+def write(root: Path) -> list[Path]:
+    """Write every manifest under ``root``; returns the paths written."""
+    paths = []
+    for name, text in rendered().items():
+        (root / name).write_text(text)
+        paths.append(root / name)
+    return paths
+
+
+if __name__ == "__main__":
+    target = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).resolve().parent.parent
+    for path in write(target):
+        print(f"wrote {path}")
