@@ -55,6 +55,8 @@ agent_messages = Table(
     Column("updated_at", Double, nullable=False),
     Column("published_at", Double, nullable=True),
     Column("settled_at", Double, nullable=True),
+    # A brain event's place in its run's history: the run version its application produced (replay order).
+    Column("run_version", Integer, nullable=True),
     Index(None, "status", "updated_at"),
     Index(None, "run_id"),
     Index(None, "causation_id"),

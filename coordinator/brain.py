@@ -6,7 +6,6 @@ transaction, so a duplicate delivery (or a second brain on the same shard) chang
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Callable
@@ -72,7 +71,7 @@ class Brain:
             the_plan = plan(state, event, now=now)
             # The run version this event produced orders the run's history exactly (replay reads it).
             ledger.move(conn, message_id, from_=(ledger.QUEUED,), to=ledger.DONE, now=now,
-                        values={"result_snippet": json.dumps({"run_version": state.run.version + 1})})
+                        values={"run_version": state.run.version + 1})
             _settle_outcome(conn, event, now)
             effects = Phase1(conn, state, cause_id=message_id, now=now, shards=self.shards,
                              registry=self.registry).apply(the_plan)

@@ -75,12 +75,12 @@ def as_json(value: Any) -> Any:
 
 def recorded_events(conn: Connection, run_id: str) -> list[RecordedEvent]:
     """The events the brain applied to ``run_id``, in the order it applied them."""
-    rows = conn.execute(select(m.c.id, m.c.kind, m.c.payload, m.c.updated_at, m.c.result_snippet)
+    rows = conn.execute(select(m.c.id, m.c.kind, m.c.payload, m.c.updated_at, m.c.run_version)
                         .where(m.c.run_id == run_id, m.c.service == ORCHESTRATOR, m.c.role == DECIDE,
                                m.c.status == ledger.DONE)).all()
     found = []
     for row in rows:
-        version = json.loads(row.result_snippet or "{}").get("run_version")
+        version = row.run_version
         if version is None:
             continue  # applied before versions were recorded: cannot be placed in the history
         found.append(RecordedEvent(ev.from_row(id=row.id, run_id=run_id, kind=row.kind, payload=row.payload),

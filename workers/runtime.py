@@ -80,7 +80,8 @@ class Runtime:
             if claim.run_id:
                 write(conn, [IntrospectionEvent("dispatch.assignment.started", claim.run_id,
                                                 {"assignment_id": claim.id, "attempt": claim.attempt},
-                                                token.get("token_id"), token.get("node_id"))], now=now)
+                                                token.get("token_id"), token.get("node_id"),
+                                                token.get("parent_run_id"))], now=now)
         result, failure, ctx = self._run(claim)
         return self._finish(claim, ctx, result, failure)
 
@@ -179,7 +180,8 @@ class Outcome:
         if self.claim.run_id:
             write(conn, [IntrospectionEvent(type_, self.claim.run_id,
                                             {"assignment_id": self.claim.id, "attempt": self.claim.attempt, **data},
-                                            self.token.get("token_id"), self.token.get("node_id"))], now=self.now)
+                                            self.token.get("token_id"), self.token.get("node_id"),
+                                            self.token.get("parent_run_id"))], now=self.now)
 
     def _report(self, conn, kind: str, body: dict[str, Any]) -> None:
         c = self.claim

@@ -27,7 +27,8 @@ class Calls:
     """A handler that records its calls and fails as told."""
 
     def __init__(self, fail_first: int = 0, retryable: bool = True, sleep_s: float = 0.0, tokens: int = 1):
-        self.calls, self.fail_first, self.retryable, self.sleep_s, self.tokens = 0, fail_first, retryable, sleep_s, tokens
+        self.calls, self.fail_first, self.retryable = 0, fail_first, retryable
+        self.sleep_s, self.tokens = sleep_s, tokens
 
     def __call__(self, ctx, payload):
         self.calls += 1

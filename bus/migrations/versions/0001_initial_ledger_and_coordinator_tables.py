@@ -40,6 +40,7 @@ def upgrade() -> None:
     sa.Column('updated_at', sa.Double(), nullable=False),
     sa.Column('published_at', sa.Double(), nullable=True),
     sa.Column('settled_at', sa.Double(), nullable=True),
+    sa.Column('run_version', sa.Integer(), nullable=True),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_agent_messages'))
     )
     with op.batch_alter_table('agent_messages', schema=None) as batch_op:
