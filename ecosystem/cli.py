@@ -22,7 +22,8 @@ app = typer.Typer(name="cogo", no_args_is_help=True, add_completion=False, prett
 out = Console(highlight=False)
 err = Console(stderr=True, highlight=False)
 
-DEMO_PAYLOAD = json.dumps({"spec": "a function add(a, b) that returns a + b"})
+DEMO_PAYLOAD = "{}"  # the demo workflow brings its own three specs
+CODEGEN_PAYLOAD = json.dumps({"spec": "a function add(a, b) that returns a + b"})
 ApiOption = Annotated[str | None, typer.Option("--api", envvar="COGO_API_URL", show_envvar=True,
                                                help="Base URL of the API [default: from COGO_API_HOST/PORT]")]
 
@@ -140,7 +141,7 @@ def up(only: Annotated[list[str] | None, typer.Option("--only", help="Start only
             api = "" if fleet.api_url == default_api_url(settings) else f" --api {fleet.api_url}"
             out.print(render.fleet_summary(fleet))
             out.print(Text.assemble(("try:  ", "bold"), f"cogo submit codegen --tenant demo --payload "
-                                    f"'{DEMO_PAYLOAD}' --wait{api}"), soft_wrap=True)
+                                    f"'{CODEGEN_PAYLOAD}' --wait{api}"), soft_wrap=True)
             out.print("Ctrl-C stops the fleet.", style="dim")
             fleet.supervise()
     out.print("fleet stopped")
@@ -189,7 +190,7 @@ def events(run_id: Annotated[str, typer.Argument(help="The run's id")],
 
 @app.command()
 @_handled
-def demo(intent: Annotated[str, typer.Option(help="The intent to submit")] = "codegen",
+def demo(intent: Annotated[str, typer.Option(help="The intent to submit")] = "demo",
          tenant: Annotated[str, typer.Option(help="The tenant")] = "demo",
          payload: Annotated[str, typer.Option(help="The payload (JSON object)")] = DEMO_PAYLOAD,
          timeout: Annotated[float, typer.Option(help="Seconds to wait for the run")] = 180.0,
@@ -216,6 +217,41 @@ def demo(intent: Annotated[str, typer.Option(help="The intent to submit")] = "co
     out.print(render.events_table(trace, title=f"run {run_id} · {len(trace)} introspection events"))
     if run["status"] != "completed":
         raise typer.Exit(1)
+
+
+@app.command()
+@_handled
+def replay(run_id: Annotated[str, typer.Argument(help="The recorded run's id")],
+           definition: Annotated[Path | None, typer.Option(help="A changed definition (YAML) to replay")] = None,
+           as_json: Annotated[bool, typer.Option("--json", help="Print the whole report as JSON")] = False) -> None:
+    """Replay a recorded run through the pure planner (no worker runs); show how decisions would differ."""
+    import json as _json
+
+    from bus.db import make_engine
+    from coordinator.definitions import Registry
+    from coordinator.replay import replay_run
+
+    settings = Settings.from_env()
+    report = replay_run(make_engine(settings.database_url), run_id, definition,
+                        registry=Registry.load(settings.workflows_dir))
+    if as_json:
+        out.print_json(_json.dumps(report, default=str))
+    else:
+        out.print(report["summary"])
+        for diff in report.get("differences", [])[:20]:
+            out.print(f"  event #{diff['index']} {diff['event']['kind']}: recorded {len(diff['recorded'])} "
+                      f"decisions, replayed {len(diff['replayed'])}")
+            for line in _decision_diff(diff["recorded"], diff["replayed"]):
+                out.print(f"    {line}")
+    if not report.get("faithful", True) and definition is None:
+        raise typer.Exit(1)
+
+
+def _decision_diff(recorded: list, replayed: list) -> list[str]:
+    import difflib
+    as_lines = lambda ds: [f"{d.get('type')} {({k: v for k, v in d.items() if k != 'type'})}"[:160] for d in ds]  # noqa: E731
+    return [line for line in difflib.unified_diff(as_lines(recorded), as_lines(replayed), "recorded", "replayed",
+                                                  lineterm="", n=0) if not line.startswith(("---", "+++", "@@"))]
 
 
 @app.command()
