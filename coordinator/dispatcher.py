@@ -57,8 +57,12 @@ class Dispatcher:
         token = (row.payload or {}).get("__token", {})
         try:
             assignment = parse_assignment(row.payload)
-            verdict = admit(assignment, _run_ledger(conn, row.run_id, exclude=row.id)) if row.status == ledger.QUEUED \
-                else Verdict(True)
+            verdict = Verdict(True)
+            if row.status == ledger.QUEUED:
+                for limits in _budgets(conn, row.run_id, exclude=row.id):
+                    verdict = admit(assignment, limits)
+                    if not verdict.admitted:
+                        break
         except CogoError as exc:
             verdict = Verdict(False, exc.code, str(exc), exc.details)
         if not verdict.admitted:
@@ -98,18 +102,33 @@ class Dispatcher:
                                               shards=self.shards, body={"error": error, "attempts": row.attempts}))
 
 
-def _run_ledger(conn, run_id: str | None, *, exclude: str) -> RunLedger:
+def _budgets(conn, run_id: str | None, *, exclude: str) -> list[RunLedger]:
+    """The limits an assignment of ``run_id`` must fit: its run's budget and its root run's budget, each
+    against the spend and reservations of everything under it — so a child draws from its parent's budget."""
     if run_id is None:
-        return RunLedger(budget=None)
-    run = conn.execute(select(runs.c.budget, runs.c.spent_tokens, runs.c.spent_cost_usd)
+        return []
+    run = conn.execute(select(runs.c.budget, runs.c.spent_tokens, runs.c.spent_cost_usd, runs.c.root_run_id)
                        .where(runs.c.id == run_id)).first()
-    if run is None or not run.budget:
-        return RunLedger(budget=None)
-    reserved = conn.execute(select(m.c.payload).where(m.c.run_id == run_id, m.c.kind == "assignment",
+    if run is None:
+        return []
+    found = []
+    if run.budget:
+        found.append(_ledger_of(conn, run.budget, runs.c.id == run_id, exclude))
+    if run.root_run_id and run.root_run_id != run_id:
+        root_budget = conn.execute(select(runs.c.budget).where(runs.c.id == run.root_run_id)).scalar()
+        if root_budget:
+            found.append(_ledger_of(conn, root_budget, runs.c.root_run_id == run.root_run_id, exclude))
+    return found
+
+
+def _ledger_of(conn, budget: dict, which_runs, exclude: str) -> RunLedger:
+    spent = conn.execute(select(func.coalesce(func.sum(runs.c.spent_tokens), 0),
+                                func.coalesce(func.sum(runs.c.spent_cost_usd), 0.0)).where(which_runs)).one()
+    tree = select(runs.c.id).where(which_runs).scalar_subquery()
+    reserved = conn.execute(select(m.c.payload).where(m.c.run_id.in_(tree), m.c.kind == "assignment",
                                                       m.c.status.in_(RESERVING), m.c.id != exclude)).all()
     budgets = [r.payload.get("__assignment", {}).get("budget", {}) for r in reserved]
-    return RunLedger(run.budget, run.spent_tokens, run.spent_cost_usd,
-                     sum(int(b.get("maxTokens", 0)) for b in budgets),
+    return RunLedger(budget, int(spent[0]), float(spent[1]), sum(int(b.get("maxTokens", 0)) for b in budgets),
                      sum(float(b.get("maxCostUsd", 0)) for b in budgets))
 
 
