@@ -60,6 +60,8 @@ class Intent(_Wire):
     tenant: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:-]+$")
     intent: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:-]+$")
     payload: dict[str, Any] = Field(default_factory=dict)
+    budget: Budget | None = None
+    """The run's budget (``maxCostUsd``, ``maxTokens``); without one, the workflow definition's, if any."""
 
 
 def parse_assignment(payload: dict[str, Any]) -> Assignment:

@@ -72,10 +72,13 @@ class IntrospectionEmitter:
         return n
 
 
+_INSERT = insert(ie)
+
+
 def write(conn: Connection, events: Sequence[IntrospectionEvent], *, now: float) -> int:
     """Insert ``events`` in one statement."""
     if events:
-        conn.execute(insert(ie), [e.row(now) for e in events])
+        conn.execute(_INSERT, [e.row(now) for e in events])
     return len(events)
 
 

@@ -26,6 +26,7 @@ from coordinator.schema import runs, tokens
 from coordinator.state import (
     CANCELLED,
     DISPATCHED,
+    FAILED,
     RUN_CANCELLED,
     RUN_COMPLETED,
     RUN_FAILED,
@@ -40,6 +41,7 @@ from coordinator.state import (
 from coordinator.structures import STRUCTURE_APPLIERS, StructureWrites
 
 log = logging.getLogger(__name__)
+ABANDONABLE = (ledger.QUEUED, ledger.DISPATCHED, ledger.RETRY_WAIT, ledger.RUNNING)
 
 
 @dataclass
@@ -124,6 +126,19 @@ class Phase1:
                                  causation_id=self.cause_id, retry_at=retry_at, **extra)
 
     # -- writing -------------------------------------------------------------------------------------
+    def _abandon_assignments(self) -> None:
+        """Assignments whose token was cancelled or failed (a timeout) while they were still open become
+        ``dead``: the dispatcher will not admit them, a worker's fenced final write will find them gone,
+        and their budget reservation is released."""
+        audit = []
+        for assignment_id in dict.fromkeys(self.cancelled_assignments):
+            if ledger.move(self.conn, assignment_id, from_=ABANDONABLE, to=ledger.DEAD, now=self.now,
+                           values={"last_error": "abandoned: its token ended", "last_error_at": self.now}):
+                audit.append({"message_id": assignment_id, "run_id": self.run.id, "tenant": self.run.tenant,
+                              "kind": "execute_cancelled", "detail": {"reason": "its token ended"}})
+                self.op("dispatch.assignment.abandoned", assignment_id=assignment_id)
+        ledger.record(self.conn, audit, now=self.now)
+
     def _flush(self) -> None:
         status = self.run_values["status"]
         if status not in RUN_TERMINAL and status != RUN_PENDING:
@@ -142,10 +157,7 @@ class Phase1:
             self.conn.execute(update(tokens).where(tokens.c.run_id == self.run.id, tokens.c.id == token_id)
                               .values(updated_at=self.now, **values))
         self.structures.flush(self)
-        if self.cancelled_assignments:
-            for assignment_id in self.cancelled_assignments:
-                ledger.move(self.conn, assignment_id, from_=(ledger.QUEUED, ledger.RETRY_WAIT), to=ledger.DEAD,
-                            now=self.now, values={"last_error": "cancelled", "last_error_at": self.now})
+        self._abandon_assignments()
         ledger.insert_messages(self.conn, self.messages, now=self.now)
         introspection.write(self.conn, self.events, now=self.now)
 
@@ -171,6 +183,9 @@ def _create_token(p: Phase1, x: d.CreateToken) -> None:
 
 def _update_token(p: Phase1, x: d.UpdateTokenStatus) -> None:
     before = p.statuses.get(x.token_id)
+    token = p.state.tokens.get(x.token_id)
+    if x.status in (FAILED, CANCELLED) and token is not None and token.assignment_id:
+        p.cancelled_assignments.append(token.assignment_id)  # e.g. a timeout: stop the work it waited for
     p.token_update(x.token_id, status=x.status, output=x.output, error=x.error)
     p.op("operation.tokens.update_status", x.token_id, **{"from": before, "to": x.status})
 

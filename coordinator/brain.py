@@ -11,22 +11,27 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, select, update
 
 from bus import ledger
 from bus.celery_app import TASK_DECIDE
 from bus.errors import CogoError, Conflict
-from bus.outbox import Delivery, Publisher
+from bus.outbox import Delivery, Publisher, destination
+from bus.routing import DECIDE, ORCHESTRATOR, Route
 from bus.schema import agent_messages as m
 from bus.settings import Settings
 from coordinator import events as ev
 from coordinator.apply import Effects, Phase1, phase2
 from coordinator.definitions import Registry
 from coordinator.planning import plan
+from coordinator.schema import runs
+from coordinator.state import RUN_FAILED, RUN_TERMINAL
 from coordinator.store import load_state
 
 log = logging.getLogger(__name__)
 MAX_CONFLICT_RETRIES = 8
+MAX_CRASHES = 5
+_DECIDE_ROUTE = Route(ORCHESTRATOR, DECIDE)
 EARLY_TOLERANCE_S = 0.05
 
 
@@ -46,6 +51,8 @@ class Brain:
             except Conflict:
                 log.info("version conflict on %s; planning again", message_id)
                 continue
+            except Exception as exc:  # a bug or a poison event: count it, dead-letter it after a few tries
+                outcome, effects = self._crashed(message_id, exc), None
             if effects is not None:
                 phase2(effects, self.publisher, self.notify)
             return outcome
@@ -60,8 +67,8 @@ class Brain:
                 return "duplicate", None
             if row.retry_at is not None and row.retry_at > now + EARLY_TOLERANCE_S:
                 countdown = row.retry_at - now
-                return "early", Effects(deliveries=[Delivery(TASK_DECIDE, _queue(row, self.shards), message_id,
-                                                             countdown)])
+                _, queue = destination(route=_DECIDE_ROUTE, status=ledger.QUEUED, run_id=row.run_id, shards=self.shards)
+                return "early", Effects(deliveries=[Delivery(TASK_DECIDE, queue, message_id, countdown)])
             try:
                 event = ev.from_row(id=message_id, run_id=row.run_id, kind=row.kind, payload=row.payload)
                 state = load_state(conn, row.run_id, self.registry)
@@ -69,39 +76,54 @@ class Brain:
                 _reject(conn, message_id, row, exc, now)
                 return "rejected", None
             the_plan = plan(state, event, now=now)
-            # The run version this event produced orders the run's history exactly (replay reads it).
-            ledger.move(conn, message_id, from_=(ledger.QUEUED,), to=ledger.DONE, now=now,
-                        values={"run_version": state.run.version + 1})
+            # The inbox: the first brain to move the row applies it. The run version this event produced
+            # orders the run's history exactly (replay reads it).
+            if not ledger.move(conn, message_id, from_=(ledger.QUEUED,), to=ledger.DONE, now=now,
+                               values={"run_version": state.run.version + 1}):
+                return "duplicate", None
             _settle_outcome(conn, event, now)
             effects = Phase1(conn, state, cause_id=message_id, now=now, shards=self.shards,
                              registry=self.registry).apply(the_plan)
         return "applied", effects
 
 
-def _queue(row: Any, shards: int) -> str:
-    from bus.routing import decide_queue
-    return decide_queue(row.run_id or "", shards)
+    def _crashed(self, message_id: str, exc: Exception) -> str:
+        """Count a crash on this event; after ``MAX_CRASHES`` the event is rejected and its run failed,
+        so a poison event cannot be re-sent for ever by the reclaimer."""
+        log.exception("brain crashed on %s", message_id)
+        now = self.clock()
+        with self.engine.begin() as conn:
+            row = conn.execute(update(m).where(m.c.id == message_id, m.c.status == ledger.QUEUED)
+                               .values(attempts=m.c.attempts + 1, last_error=f"{type(exc).__name__}: {exc}"[:2000],
+                                       last_error_at=now)
+                               .returning(m.c.attempts, m.c.run_id, m.c.tenant)).first()
+            if row is None or row.attempts < MAX_CRASHES:
+                return "crashed"
+            error = CogoError(f"the brain failed {row.attempts} times on this event: {type(exc).__name__}: {exc}",
+                              code="brain.crashed")
+            _reject(conn, message_id, row, error, now)
+            conn.execute(update(runs).where(runs.c.id == row.run_id, runs.c.status.not_in(RUN_TERMINAL))
+                         .values(status=RUN_FAILED, error=error.to_dict(), ended_at=now, updated_at=now,
+                                 version=runs.c.version + 1))
+        return "rejected"
 
 
 def _settle_outcome(conn, event: ev.Event, now: float) -> None:
-    """The brain has consumed an assignment's outcome: ``done | failed | dead → settled``, spend counted."""
+    """The brain has consumed an assignment's outcome: settle it and add its total usage (every attempt,
+    read from the row, not from the event) to its run — once, because only the first settle returns it."""
     if isinstance(event, (ev.TaskCompleted, ev.TaskFailed)) and event.assignment_id:
-        ledger.move(conn, event.assignment_id, from_=ledger.FINAL, to=ledger.SETTLED, now=now,
-                    values={"settled_at": now})
-        usage = event.usage or {}
-        if usage.get("tokens") or usage.get("cost_usd"):
-            from sqlalchemy import update
-
-            from coordinator.schema import runs
+        usage = ledger.settle(conn, event.assignment_id, now=now)
+        if usage is not None and (usage.tokens or usage.cost_usd):
             conn.execute(update(runs).where(runs.c.id == event.run_id).values(
-                spent_tokens=runs.c.spent_tokens + int(usage.get("tokens", 0)),
-                spent_cost_usd=runs.c.spent_cost_usd + float(usage.get("cost_usd", 0.0))))
+                spent_tokens=runs.c.spent_tokens + usage.tokens,
+                spent_cost_usd=runs.c.spent_cost_usd + usage.cost_usd))
 
 
 def _reject(conn, message_id: str, row: Any, exc: CogoError, now: float) -> None:
     log.error("rejecting brain event %s: %s", message_id, exc)
-    ledger.move(conn, message_id, from_=(ledger.QUEUED,), to=ledger.FAILED, now=now,
-                values={"last_error": f"{exc.code}: {exc}", "last_error_at": now})
+    if not ledger.move(conn, message_id, from_=(ledger.QUEUED,), to=ledger.FAILED, now=now,
+                       values={"last_error": f"{exc.code}: {exc}", "last_error_at": now}):
+        return
     ledger.record(conn, [{"message_id": message_id, "run_id": row.run_id, "tenant": row.tenant,
                           "kind": "event_rejected", "detail": exc.to_dict()}], now=now)
 

@@ -65,6 +65,9 @@ class Dispatcher:
                         break
         except CogoError as exc:
             verdict = Verdict(False, exc.code, str(exc), exc.details)
+        except Exception as exc:  # malformed data must fail this assignment, not loop through the reclaimer
+            log.exception("admission of %s failed", row.id)
+            verdict = Verdict(False, "policy.error", f"admission failed: {type(exc).__name__}: {exc}")
         if not verdict.admitted:
             self._deny(conn, row, verdict, token, now, deliveries)
             return "denied"
@@ -103,21 +106,24 @@ class Dispatcher:
 
 
 def _budgets(conn, run_id: str | None, *, exclude: str) -> list[RunLedger]:
-    """The limits an assignment of ``run_id`` must fit: its run's budget and its root run's budget, each
-    against the spend and reservations of everything under it — so a child draws from its parent's budget."""
+    """The limits an assignment of ``run_id`` must fit: its run's own budget and its root run's budget over
+    the whole tree, so a child draws from its root's budget.
+
+    The root run's row is locked first (``FOR UPDATE`` on PostgreSQL; SQLite's ``BEGIN IMMEDIATE`` already
+    serialises writers), so two dispatchers cannot both admit the last of a budget.
+    """
     if run_id is None:
         return []
-    run = conn.execute(select(runs.c.budget, runs.c.spent_tokens, runs.c.spent_cost_usd, runs.c.root_run_id)
-                       .where(runs.c.id == run_id)).first()
+    run = conn.execute(select(runs.c.budget, runs.c.root_run_id).where(runs.c.id == run_id)).first()
     if run is None:
         return []
+    root_id = run.root_run_id or run_id
+    root_budget = conn.execute(select(runs.c.budget).where(runs.c.id == root_id).with_for_update()).scalar()
     found = []
-    if run.budget:
+    if root_budget:
+        found.append(_ledger_of(conn, root_budget, runs.c.root_run_id == root_id, exclude))
+    if run.budget and root_id != run_id:
         found.append(_ledger_of(conn, run.budget, runs.c.id == run_id, exclude))
-    if run.root_run_id and run.root_run_id != run_id:
-        root_budget = conn.execute(select(runs.c.budget).where(runs.c.id == run.root_run_id)).scalar()
-        if root_budget:
-            found.append(_ledger_of(conn, root_budget, runs.c.root_run_id == run.root_run_id, exclude))
     return found
 
 
@@ -130,11 +136,6 @@ def _ledger_of(conn, budget: dict, which_runs, exclude: str) -> RunLedger:
     budgets = [r.payload.get("__assignment", {}).get("budget", {}) for r in reserved]
     return RunLedger(budget, int(spent[0]), float(spent[1]), sum(int(b.get("maxTokens", 0)) for b in budgets),
                      sum(float(b.get("maxCostUsd", 0)) for b in budgets))
-
-
-def count_open(conn) -> int:
-    """How many assignments are admitted and unfinished (for metrics)."""
-    return conn.execute(select(func.count()).select_from(m).where(m.c.status.in_(RESERVING))).scalar_one()
 
 
 def main(settings: Settings, name: str) -> None:

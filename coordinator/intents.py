@@ -44,9 +44,8 @@ def create_run(conn: Connection, intent: Intent, definition: WorkflowDefinition,
     """Insert the run (pending) and its start event; returns the run id and the start's delivery."""
     run_id = run_id or str(uuid.uuid4())
     parent = parent or {}
-    budget = intent.payload.get("budget") if isinstance(intent.payload.get("budget"), dict) else None
-    if budget is None and definition.budget is not None:
-        budget = definition.budget.model_dump(by_alias=True)
+    chosen = intent.budget or definition.budget
+    budget = chosen.model_dump(by_alias=True) if chosen is not None else None
     conn.execute(insert(runs).values(
         id=run_id, tenant=intent.tenant, intent=intent.intent, workflow=definition.name,
         workflow_version=definition.version, status="pending", parent_run_id=parent.get("run_id"),

@@ -204,3 +204,23 @@ def test_ttl_guard_interrupts_an_overrunning_handler(sqlite_engine):
     fleet.drain()
     assert run_status(sqlite_engine, run_id)["error"]["code"] == "ttl.expired"
     assert "ttl_expired" in audit(sqlite_engine, run_id)
+
+
+def test_retries_share_one_budget_and_the_run_is_charged_for_every_attempt(engine):
+    registry = Registry.builtin()
+    registry.add(parse_definition({
+        "name": "metered", "start": "a",
+        "nodes": {"a": {"kind": "task", "route": {"service": "rag", "role": "embed"},
+                        "agent": {"agent_id": "x", "budget": {"maxCostUsd": 1.0, "maxTokens": 100}},
+                        "retry": {"maximum_attempts": 5, "initial_interval_ms": 10}, "next": "b"},
+                  "b": {"kind": "end"}}}))
+    handler = Calls(fail_first=10, tokens=40)  # 40 tokens per attempt; the budget is 100 for all attempts
+    fleet = Fleet(engine, {("rag", "embed"): handler}, registry=registry)
+    run_id = submit(fleet, intent="metered")
+    fleet.drain()
+    run = run_status(engine, run_id)
+    assert handler.calls == 3  # the third attempt breaks the shared budget (120 > 100) and is not retried
+    assert run["error"]["code"] == "budget.exceeded"
+    assert audit(engine, run_id).count("budget_violation") == 1
+    assert assignment(engine, run_id).usage_tokens == 120
+    assert run["spent_tokens"] == 120

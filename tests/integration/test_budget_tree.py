@@ -54,3 +54,57 @@ def test_children_run_when_the_root_budget_covers_them(engine):
     fleet.drain()
     with engine.connect() as conn:
         assert run_view(conn, run_id)["status"] == "completed"
+
+
+SOLO = """
+name: solo-then-child
+start: mine
+budget: {maxCostUsd: 1.0, maxTokens: 1000}
+nodes:
+  mine:
+    kind: task
+    route: {service: rag, role: embed}
+    agent: {agent_id: w, budget: {maxCostUsd: 0.5, maxTokens: 100}}
+    next: child
+  child: {kind: subworkflow, workflow: child-work, next: again}
+  again:
+    kind: task
+    route: {service: rag, role: embed}
+    agent: {agent_id: w, budget: {maxCostUsd: 0.5, maxTokens: 100}}
+    next: done
+  done: {kind: end}
+"""
+
+
+def test_the_roots_own_assignments_count_what_its_children_spent(engine):
+    def spend(ctx, payload):
+        ctx.meter(cost_usd=0.35)
+        return WorkResult(output={})
+
+    fleet = Fleet(engine, {("rag", "embed"): spend}, registry=registry_of(CHILD, SOLO))
+    run_id = submit(fleet, "solo-then-child")
+    fleet.drain()
+    with engine.connect() as conn:
+        run = run_view(conn, run_id)
+    # root spent 0.35, the child 0.35: the root's second task (budget 0.5) no longer fits in 1.0.
+    assert run["status"] == "failed" and run["error"]["code"] == "budget.exceeded"
+
+
+def test_a_malformed_budget_is_refused_at_ingress(engine):
+    from fastapi.testclient import TestClient
+
+    from bus.settings import Settings
+    from coordinator.api.deps import Services
+    from coordinator.api.server import create_app
+    from coordinator.definitions import Registry
+    from tests.support.harness import Clock, RecordingPublisher
+
+    app = create_app(Services(engine, RecordingPublisher(Clock()), Registry.builtin(),
+                              Settings(broker_url="memory://").checked()))
+    client = TestClient(app)
+    for budget in ([1, 2], {"maxCostUsd": -5}, "abc", {"maxCostUsd": 1, "colour": "red"}):
+        answer = client.post("/api/intents", json={"tenant": "t", "intent": "echo", "budget": budget})
+        assert answer.status_code == 422, budget
+        assert answer.json()["error"]["code"] == "request.invalid"
+    ok = client.post("/api/intents", json={"tenant": "t", "intent": "echo", "budget": {"maxCostUsd": 2}})
+    assert ok.status_code == 202

@@ -1,0 +1,136 @@
+"""Poison events are dead-lettered, not re-sent for ever; two dispatchers cannot both take the last budget."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+from sqlalchemy import select
+
+from bus.celery_app import TASK_EXECUTE
+from bus.schema import agent_messages, bus_events
+from coordinator import brain as brain_module
+from coordinator.brain import MAX_CRASHES
+from coordinator.dispatcher import Dispatcher
+from coordinator.store import run_view
+from tests.support.harness import Fleet, registry_of, submit
+from workers.handler import WorkResult
+
+TWINS = """
+name: twins
+start: fan
+budget: {maxCostUsd: 1.0, maxTokens: 1000}
+nodes:
+  fan: {kind: parallel, branches: [a, b], join: all}
+  a: {kind: task, route: {service: rag, role: embed}, agent: {agent_id: w, budget: &b {maxCostUsd: 0.6, maxTokens: 9}},
+      next: all}
+  b: {kind: task, route: {service: rag, role: embed}, agent: {agent_id: w, budget: *b}, next: all}
+  all: {kind: join, mode: all, next: done}
+  done: {kind: end}
+"""
+
+
+def test_an_event_that_crashes_the_brain_is_rejected_after_a_few_tries(engine, monkeypatch):
+    fleet = Fleet(engine, {("rag", "embed"): lambda ctx, p: WorkResult(output={})})
+    run_id = submit(fleet, "echo")
+    start = fleet.publisher.pop()[1]
+
+    def broken(*_args, **_kwargs):
+        raise RuntimeError("a bug in planning")
+
+    monkeypatch.setattr(brain_module, "plan", broken)
+    outcomes = [fleet.deliver(start) for _ in range(MAX_CRASHES + 2)]
+    assert outcomes == ["crashed"] * (MAX_CRASHES - 1) + ["rejected", "duplicate", "duplicate"]
+    with engine.connect() as conn:
+        run = run_view(conn, run_id)
+        row = conn.execute(select(agent_messages).where(agent_messages.c.id == start.message_id)).one()
+        kinds = [r.kind for r in conn.execute(select(bus_events.c.kind).where(bus_events.c.run_id == run_id))]
+    assert run["status"] == "failed" and run["error"]["code"] == "brain.crashed"
+    assert row.status == "failed" and "a bug in planning" in row.last_error
+    assert kinds == ["event_rejected"]
+
+
+@pytest.mark.parametrize("attempt", range(3))
+def test_two_dispatchers_cannot_both_admit_the_last_of_a_budget(engine, attempt):
+    fleet = Fleet(engine, {("rag", "embed"): lambda ctx, p: WorkResult(output={})}, registry=registry_of(TWINS))
+    submit(fleet, "twins")
+    pending = []
+    while len(pending) < 2:
+        _, delivery = fleet.publisher.pop()
+        if delivery.task == TASK_EXECUTE:
+            pending.append(delivery)
+        else:
+            fleet.deliver(delivery)
+    second = Dispatcher(engine=engine, publisher=fleet.publisher, shards=1, clock=fleet.clock)
+    barrier = threading.Barrier(2)
+    results: list[str] = []
+
+    def admit(dispatcher, delivery):
+        barrier.wait()
+        results.append(dispatcher.handle(delivery.message_id))
+
+    pairs = zip((fleet.dispatcher, second), pending, strict=True)
+    threads = [threading.Thread(target=admit, args=pair) for pair in pairs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    assert sorted(results) == ["denied", "dispatched"]
+
+
+TIMED = """
+name: timed
+start: slow
+nodes:
+  slow:
+    kind: task
+    route: {service: rag, role: embed}
+    agent: {agent_id: w}
+    timeout_ms: 1000
+    retry: {maximum_attempts: 5, initial_interval_ms: 10}
+    next: done
+  done: {kind: end}
+"""
+
+
+def test_cancel_abandons_an_assignment_already_dispatched(engine):
+    from coordinator.commands import cancel  # the API's cancel, without HTTP
+
+    calls = []
+    fleet = Fleet(engine, {("rag", "embed"): lambda ctx, p: calls.append(1) or WorkResult(output={})})
+    run_id = submit(fleet, "echo")
+    while (nxt := fleet.publisher.pop())[1].task != "cogo.work":
+        fleet.deliver(nxt[1])
+    work = nxt[1]  # admitted and on its way to a worker
+    with engine.begin() as conn:
+        delivery = cancel(conn, run_id, reason="stop", now=fleet.clock(), shards=1)
+    fleet.publisher.send([delivery])
+    fleet.drain()
+    assert fleet.deliver(work) == "duplicate"  # the worker finds the assignment gone
+    assert calls == []
+    with engine.connect() as conn:
+        kinds = [r.kind for r in conn.execute(select(bus_events.c.kind).where(bus_events.c.run_id == run_id))]
+        assert run_view(conn, run_id)["status"] == "cancelled"
+    assert kinds == ["execute_enqueued", "execute_cancelled"]
+
+
+def test_a_node_timeout_stops_the_retries_of_its_assignment(engine):
+    from bus.errors import WorkFailed
+
+    calls = []
+
+    def always_fails(ctx, payload):
+        calls.append(ctx.attempt)
+        raise WorkFailed("nope", retryable=True)
+
+    fleet = Fleet(engine, {("rag", "embed"): always_fails}, registry=registry_of(TIMED))
+    run_id = submit(fleet, "timed")
+    fleet.drain(skip=lambda d: d.task == "cogo.execute" and d.countdown_s > 0)  # the retry is lost in transit
+    fleet.clock.now += 2  # the node's timeout fires
+    fleet.drain()
+    with engine.connect() as conn:
+        run = run_view(conn, run_id)
+        row = conn.execute(select(agent_messages).where(agent_messages.c.run_id == run_id,
+                                                        agent_messages.c.kind == "assignment")).one()
+    assert run["error"]["code"] == "node.timeout"
+    assert row.status == "dead" and calls == [1]
