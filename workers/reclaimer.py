@@ -4,9 +4,10 @@ Its duties, every ``reclaim_interval_s``:
 
 1. **Expired leases.** A ``running`` row whose lease ran out belongs to a dead worker: another attempt
    (``retry_wait``, due now) if it has attempts left, else ``dead`` with its failure reported to the brain.
-2. **Undelivered rows.** A ``queued``, ``dispatched`` or due ``retry_wait`` row that nobody took for
-   ``stale_s`` was lost if its queue is empty (a worker that is merely behind leaves the queue non-empty):
-   it is sent again. Sending twice is harmless; every consumer's first write is conditional.
+2. **Undelivered rows.** ``queued``, ``dispatched`` or due ``retry_wait`` rows that nobody took for
+   ``stale_s`` were lost if their queue holds fewer messages than there are such rows (a consumer that is
+   merely behind still holds them all): they are sent again. Sending twice is harmless; every consumer's
+   first write is conditional. No write lock is held while the broker is asked.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from bus.settings import Settings
 
 log = logging.getLogger(__name__)
 BATCH = 500
+RESENDABLE = (ledger.QUEUED, ledger.DISPATCHED, ledger.RETRY_WAIT)
 
 
 @dataclass
@@ -91,24 +93,34 @@ class Reclaimer:
         cutoff = now - self.settings.stale_s
         not_recent = or_(m.c.published_at.is_(None), m.c.published_at < cutoff)
         due = or_(and_(m.c.retry_at.is_(None), m.c.updated_at < cutoff), m.c.retry_at < cutoff)
-        with self.engine.begin() as conn:
+        with self.engine.connect() as conn:  # a read: no write lock is held while the broker is asked
             rows = conn.execute(select(m.c.id, m.c.service, m.c.role, m.c.shard, m.c.tenant, m.c.run_id, m.c.status)
-                                .where(m.c.status.in_((ledger.QUEUED, ledger.DISPATCHED, ledger.RETRY_WAIT)),
-                                       due, not_recent).order_by(m.c.updated_at).limit(BATCH)).all()
-            by_queue: dict[tuple[str, str], list] = defaultdict(list)
-            for row in rows:
-                by_queue[destination(route=Route(row.service, row.role, row.shard, row.tenant), status=row.status,
-                                     run_id=row.run_id, shards=self.settings.shards)].append(row)
-            for (task, queue), queued in by_queue.items():
-                depth = self.depth(queue)
-                if depth is None or depth > 0:
-                    continue  # the consumer is behind, not robbed; its messages are still there
-                ids = [r.id for r in queued]
-                conn.execute(update(m).where(m.c.id.in_(ids)).values(published_at=now))
+                                .where(m.c.status.in_(RESENDABLE), due, not_recent)
+                                .order_by(m.c.updated_at).limit(BATCH)).all()
+        groups: dict[tuple[str, str, str], list[str]] = defaultdict(list)
+        for row in rows:
+            task, queue = destination(route=Route(row.service, row.role, row.shard, row.tenant), status=row.status,
+                                      run_id=row.run_id, shards=self.settings.shards)
+            groups[(task, queue, row.status)].append(row.id)
+        lost = {key: ids for key, ids in groups.items() if self._probably_lost(key[1], len(ids))}
+        if not lost:
+            return
+        with self.engine.begin() as conn:
+            for (task, queue, status), ids in lost.items():
+                # Stamp only rows still in the status they were read in: a row that moved on meanwhile is not lost.
+                stamped = conn.execute(update(m).where(m.c.id.in_(ids), m.c.status == status, not_recent)
+                                       .values(published_at=now).returning(m.c.id, m.c.run_id, m.c.tenant)).all()
                 ledger.record(conn, [{"message_id": r.id, "run_id": r.run_id, "tenant": r.tenant, "kind": "reclaimed",
-                                      "detail": {"queue": queue, "status": r.status}} for r in queued], now=now)
-                result.deliveries.extend(Delivery(task, queue, i) for i in ids)
-                result.resent += len(ids)
+                                      "detail": {"queue": queue, "status": status}} for r in stamped], now=now)
+                result.deliveries.extend(Delivery(task, queue, r.id) for r in stamped)
+                result.resent += len(stamped)
+
+    def _probably_lost(self, queue: str, stale: int) -> bool:
+        """Whether some of ``stale`` rows bound for ``queue`` must have lost their messages: the queue holds
+        fewer messages than there are stale rows for it. A consumer that is merely behind still holds them all.
+        Re-sending a row whose message was not lost is harmless: its consumer's first write is conditional."""
+        depth = self.depth(queue)
+        return depth is not None and depth < stale
 
     def _delivery(self, row, status: str) -> Delivery:
         task, queue = destination(route=Route(row.service, row.role, row.shard, row.tenant), status=status,

@@ -224,3 +224,16 @@ def test_retries_share_one_budget_and_the_run_is_charged_for_every_attempt(engin
     assert audit(engine, run_id).count("budget_violation") == 1
     assert assignment(engine, run_id).usage_tokens == 120
     assert run["spent_tokens"] == 120
+
+
+def test_a_lost_row_is_resent_even_while_its_queue_is_busy(engine):
+    fleet = Fleet(engine, {("rag", "embed"): Calls()})
+    submit(fleet)
+    submit(fleet)
+    submit(fleet)
+    fleet.publisher.drop_all()
+    fleet.reclaimer.depth = lambda _queue: 2  # traffic keeps the queue non-empty, but 3 rows are stale
+    fleet.clock.now += fleet.settings.stale_s + 1
+    assert fleet.reclaimer.sweep().resent == 3
+    fleet.clock.now += 1
+    assert fleet.reclaimer.sweep().resent == 0  # re-sent at most once per stale_s
