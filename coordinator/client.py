@@ -146,11 +146,15 @@ class Client:
         except httpx.HTTPError as exc:
             raise ApiError(f"cannot reach the cogo API at {self.base_url}: {exc}", code="api.unreachable",
                            details={"url": self.base_url}) from exc
-        body = response.json() if response.content else {}
+        try:
+            body = response.json() if response.content else {}
+        except ValueError:
+            raise ApiError(f"{self.base_url}{path} answered HTTP {response.status_code} with a body that is not "
+                           f"JSON: is this a cogo API?", code="api.bad_response") from None
+        err = body.get("error") if isinstance(body, dict) and isinstance(body.get("error"), dict) else {}
         if response.status_code == 404:
-            raise NotFound(body.get("error", {}).get("message", f"{path} not found"))
+            raise NotFound(err.get("message", f"{path} not found"), code=err.get("code", "not_found"))
         if response.status_code >= 400:
-            err = body.get("error", {}) if isinstance(body, dict) else {}
             raise ApiError(err.get("message", f"HTTP {response.status_code}"),
                            code=err.get("code", "api.error"), details=err.get("details", {}))
         return body

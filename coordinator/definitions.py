@@ -294,6 +294,9 @@ def load_yaml(path: Path) -> WorkflowDefinition:
     """Read and validate one YAML definition file."""
     try:
         raw = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise ContractError(f"cannot read workflow definition {path}: {exc.strerror}",
+                            code="definition.unreadable") from None
     except yaml.YAMLError as exc:
         raise ContractError(f"{path.name}: not valid YAML: {exc}", code="definition.invalid") from None
     return parse_definition(raw, source=path.name)

@@ -12,6 +12,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 from rich.text import Text
+from sqlalchemy.exc import DBAPIError
 
 from bus.errors import CogoError, ConfigError
 from bus.settings import Settings
@@ -43,6 +44,10 @@ def _handled(command: Callable) -> Callable:
         except CogoError as exc:
             err.print(Text(f"error [{exc.code}]: {exc}", style="red"), soft_wrap=True)
             raise typer.Exit(2 if isinstance(exc, UsageError) else 1) from None
+        except DBAPIError as exc:  # the ledger is down, or was never migrated (``cogo migrate``)
+            reason = str(exc.orig).splitlines()[0] if exc.orig else str(exc)
+            err.print(Text(f"error [ledger.unavailable]: {reason}", style="red"), soft_wrap=True)
+            raise typer.Exit(1) from None
         except KeyboardInterrupt:
             err.print(Text("interrupted", style="yellow"))
             raise typer.Exit(130) from None

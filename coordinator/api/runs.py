@@ -76,6 +76,7 @@ def get_events(run_id: str, category: str | None = None, type: str | None = None
 def get_bus_events(run_id: str, s: Services = Depends(services)) -> dict[str, Any]:
     """The audit rows of the run's bus messages."""
     with s.engine.connect() as conn:
+        run_view(conn, run_id)
         rows = conn.execute(select(bus_events).where(bus_events.c.run_id == run_id)
                             .order_by(bus_events.c.id)).mappings().all()
     return {"events": [dict(r) for r in rows]}
@@ -85,6 +86,7 @@ def get_bus_events(run_id: str, s: Services = Depends(services)) -> dict[str, An
 def get_messages(run_id: str, s: Services = Depends(services)) -> dict[str, Any]:
     """The run's bus rows (assignments and brain events)."""
     with s.engine.connect() as conn:
+        run_view(conn, run_id)
         rows = conn.execute(select(agent_messages).where(agent_messages.c.run_id == run_id)
                             .order_by(agent_messages.c.created_at)).mappings().all()
     return {"messages": [dict(r) for r in rows]}

@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy import select
+from sqlalchemy.exc import DBAPIError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from bus.errors import CogoError, NotFound
 from bus.settings import Settings
 from coordinator.api import people, runs
 from coordinator.api.deps import Services
 
+log = logging.getLogger(__name__)
 ROUTERS = [runs.router, people.router]
 """Every router of the API; a module adds its router here."""
 
@@ -35,6 +39,21 @@ def create_app(services: Services) -> FastAPI:
     async def _cogo_error(_req: Request, exc: CogoError) -> JSONResponse:
         status = _STATUS.get(exc.code, 404 if isinstance(exc, NotFound) else 400)
         return _error(exc.code, str(exc), status, exc.details)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_req: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method.not_allowed"}.get(exc.status_code, "http.error")
+        return _error(code, str(exc.detail), exc.status_code)
+
+    @app.exception_handler(DBAPIError)
+    async def _ledger(_req: Request, exc: DBAPIError) -> JSONResponse:
+        log.error("ledger error: %s", exc)
+        return _error("ledger.unavailable", "the ledger cannot answer right now; try again", 503)
+
+    @app.exception_handler(Exception)
+    async def _bug(_req: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error")
+        return _error("internal", f"internal error: {type(exc).__name__}", 500)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_req: Request, exc: RequestValidationError) -> JSONResponse:
