@@ -1,5 +1,6 @@
-"""``cogo-bus-retention``: prunes what no one needs any more — settled and done rows of ended runs,
-their audit rows and introspection events — once they are older than ``retention_days``."""
+"""``cogo-bus-retention``: prunes what no one needs any more — ended run trees with every row of theirs
+(bus rows, audit rows, introspection events, tokens, scopes, approvals) — once their root ended more than
+``retention_days`` ago. Replay works on a run until then."""
 
 from __future__ import annotations
 
@@ -30,11 +31,15 @@ class Pruned:
 
 
 def prune(engine: Engine, *, retention_days: float, clock: Callable[[], float] = time.time) -> Pruned:
-    """Delete ended runs older than the horizon, with everything that belongs to them."""
+    """Delete whole run trees whose root ended before the horizon, with everything that belongs to them.
+
+    Trees, not runs: a finished child of a root that is still running carries spend its root's budget counts.
+    """
     cutoff = clock() - retention_days * 86400
     with engine.begin() as conn:
-        ids = [r.id for r in conn.execute(select(runs.c.id).where(runs.c.status.in_(RUN_TERMINAL),
-                                                                  runs.c.ended_at < cutoff).limit(BATCH))]
+        roots = select(runs.c.id).where(runs.c.id == runs.c.root_run_id, runs.c.status.in_(RUN_TERMINAL),
+                                        runs.c.ended_at < cutoff).limit(BATCH).scalar_subquery()
+        ids = [r.id for r in conn.execute(select(runs.c.id).where(runs.c.root_run_id.in_(roots)))]
         for table, column in ((introspection_events, introspection_events.c.run_id),
                               (bus_events, bus_events.c.run_id), (m, m.c.run_id), (tokens, tokens.c.run_id),
                               (fan_ins, fan_ins.c.run_id), (branch_scopes, branch_scopes.c.run_id),

@@ -1,0 +1,49 @@
+"""Retention prunes whole ended run trees, and nothing that a running root still needs."""
+
+from __future__ import annotations
+
+from sqlalchemy import func, select
+
+from bus.schema import agent_messages, bus_events, introspection_events
+from coordinator.schema import runs, tokens
+from tests.integration.test_budget_tree import CHILD
+from tests.support.harness import Fleet, registry_of, submit
+from workers.handler import WorkResult
+from workers.retention import prune
+
+PARENT = """
+name: parent-keeps
+start: kid
+nodes:
+  kid: {kind: subworkflow, workflow: child-work, next: hold}
+  hold: {kind: wait, event: go, next: done}
+  done: {kind: end}
+"""
+
+
+def count(conn, table, column, run_ids) -> int:
+    return conn.execute(select(func.count()).select_from(table).where(column.in_(run_ids))).scalar_one()
+
+
+def test_ended_trees_go_and_running_roots_keep_their_children(engine):
+    fleet = Fleet(engine, {("rag", "embed"): lambda ctx, p: WorkResult(output={})},
+                  registry=registry_of(CHILD, PARENT))
+    ended = submit(fleet, "child-work")
+    waiting = submit(fleet, "parent-keeps")  # its child finishes; the root waits for a signal
+    fleet.drain()
+    with engine.connect() as conn:
+        tree = {r.id: r for r in conn.execute(select(runs))}
+    assert tree[ended].status == "completed" and tree[waiting].status == "waiting"
+    kid = next(r.id for r in tree.values() if r.parent_run_id == waiting)
+    assert tree[kid].status == "completed"
+
+    assert prune(engine, retention_days=1, clock=lambda: fleet.clock.now + 3600).runs == 0  # too young
+    pruned = prune(engine, retention_days=1, clock=lambda: fleet.clock.now + 2 * 86400)
+    assert pruned.runs == 1
+    with engine.connect() as conn:
+        left = {r.id for r in conn.execute(select(runs.c.id))}
+        assert left == {waiting, kid}
+        for table, column in ((agent_messages, agent_messages.c.run_id), (bus_events, bus_events.c.run_id),
+                              (introspection_events, introspection_events.c.run_id), (tokens, tokens.c.run_id)):
+            assert count(conn, table, column, [ended]) == 0, table.name
+            assert count(conn, table, column, [waiting]) > 0 or table is bus_events, table.name
