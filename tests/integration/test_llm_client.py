@@ -152,13 +152,12 @@ def test_a_malformed_body_is_a_bad_response(server, body):
     assert (raised.value.code, raised.value.retryable) == ("llm.bad_response", False)
 
 
+@pytest.mark.timeout(20)  # the client's own 600 s timeout would blow this deadline: the per-call one must win
 def test_a_slow_endpoint_times_out_as_unavailable(server):
     server.answer(completion("late"), delay_s=30)
-    started = time.monotonic()
     with pytest.raises(WorkFailed) as raised:
-        OpenAIChatClient(server.url, "k", timeout_s=30).complete(MESSAGES, model="gpt-4o-mini", timeout_s=0.3)
+        OpenAIChatClient(server.url, "k", timeout_s=600).complete(MESSAGES, model="gpt-4o-mini", timeout_s=0.3)
     assert (raised.value.code, raised.value.retryable) == ("llm.unavailable", True)
-    assert time.monotonic() - started < 10  # the per-call timeout (the TTL's remainder) won
 
 
 def test_an_unreachable_endpoint_is_unavailable():

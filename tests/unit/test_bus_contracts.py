@@ -11,7 +11,7 @@ from bus.envelope import Assignment, Intent, Usage, parse_assignment, parse_mode
 from bus.errors import ConfigError, ContractError
 from bus.outbox import destination
 from bus.retry import RetryPolicy, compute_backoff
-from bus.routing import Route, decide_queue, shard_for, stable_hash
+from bus.routing import Route, decide_queue, execute_queue, shard_for, stable_hash
 from bus.settings import Settings
 
 
@@ -19,14 +19,22 @@ class TestRouting:
     def test_queue_is_service_role_shard(self):
         assert Route("codegen", "generate", 3, "acme").queue == "codegen.generate.3"
 
-    def test_shard_is_stable_and_spreads(self):
-        ids = [f"run-{i}" for i in range(1000)]
-        assert [shard_for(i, 8) for i in ids] == [shard_for(i, 8) for i in ids]
-        assert stable_hash("abc") == 891568578  # crc32: the same in every process and Python version
-        assert len({shard_for(i, 8) for i in ids}) == 8
+    def test_shard_is_the_same_in_another_process_with_another_hash_seed(self):
+        import subprocess
+        import sys
+        ids = [f"run-{i}" for i in range(50)]
+        code = f"from bus.routing import shard_for; print([shard_for(i, 8) for i in {ids!r}])"
+        other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                               env={"PYTHONHASHSEED": "12345", "PATH": ""}, cwd=Path(__file__).parents[2])
+        assert other.stdout.strip() == str([shard_for(i, 8) for i in ids])
+        assert stable_hash("abc") == 891568578  # crc32, not Python's salted hash()
 
-    def test_every_event_of_a_run_reaches_the_same_brain_shard(self):
-        assert decide_queue("run-42", 4) == f"orchestrator.decide.{shard_for('run-42', 4)}"
+    def test_shards_spread(self):
+        assert len({shard_for(f"run-{i}", 8) for i in range(1000)}) == 8
+
+    def test_a_runs_brain_and_dispatcher_are_on_the_same_shard(self):
+        for run_id in ("a", "run-42", "3f2c"):
+            assert decide_queue(run_id, 4).rsplit(".", 1)[1] == execute_queue(run_id, 4).rsplit(".", 1)[1]
 
     @pytest.mark.parametrize("kwargs, field", [
         ({"service": "Codegen", "role": "x"}, "service"),

@@ -141,12 +141,11 @@ def test_a_past_deadline_raises_ttl_expired(tmp_path):
         build_test(context(tmp_path, ttl_s=-1), {"edits": [edit("add.py", ADD)]})
 
 
+@pytest.mark.timeout(30)  # waiting for the 120 s test instead of killing it would blow this deadline
 def test_tests_running_past_the_ttl_are_killed_and_raise_ttl_expired(tmp_path):
-    slow = "import time\n\n\ndef test_slow():\n    time.sleep(60)\n"
-    started = time.monotonic()
+    slow = "import time\n\n\ndef test_slow():\n    time.sleep(120)\n"
     with pytest.raises(TTLExpired):
         build_test(context(tmp_path, ttl_s=3), {"edits": [edit("test_slow.py", slow)]})
-    assert time.monotonic() - started < 30  # the 60 s test was killed, not waited for
 
 
 def test_an_alarm_that_interrupts_the_tests_takes_the_test_processes_with_it(tmp_path):
