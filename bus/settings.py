@@ -52,6 +52,8 @@ class Settings:
     """Extra workflow definitions (``*.yaml``) loaded beside the built-in ones. Empty: none."""
     task_events: bool = False
     """Send Celery task events (Flower switches them on when it runs)."""
+    allowed_models: str = ""
+    """Comma-separated models the executor-dispatcher admits (e.g. ``cogo-local,gpt-4o-mini``). Empty: any."""
     llm_url: str = ""
     """OpenAI-compatible endpoint for the codegen worker. Empty: the deterministic local model."""
     llm_api_key: str = ""
@@ -94,6 +96,12 @@ class Settings:
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             raise ConfigError(f"COGO_LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR, got {self.log_level!r}")
         return replace(self, database_url=database_url, artifacts_dir=artifacts, log_level=self.log_level.upper())
+
+    @property
+    def model_allow_list(self) -> frozenset[str] | None:
+        """``allowed_models`` as a set, or None when every model is allowed."""
+        models = frozenset(m.strip() for m in self.allowed_models.split(",") if m.strip())
+        return models or None
 
     def to_env(self) -> dict[str, str]:
         """The settings as ``COGO_*`` variables, to hand to a child process."""

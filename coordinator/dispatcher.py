@@ -31,8 +31,9 @@ class Dispatcher:
     """Handles ``cogo.execute`` messages."""
 
     def __init__(self, *, engine: Engine, publisher: Publisher, shards: int,
-                 clock: Callable[[], float] = time.time):
+                 allowed_models: frozenset[str] | None = None, clock: Callable[[], float] = time.time):
         self.engine, self.publisher, self.shards, self.clock = engine, publisher, shards, clock
+        self.allowed_models = allowed_models
 
     def handle(self, message_id: str) -> str:
         """Admit (or re-admit) one assignment; returns ``dispatched``, ``denied``, ``early`` or ``duplicate``."""
@@ -59,8 +60,9 @@ class Dispatcher:
             assignment = parse_assignment(row.payload)
             verdict = Verdict(True)
             if row.status == ledger.QUEUED:
-                for limits in _budgets(conn, row.run_id, exclude=row.id):
-                    verdict = admit(assignment, limits)
+                limits = _budgets(conn, row.run_id, exclude=row.id) or [RunLedger(budget=None)]
+                for ledger_ in limits:
+                    verdict = admit(assignment, ledger_, allowed_models=self.allowed_models)
                     if not verdict.admitted:
                         break
         except CogoError as exc:
@@ -147,6 +149,6 @@ def main(settings: Settings, name: str) -> None:
 
     dispatcher = Dispatcher(engine=make_engine(settings.database_url),
                             publisher=Publisher(make_celery(settings, name=f"{name}-producer")),
-                            shards=settings.shards)
+                            shards=settings.shards, allowed_models=settings.model_allow_list)
     run_consumer(settings, name=name, queues=by_name(name).queues(settings.shards), task_name=TASK_EXECUTE,
                  handle=dispatcher.handle)

@@ -16,6 +16,7 @@ from bus.celery_app import TASK_WORK
 from bus.envelope import Intent
 from bus.errors import WorkFailed
 from bus.schema import agent_messages, bus_events
+from bus.settings import Settings
 from coordinator import intents
 from coordinator.definitions import Registry, parse_definition
 from coordinator.store import run_view
@@ -237,3 +238,22 @@ def test_a_lost_row_is_resent_even_while_its_queue_is_busy(engine):
     assert fleet.reclaimer.sweep().resent == 3
     fleet.clock.now += 1
     assert fleet.reclaimer.sweep().resent == 0  # re-sent at most once per stale_s
+
+
+def test_a_model_outside_the_allow_list_is_denied(engine):
+    from coordinator.dispatcher import Dispatcher
+
+    registry = Registry.builtin()
+    registry.add(parse_definition({
+        "name": "pricey", "start": "a",
+        "nodes": {"a": {"kind": "task", "route": {"service": "rag", "role": "embed"},
+                        "agent": {"agent_id": "x", "model": "gpt-9-ultra"}, "next": "b"}, "b": {"kind": "end"}}}))
+    handler = Calls()
+    fleet = Fleet(engine, {("rag", "embed"): handler}, registry=registry)
+    fleet.dispatcher = Dispatcher(engine=engine, publisher=fleet.publisher, shards=1, clock=fleet.clock,
+                                  allowed_models=Settings(allowed_models="cogo-local, gpt-4o-mini").model_allow_list)
+    fleet.routes["cogo.execute"] = fleet.dispatcher.handle
+    run_id = submit(fleet, intent="pricey")
+    fleet.drain()
+    assert run_status(engine, run_id)["error"]["code"] == "policy.model_denied"
+    assert audit(engine, run_id) == ["policy_denied"] and handler.calls == 0

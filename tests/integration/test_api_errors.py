@@ -78,3 +78,24 @@ def test_cli_replay_errors_are_codes_not_tracebacks(tmp_path):
     assert unmigrated.exit_code == 1 and "error [ledger.unavailable]" in unmigrated.output
     missing = runner.invoke(cli, ["replay", "some-run", "--definition", str(tmp_path / "nope.yaml")], env=env)
     assert missing.exit_code == 1 and "error [" in missing.output and "Traceback" not in missing.output
+
+
+def test_orchestrator_plan_is_a_dry_run_and_state_explains(sqlite_engine):
+    from sqlalchemy import func, select
+
+    from coordinator.schema import runs
+
+    client = api(sqlite_engine)
+    planned = client.post("/api/orchestrator/plan", json={"tenant": "t", "intent": "echo"})
+    assert planned.status_code == 200
+    body = planned.json()
+    assert body["workflow"] == "single-task"
+    assert [d["type"] for d in body["decisions"]] == ["INITIALIZE_WORKFLOW", "CREATE_TOKEN", "DISPATCH_TOKEN"]
+    assert body["events"][0]["type"] == "decision.routing.start"
+    with sqlite_engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(runs)).scalar_one() == 0  # nothing was written
+
+    started = client.post("/api/orchestrator/execute", json={"tenant": "t", "intent": "echo"})
+    assert started.status_code == 202
+    state = client.get("/api/orchestrator/state", params={"run_id": started.json()["id"]}).json()
+    assert state["run"]["status"] == "pending" and state["tokens"] == [] and "explain" in state

@@ -1,0 +1,51 @@
+"""The orchestrator endpoints of the user's plan (seed 003): plan without running, execute, and state."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+from fastapi import APIRouter, Depends
+
+from bus.envelope import Intent
+from coordinator import events as ev
+from coordinator import intents
+from coordinator.api.deps import Services, services
+from coordinator.api.runs import post_intent
+from coordinator.explain import explain
+from coordinator.planning import plan
+from coordinator.replay import as_json, initial_state
+from coordinator.store import run_view, token_rows
+
+router = APIRouter()
+
+
+@router.post("/api/orchestrator/plan")
+def plan_intent(body: Intent, s: Services = Depends(services)) -> dict[str, Any]:
+    """What starting this intent would decide — the pure planner on an empty run; nothing is written or sent."""
+    definition = intents.resolve(body.intent, s.registry)
+    run_id = str(uuid.uuid4())
+    row = {"id": run_id, "tenant": body.tenant, "intent": body.intent, "workflow": definition.name,
+           "workflow_version": definition.version, "input": body.payload, "parent_run_id": None,
+           "parent_token_id": None, "root_run_id": run_id, "depth": 0,
+           "budget": body.budget.model_dump(by_alias=True) if body.budget else None}
+    state = initial_state(row, definition, s.registry.catalog(definition))
+    result = plan(state, ev.Start(id="dry-run", run_id=run_id), now=time.time())
+    return {"workflow": definition.name, "version": definition.version,
+            "decisions": [as_json(d.describe()) for d in result.decisions],
+            "events": [{"type": e.type, "node_id": e.node_id, "token_id": e.token_id, "data": as_json(dict(e.data))}
+                       for e in result.events]}
+
+
+@router.post("/api/orchestrator/execute", status_code=202)
+def execute_intent(body: Intent, s: Services = Depends(services)) -> dict[str, str]:
+    """Start the intent: the same as ``POST /api/intents``."""
+    return post_intent(body, s)
+
+
+@router.get("/api/orchestrator/state")
+def state(run_id: str, s: Services = Depends(services)) -> dict[str, Any]:
+    """A run's state in one answer: the run, its tokens, and what it waits for and why."""
+    with s.engine.connect() as conn:
+        return {"run": run_view(conn, run_id), "tokens": token_rows(conn, run_id), "explain": explain(conn, run_id)}
