@@ -8,6 +8,7 @@ from rich.console import Console
 from coordinator.client import Client
 from ecosystem.launcher import Fleet
 from tests.e2e.conftest import CORE, TABLE, fleet_settings, machine_redis
+from tests.support.services import RABBITMQ_URL, require
 
 pytestmark = pytest.mark.e2e
 
@@ -47,5 +48,16 @@ def test_workflow_completes_on_the_embedded_redis(tmp_path, e2e_env):
         assert fleet.broker is not None
         run, trace, audit = run_echo(fleet)
     assert run["status"] == "completed"
+    assert trace == TRACE
+    assert audit == ["execute_enqueued", "execute_done"]
+
+
+def test_workflow_completes_across_processes_on_rabbitmq(tmp_path, e2e_env):
+    require("RabbitMQ", "127.0.0.1", 5672)
+    settings = fleet_settings(tmp_path, broker_url=RABBITMQ_URL)
+    with Fleet(settings, only=[*CORE, "cogo-rag-embed"], processes=TABLE, free_ports=True, env=e2e_env,
+               console=Console(quiet=True), show_logs=False) as fleet:
+        run, trace, audit = run_echo(fleet)
+    assert run["status"] == "completed", run
     assert trace == TRACE
     assert audit == ["execute_enqueued", "execute_done"]
