@@ -54,7 +54,7 @@ PROCESSES: tuple[Process, ...] = (
             "loads a run's state, plans purely, applies decisions in two phases",
             routes=(("orchestrator", "decide"),)),
     Process("cogo-executor-dispatcher", "celery", "coordinator.dispatcher:main",
-            "admits assignments (budget, TTL, model, version, circuit) and routes them; retries with backoff",
+            "admits assignments (model allow-list, run and root budgets) and routes them; re-admits retries",
             routes=(("orchestrator", "execute"),)),
     Process("cogo-codegen-service", "celery", "workers.codegen:main",
             "spec → artifacts/<taskId>/edits.json", routes=(("codegen", "generate"),)),
