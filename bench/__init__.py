@@ -1,0 +1,1 @@
+"""Benchmarks: cogo against plain Celery on the same machine, in the same run (issue 4)."""

@@ -1,0 +1,93 @@
+"""``python -m bench run [--quick] [--ledger sqlite|postgres|both] [--out bench/results]``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+from bench import chart, fleet, report, runner
+
+DEFAULT_BROKER = "redis://127.0.0.1:6379/9"
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    """The command line."""
+    parser = argparse.ArgumentParser(prog="python -m bench", description="cogo vs plain Celery (issue 4)")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run every scenario and write <out>/latest.json and latest.png")
+    run.add_argument("--quick", action="store_true", help="tiny counts: a smoke run of a few seconds per ledger")
+    run.add_argument("--ledger", choices=["sqlite", "postgres", "both"], default="both")
+    run.add_argument("--out", type=Path, default=RESULTS)
+    run.add_argument("--workers", type=int, default=2, help="worker processes on each side (default 2)")
+    run.add_argument("--broker", default=DEFAULT_BROKER,
+                     help="Redis URL; use a database of its own: the bench flushes it (default db 9)")
+    costs = sub.add_parser("handlers", help="each handler's cost and SQL statements per call, in one process")
+    costs.add_argument("--ledger", choices=["sqlite", "postgres", "both"], default="both")
+    costs.add_argument("--runs", type=int, default=200)
+    prof = sub.add_parser("profile", help="the throughput scenario with every cogo process under pyinstrument")
+    prof.add_argument("--ledger", choices=["sqlite", "postgres"], default="sqlite")
+    prof.add_argument("--runs", type=int, default=1000)
+    prof.add_argument("--workers", type=int, default=2)
+    prof.add_argument("--broker", default=DEFAULT_BROKER)
+    prof.add_argument("--out", type=Path, default=RESULTS)
+    table = sub.add_parser("table", help="print a result's tables as Markdown (for the README)")
+    table.add_argument("path", type=Path, nargs="?", default=RESULTS / "latest.json")
+    return parser.parse_args(argv)
+
+
+def handler_costs(args: argparse.Namespace) -> int:
+    """Print each handler's cost per ledger as JSON."""
+    from bench.handlers import measure
+
+    out = {}
+    for kind in ["sqlite", "postgres"] if args.ledger == "both" else [args.ledger]:
+        with tempfile.TemporaryDirectory(prefix="cogo-bench-") as tmp, fleet.ledger(kind, Path(tmp)) as url:
+            out[kind] = measure(url, runs=args.runs)
+    print(json.dumps(out, indent=1))
+    return 0
+
+
+def _local_only(broker: str) -> None:
+    if not broker.startswith(("redis://127.0.0.1", "redis://localhost")):
+        raise SystemExit("the bench only loads a local Redis (redis://127.0.0.1…)")
+
+
+def main(argv: list[str]) -> int:
+    """Run the bench, write JSON and PNG, print the JSON."""
+    args = parse(argv)
+    if args.command == "handlers":
+        return handler_costs(args)
+    if args.command == "table":
+        from bench.table import markdown
+
+        print(markdown(json.loads(args.path.read_text())))
+        return 0
+    if args.command == "profile":
+        from bench.profile import profile
+
+        _local_only(args.broker)
+        print(json.dumps(profile(kind=args.ledger, runs=args.runs, workers=args.workers, broker_url=args.broker,
+                                 out=args.out), indent=1))
+        return 0
+    _local_only(args.broker)
+    ledgers = ["sqlite", "postgres"] if args.ledger == "both" else [args.ledger]
+    with tempfile.TemporaryDirectory(prefix="cogo-bench-") as tmp:
+        result = runner.run(ledgers=ledgers, quick=args.quick, workers=args.workers, broker_url=args.broker,
+                            workdir=Path(tmp), log=lambda line: print(line, file=sys.stderr, flush=True))
+    result["versions"] = report.versions(args.broker, fleet.POSTGRES_URL if "postgres" in ledgers else None)
+    result["machine"] = report.machine()
+    result["targets"] = report.targets(result["ledgers"])
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "latest.json").write_text(json.dumps(result, indent=1) + "\n")
+    result["chart"] = "latest.png" if chart.draw(result, args.out / "latest.png") else None
+    (args.out / "latest.json").write_text(json.dumps(result, indent=1) + "\n")
+    print(json.dumps(result, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
