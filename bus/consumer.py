@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 
 
 def run_consumer(settings: Settings, *, name: str, queues: list[str], task_name: str,
-                 handle: Callable[[str], None], concurrency: int = 1) -> None:
+                 handle: Callable[[str], None]) -> None:
     """Consume ``queues`` forever, calling ``handle(message_id)`` for each ``task_name`` message."""
     app = make_celery(settings, name=name, queues=queues)
 
@@ -37,7 +37,7 @@ def run_consumer(settings: Settings, *, name: str, queues: list[str], task_name:
     hostname = f"{name}@{socket.gethostname()}.{os.getpid()}"
     argv = ["worker", "-Q", ",".join(queues), "-n", hostname, "--without-gossip", "--without-mingle",
             f"--loglevel={settings.log_level}"]
-    argv += ["--pool=solo"] if concurrency == 1 else ["--pool=threads", f"--concurrency={concurrency}"]
+    argv.append("--pool=solo")  # one task at a time per process: scale with replicas, keep SIGALRM for TTLs
     if settings.task_events:
         argv.append("-E")
     app.worker_main(argv)

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import Connection, Update, and_, bindparam, insert, select, update
+from sqlalchemy import Connection, Update, and_, bindparam, insert, update
 from sqlalchemy.sql import ClauseElement
 
 from bus.envelope import Usage
@@ -200,11 +200,6 @@ def renew_lease(conn: Connection, message_id: str, *, attempt: int, lease_s: flo
     stmt = (update(m).where(m.c.id == message_id, m.c.status == RUNNING, m.c.attempts == attempt)
             .values(lease_until=now + lease_s, updated_at=now))
     return conn.execute(stmt).rowcount == 1
-
-
-def get(conn: Connection, message_id: str):
-    """One row, or None."""
-    return conn.execute(select(m).where(m.c.id == message_id)).first()
 
 
 def snippet(value: Any) -> str:
