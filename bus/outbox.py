@@ -21,6 +21,10 @@ from bus.routing import DECIDE, ORCHESTRATOR, Route, decide_queue, execute_queue
 log = logging.getLogger(__name__)
 
 
+EARLY_TOLERANCE_S = 0.05
+"""A delivery due at ``retry_at`` may arrive this early (clock skew, timer rounding) and still be applied."""
+
+
 @dataclass(frozen=True, slots=True)
 class Delivery:
     """One Celery message to send: which task, on which queue, about which row, and when."""

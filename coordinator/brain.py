@@ -16,7 +16,7 @@ from sqlalchemy import Engine, select, update
 from bus import ledger
 from bus.celery_app import TASK_DECIDE
 from bus.errors import CogoError, Conflict
-from bus.outbox import Delivery, Publisher, destination
+from bus.outbox import EARLY_TOLERANCE_S, Delivery, Publisher, destination
 from bus.routing import DECIDE, ORCHESTRATOR, Route
 from bus.schema import agent_messages as m
 from bus.settings import Settings
@@ -32,7 +32,6 @@ log = logging.getLogger(__name__)
 MAX_CONFLICT_RETRIES = 8
 MAX_CRASHES = 5
 _DECIDE_ROUTE = Route(ORCHESTRATOR, DECIDE)
-EARLY_TOLERANCE_S = 0.05
 
 
 class Brain:

@@ -15,7 +15,7 @@ from bus.celery_app import TASK_EXECUTE, TASK_WORK
 from bus.envelope import parse_assignment
 from bus.errors import CogoError
 from bus.introspection import IntrospectionEvent, write
-from bus.outbox import Delivery, Publisher
+from bus.outbox import EARLY_TOLERANCE_S, Delivery, Publisher
 from bus.routing import Route, execute_queue
 from bus.schema import agent_messages as m
 from bus.settings import Settings
@@ -23,7 +23,6 @@ from coordinator.policies import RunLedger, Verdict, admit
 from coordinator.schema import runs
 
 log = logging.getLogger(__name__)
-EARLY_TOLERANCE_S = 0.05
 RESERVING = (ledger.DISPATCHED, ledger.RUNNING, ledger.RETRY_WAIT)
 
 

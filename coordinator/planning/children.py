@@ -7,13 +7,21 @@ through ``output_mapping`` (a mapping whose keys are set in the token's scope, w
 
 from __future__ import annotations
 
-from bus.errors import ContractError
 from coordinator import decisions as d
 from coordinator import events as ev
 from coordinator.definitions import SubworkflowNode
 from coordinator.expressions import render
 from coordinator.planning.builder import PlanBuilder
-from coordinator.planning.routing import advance, enter, entry_rule, fail_workflow, finish_token, write_output
+from coordinator.planning.routing import (
+    FAILED_EXPRESSION,
+    advance,
+    computed,
+    enter,
+    entry_rule,
+    fail_workflow,
+    finish_token,
+    write_output,
+)
 from coordinator.state import FAILED, WAITING, Token
 
 MAX_DEPTH = 32
@@ -40,10 +48,8 @@ def _enter_subworkflow(b: PlanBuilder, token: Token, node: SubworkflowNode) -> N
         fail_workflow(b, {"code": "subworkflow.too_deep", "node": token.node_id,
                           "message": f"runs may nest at most {MAX_DEPTH} deep"})
         return
-    try:
-        payload = render(node.input_mapping, b.scope_view(token))
-    except ContractError as exc:
-        fail_workflow(b, {"code": exc.code, "node": token.node_id, "message": str(exc)})
+    payload = computed(b, token, render, node.input_mapping, b.scope_view(token))
+    if payload is FAILED_EXPRESSION:
         return
     if not isinstance(payload, dict):
         fail_workflow(b, {"code": "subworkflow.input_not_object", "node": token.node_id,
@@ -79,10 +85,8 @@ def on_child_completed(b: PlanBuilder, event: ev.ChildCompleted) -> None:
     if node.output_mapping is None:
         finish_token(b, token, output=event.output, key=node.output or token.node_id)
     else:
-        try:
-            mapped = render(node.output_mapping, b.scope_view(token, output=event.output))
-        except ContractError as exc:
-            fail_workflow(b, {"code": exc.code, "node": token.node_id, "message": str(exc)})
+        mapped = computed(b, token, render, node.output_mapping, b.scope_view(token, output=event.output))
+        if mapped is FAILED_EXPRESSION:
             return
         if not isinstance(mapped, dict):
             fail_workflow(b, {"code": "subworkflow.output_not_object", "node": token.node_id,

@@ -10,14 +10,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from bus.errors import ContractError
 from coordinator import decisions as d
 from coordinator.definitions import ForeachNode, JoinNode, ParallelNode
 from coordinator.expressions import evaluate
 from coordinator.planning.builder import PlanBuilder
 from coordinator.planning.routing import (
+    FAILED_EXPRESSION,
     advance,
     cancel_tokens,
+    computed,
     enter,
     entry_rule,
     fail_workflow,
@@ -38,10 +39,8 @@ def _enter_parallel(b: PlanBuilder, token: Token, node: ParallelNode) -> None:
 
 @entry_rule("foreach")
 def _enter_foreach(b: PlanBuilder, token: Token, node: ForeachNode) -> None:
-    try:
-        items = evaluate(node.items, b.scope_view(token))
-    except ContractError as exc:
-        fail_workflow(b, {"code": exc.code, "node": token.node_id, "message": str(exc)})
+    items = computed(b, token, evaluate, node.items, b.scope_view(token))
+    if items is FAILED_EXPRESSION:
         return
     count = len(items) if isinstance(items, list) else None
     b.emit("decision.routing.evaluate_items", token=token, items=node.items, count=count,

@@ -66,6 +66,20 @@ def enter(b: PlanBuilder, node_id: str, *, scope: str | None = None, fan_id: str
     return token
 
 
+FAILED_EXPRESSION = object()
+"""What ``computed`` returns when the expression failed and the run's failure plan was made."""
+
+
+def computed(b: PlanBuilder, token: Token, fn: Callable[..., Any], *args: Any) -> Any:
+    """``fn(*args)`` — an expression evaluated or a mapping rendered — or, when it fails, the run's failure
+    plan and ``FAILED_EXPRESSION``: a failing expression is a domain failure, a decision, not an exception."""
+    try:
+        return fn(*args)
+    except ContractError as exc:
+        fail_workflow(b, {"code": exc.code, "node": token.node_id, "message": str(exc)})
+        return FAILED_EXPRESSION
+
+
 def finish_token(b: PlanBuilder, token: Token, *, output: Any = None, key: str | None = None) -> None:
     """Mark a token completed and put its output in its scope's context under ``key``."""
     b.decide(d.UpdateTokenStatus(token.id, COMPLETED, output=output))
@@ -88,10 +102,8 @@ def choose(b: PlanBuilder, token: Token, transitions: list[Transition], *, outpu
         if transition.when is None:
             matched, seen = True, None
         else:
-            try:
-                seen = evaluate(transition.when, view)
-            except ContractError as exc:
-                fail_workflow(b, {"code": exc.code, "node": token.node_id, "message": str(exc)})
+            seen = computed(b, token, evaluate, transition.when, view)
+            if seen is FAILED_EXPRESSION:
                 return None
             matched = truthy(seen)
         b.emit("decision.routing.evaluate_transition", token=token, index=index, to=transition.to,
@@ -183,10 +195,8 @@ def _with_branches(b: PlanBuilder, victims: list[Token]) -> list[Token]:
 # -- node kinds that need nothing from the outside world ----------------------------------------------
 @entry_rule("task")
 def _enter_task(b: PlanBuilder, token: Token, node: TaskNode) -> None:
-    try:
-        payload = render(node.input, b.scope_view(token))
-    except ContractError as exc:
-        fail_workflow(b, {"code": exc.code, "node": node_id_of(token), "message": str(exc)})
+    payload = computed(b, token, render, node.input, b.scope_view(token))
+    if payload is FAILED_EXPRESSION:
         return
     assignment_id = b.derived_id(token.id, "assignment")
     b.emit("decision.task.dispatch", token=token, route=f"{node.route.service}.{node.route.role}",
@@ -202,10 +212,9 @@ def _enter_task(b: PlanBuilder, token: Token, node: TaskNode) -> None:
 
 @entry_rule("end")
 def _enter_end(b: PlanBuilder, token: Token, node: EndNode) -> None:
-    try:
-        output = render(node.output, b.scope_view(token)) if node.output is not None else dict(b.context)
-    except ContractError as exc:
-        fail_workflow(b, {"code": exc.code, "node": token.node_id, "message": str(exc)})
+    output = computed(b, token, render, node.output, b.scope_view(token)) if node.output is not None \
+        else dict(b.context)
+    if output is FAILED_EXPRESSION:
         return
     finish_token(b, token)
     if node.status == "failed":
@@ -240,10 +249,8 @@ def _enter_gate(b: PlanBuilder, token: Token, node: GateNode) -> None:
 
 @entry_rule("notify")
 def _enter_notify(b: PlanBuilder, token: Token, node: NotifyNode) -> None:
-    try:
-        message = render(node.message, b.scope_view(token))
-    except ContractError as exc:
-        fail_workflow(b, {"code": exc.code, "node": token.node_id, "message": str(exc)})
+    message = computed(b, token, render, node.message, b.scope_view(token))
+    if message is FAILED_EXPRESSION:
         return
     b.emit("decision.notify.publish", token=token, channel=node.channel)
     b.decide(d.Notify(node.channel, {"run_id": b.run.id, "node": token.node_id, "message": message}))
@@ -251,10 +258,6 @@ def _enter_notify(b: PlanBuilder, token: Token, node: NotifyNode) -> None:
     advance(b, token, node.next)
 
 
-def node_id_of(token: Token) -> str:
-    """The node a token stands on."""
-    return token.node_id
-
-
-__all__ = ["ENTRY_RULES", "advance", "cancel_tokens", "choose", "close_if_idle", "complete_workflow", "enter",
-           "entry_rule", "fail_workflow", "finish_token", "place", "write_output", "FAILED"]
+__all__ = ["ENTRY_RULES", "FAILED", "FAILED_EXPRESSION", "advance", "cancel_tokens", "choose", "close_if_idle",
+           "complete_workflow", "computed", "enter", "entry_rule", "fail_workflow", "finish_token", "place",
+           "write_output"]
