@@ -6,7 +6,7 @@ import time
 from typing import Any
 
 from fastapi import APIRouter, Depends, Query
-from sqlalchemy import select
+from sqlalchemy import ColumnElement, Table, select
 
 from bus import introspection
 from bus.envelope import Intent
@@ -75,18 +75,18 @@ def get_events(run_id: str, category: str | None = None, type: str | None = None
 @router.get("/api/runs/{run_id}/bus-events")
 def get_bus_events(run_id: str, s: Services = Depends(services)) -> dict[str, Any]:
     """The audit rows of the run's bus messages."""
-    with s.engine.connect() as conn:
-        run_view(conn, run_id)
-        rows = conn.execute(select(bus_events).where(bus_events.c.run_id == run_id)
-                            .order_by(bus_events.c.id)).mappings().all()
-    return {"events": [dict(r) for r in rows]}
+    return {"events": _rows_of_run(s, run_id, bus_events, bus_events.c.id)}
 
 
 @router.get("/api/runs/{run_id}/messages")
 def get_messages(run_id: str, s: Services = Depends(services)) -> dict[str, Any]:
     """The run's bus rows (assignments and brain events)."""
+    return {"messages": _rows_of_run(s, run_id, agent_messages, agent_messages.c.created_at)}
+
+
+def _rows_of_run(s: Services, run_id: str, table: Table, order: ColumnElement) -> list[dict[str, Any]]:
+    """Every row of ``table`` that belongs to the run, in ``order``; a 404 when the run does not exist."""
     with s.engine.connect() as conn:
         run_view(conn, run_id)
-        rows = conn.execute(select(agent_messages).where(agent_messages.c.run_id == run_id)
-                            .order_by(agent_messages.c.created_at)).mappings().all()
-    return {"messages": [dict(r) for r in rows]}
+        rows = conn.execute(select(table).where(table.c.run_id == run_id).order_by(order)).mappings().all()
+    return [dict(r) for r in rows]
