@@ -7,6 +7,7 @@ import threading
 import pytest
 from sqlalchemy import select
 
+from bus import introspection
 from bus.celery_app import TASK_EXECUTE
 from bus.schema import agent_messages, bus_events
 from coordinator import brain as brain_module
@@ -134,3 +135,31 @@ def test_a_node_timeout_stops_the_retries_of_its_assignment(engine):
                                                         agent_messages.c.kind == "assignment")).one()
     assert run["error"]["code"] == "node.timeout"
     assert row.status == "dead" and calls == [1]
+
+
+@pytest.mark.parametrize("attempt", range(3))
+def test_two_brains_on_the_same_event_apply_it_once(engine, attempt):
+    from coordinator.brain import Brain
+
+    fleet = Fleet(engine, {("rag", "embed"): lambda ctx, p: WorkResult(output={})})
+    run_id = submit(fleet, "echo")
+    start = fleet.publisher.pop()[1]
+    other = Brain(engine=engine, publisher=fleet.publisher, registry=fleet.registry, shards=1, clock=fleet.clock)
+    barrier = threading.Barrier(2)
+    results: list[str] = []
+
+    def apply(brain):
+        barrier.wait()
+        results.append(brain.handle(start.message_id))
+
+    threads = [threading.Thread(target=apply, args=(b,)) for b in (fleet.brain, other)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    assert sorted(results) == ["applied", "duplicate"]
+    with engine.connect() as conn:
+        starts = [e for e in introspection.read(conn, run_id) if e["type"] == "decision.routing.start"]
+        assignments = conn.execute(select(agent_messages).where(agent_messages.c.run_id == run_id,
+                                                                agent_messages.c.kind == "assignment")).all()
+    assert len(starts) == 1 and len(assignments) == 1
