@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
@@ -10,6 +11,8 @@ from pathlib import Path
 from bus.errors import ConfigError
 
 _BROKER_SCHEMES = ("redis://", "rediss://", "amqp://", "pyamqp://", "memory://")
+SANDBOX_MODES = ("auto", "bwrap", "unshare", "unconfined")
+"""``COGO_SANDBOX`` values; ``unconfined`` is the operator's explicit acceptance of running generated code bare."""
 _DATABASE_SCHEMES = ("sqlite://", "sqlite+pysqlite://", "postgresql://", "postgresql+psycopg://")
 
 
@@ -50,8 +53,8 @@ class Settings:
     """Where workers write artifacts. Empty: ``<home>/artifacts``."""
     workflows_dir: Path = Path("")
     """Extra workflow definitions (``*.yaml``) loaded beside the built-in ones. Empty: none."""
-    task_events: bool = False
-    """Send Celery task events (Flower switches them on when it runs)."""
+    task_events: bool = True
+    """Send Celery task events, so Flower's Tasks page sees every task (cost measured in ``bench/``)."""
     allowed_models: str = ""
     """Comma-separated models the executor-dispatcher admits (e.g. ``cogo-local,gpt-4o-mini``). Empty: any."""
     llm_url: str = ""
@@ -60,6 +63,37 @@ class Settings:
     """API key for ``llm_url``."""
     log_level: str = "INFO"
     """Log level of every process."""
+    flower_user: str = "cogo"
+    """User name of Flower's basic auth."""
+    flower_password: str = ""
+    """Password of Flower's basic auth. Empty: generated once into ``<home>/flower.password`` (mode 0600)."""
+    sandbox: str = "auto"
+    """How build-test confines generated code: ``auto`` (best available, refuse if none), ``bwrap``,
+    ``unshare``, or ``unconfined`` (no isolation: the operator accepts the risk)."""
+    sandbox_memory_mb: int = 1024
+    """Address-space limit of sandboxed code, in MiB."""
+    sandbox_max_procs: int = 64
+    """How many processes sandboxed code may run at once."""
+    sandbox_cpu_s: int = 60
+    """CPU-time limit of sandboxed code, in seconds."""
+    sandbox_file_mb: int = 64
+    """Largest file sandboxed code may write, in MiB."""
+    jwt_hs256_secret: str = ""
+    """Accept JWTs signed with this HS256 secret (claims ``tenant``, ``scopes``). Empty: no HS256 JWTs."""
+    jwt_public_key_file: Path = Path("")
+    """Accept RS256 JWTs verified by this PEM public key or JWKS file. Empty: no RS256 JWTs."""
+    max_body_bytes: int = 1_048_576
+    """Largest request body the API accepts (413 beyond it)."""
+    rate_per_s: float = 50.0
+    """Intents a tenant may submit per second, on average, across every API process (429 beyond it)."""
+    rate_burst: int = 100
+    """How many intents a tenant may submit at once before the rate limit applies."""
+    max_run_cost_usd: float = 1000.0
+    """Operator ceiling on any budget's ``maxCostUsd``."""
+    max_run_tokens: int = 100_000_000
+    """Operator ceiling on any budget's ``maxTokens``."""
+    max_foreach_width: int = 10_000
+    """Hard ceiling on the items of one ``foreach``, whatever a definition says."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -95,6 +129,16 @@ class Settings:
         artifacts = self.artifacts_dir if str(self.artifacts_dir) not in ("", ".") else self.home / "artifacts"
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             raise ConfigError(f"COGO_LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR, got {self.log_level!r}")
+        if self.sandbox not in SANDBOX_MODES:
+            raise ConfigError(f"COGO_SANDBOX must be one of {', '.join(SANDBOX_MODES)}, got {self.sandbox!r}")
+        for name in ("sandbox_memory_mb", "sandbox_max_procs", "sandbox_cpu_s", "sandbox_file_mb", "max_body_bytes",
+                     "rate_burst", "max_run_tokens", "max_foreach_width"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"COGO_{name.upper()} must be at least 1, got {getattr(self, name)}")
+        for name in ("rate_per_s", "max_run_cost_usd"):
+            value = getattr(self, name)
+            if not math.isfinite(value) or value <= 0:
+                raise ConfigError(f"COGO_{name.upper()} must be a positive finite number, got {value}")
         return replace(self, database_url=database_url, artifacts_dir=artifacts, log_level=self.log_level.upper())
 
     @property
@@ -118,7 +162,10 @@ def _parse(var: str, raw: str, kind: object) -> object:
         if kind == "int":
             return int(raw)
         if kind == "float":
-            return float(raw)
+            value = float(raw)
+            if not math.isfinite(value):
+                raise ValueError(raw)
+            return value
         if kind == "bool":
             if raw.lower() in ("1", "true", "yes", "on"):
                 return True
