@@ -16,12 +16,14 @@ from sqlalchemy.exc import DBAPIError
 
 from bus.errors import CogoError, ConfigError
 from bus.settings import Settings
+from ecosystem.keys_cli import keys_app
 from ecosystem.net import probe_host
 
 app = typer.Typer(name="cogo", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
                   help="cogo: a message-queue worker fleet for AI-agent workflows.")
 out = Console(highlight=False)
 err = Console(stderr=True, highlight=False)
+app.add_typer(keys_app, name="keys")
 
 DEMO_PAYLOAD = "{}"  # the demo workflow brings its own three specs
 CODEGEN_PAYLOAD = json.dumps({"spec": "a function add(a, b) that returns a + b"})

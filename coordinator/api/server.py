@@ -14,11 +14,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from bus.errors import CogoError, NotFound
 from bus.settings import Settings
-from coordinator.api import orchestrator, people, runs
+from coordinator.api import fleet, orchestrator, people, runs
 from coordinator.api.deps import Services
 
 log = logging.getLogger(__name__)
-ROUTERS = [runs.router, people.router, orchestrator.router]
+ROUTERS = [runs.router, people.router, orchestrator.router, fleet.router]
 """Every router of the API; a module adds its router here."""
 
 _STATUS = {"run.unknown": 404, "intent.unknown": 404, "workflow.unknown": 404, "conflict": 409,
