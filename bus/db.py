@@ -66,8 +66,9 @@ def _sqlite_engine(url: str, path: str) -> Engine:
 
 
 def _dumps(value) -> str:
+    # allow_nan=False: NaN and Infinity are not JSON; a write carrying one fails instead of storing it.
     import json
-    return json.dumps(value, separators=(",", ":"), default=str)
+    return json.dumps(value, separators=(",", ":"), default=str, allow_nan=False)
 
 
 def is_sqlite(engine: Engine) -> bool:

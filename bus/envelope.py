@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -18,7 +19,7 @@ class _Wire(BaseModel):
 class Budget(_Wire):
     """What one assignment may spend: dollars and tokens (wire names ``maxCostUsd``, ``maxTokens``)."""
 
-    max_cost_usd: float = Field(default=1.0, ge=0, alias="maxCostUsd")
+    max_cost_usd: float = Field(default=1.0, ge=0, alias="maxCostUsd", allow_inf_nan=False)
     max_tokens: int = Field(default=100_000, ge=0, alias="maxTokens")
 
 
@@ -40,7 +41,7 @@ class Usage(_Wire):
     """What an attempt spent, reported by the worker and settled against the budget."""
 
     tokens: int = Field(default=0, ge=0)
-    cost_usd: float = Field(default=0.0, ge=0)
+    cost_usd: float = Field(default=0.0, ge=0, allow_inf_nan=False)
 
     def __add__(self, other: Usage) -> Usage:
         return Usage(tokens=self.tokens + other.tokens, cost_usd=round(self.cost_usd + other.cost_usd, 9))
@@ -62,6 +63,26 @@ class Intent(_Wire):
     payload: dict[str, Any] = Field(default_factory=dict)
     budget: Budget | None = None
     """The run's budget (``maxCostUsd``, ``maxTokens``); without one, the workflow definition's, if any."""
+
+
+MAX_OUTPUT_BYTES = 1_048_576
+"""Largest output one attempt may hand to the workflow (it goes into the run's context)."""
+
+
+def check_json(value: Any, *, where: str, max_bytes: int = MAX_OUTPUT_BYTES) -> None:
+    """Refuse what is not strict, bounded JSON: NaN and ±Infinity, non-JSON types, more than ``max_bytes``.
+
+    Raises:
+        ContractError: code ``output.invalid``, naming ``where`` and the reason.
+    """
+    try:
+        size = len(json.dumps(value, allow_nan=False, separators=(",", ":")).encode())
+    except (TypeError, ValueError) as exc:
+        raise ContractError(f"{where} is not strict JSON: {exc}", code="output.invalid",
+                            details={"field": where}) from None
+    if size > max_bytes:
+        raise ContractError(f"{where} is {size} bytes of JSON; at most {max_bytes} are accepted",
+                            code="output.invalid", details={"field": where, "bytes": size})
 
 
 def parse_assignment(payload: dict[str, Any]) -> Assignment:

@@ -92,3 +92,28 @@ class WorkFailed(CogoError):
                  details: dict | None = None):
         super().__init__(message, code=code, details=details)
         self.retryable = retryable
+
+
+class Unauthenticated(CogoError):
+    """No credentials, or credentials that are not valid (unknown, revoked, expired, badly signed)."""
+
+    code = "auth.required"
+
+
+class Forbidden(CogoError):
+    """A valid principal asked for what its scopes or tenant do not allow."""
+
+    code = "auth.forbidden"
+
+
+class RateLimited(CogoError):
+    """A tenant sent more than its rate allows; ``details.retry_after_s`` says when to try again."""
+
+    code = "rate.limited"
+    retryable = True
+
+
+class InvalidRequest(CogoError):
+    """What a caller sent is malformed or out of bounds; the message names the field."""
+
+    code = "request.invalid"

@@ -92,8 +92,6 @@ class Settings:
     """Operator ceiling on any budget's ``maxCostUsd``."""
     max_run_tokens: int = 100_000_000
     """Operator ceiling on any budget's ``maxTokens``."""
-    max_foreach_width: int = 10_000
-    """Hard ceiling on the items of one ``foreach``, whatever a definition says."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -132,7 +130,7 @@ class Settings:
         if self.sandbox not in SANDBOX_MODES:
             raise ConfigError(f"COGO_SANDBOX must be one of {', '.join(SANDBOX_MODES)}, got {self.sandbox!r}")
         for name in ("sandbox_memory_mb", "sandbox_max_procs", "sandbox_cpu_s", "sandbox_file_mb", "max_body_bytes",
-                     "rate_burst", "max_run_tokens", "max_foreach_width"):
+                     "rate_burst", "max_run_tokens"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"COGO_{name.upper()} must be at least 1, got {getattr(self, name)}")
         for name in ("rate_per_s", "max_run_cost_usd"):

@@ -19,6 +19,10 @@ class ApiError(CogoError):
     code = "api.error"
 
 
+AUTH_HINT = "set COGO_API_KEY or pass --api-key"
+"""What a person does about a 401; the CLI adds where the embedded default keeps the key."""
+
+
 class WaitTimeout(CogoError):
     """A wait reached its deadline before the condition held."""
 
@@ -31,12 +35,14 @@ class Client:
 
     Args:
         base_url: where the API listens, e.g. ``http://127.0.0.1:8080``.
+        api_key: sent as ``Authorization: Bearer <api_key>`` on every request, when given.
         timeout_s: per-request timeout.
     """
 
-    def __init__(self, base_url: str, *, timeout_s: float = 10.0):
+    def __init__(self, base_url: str, *, api_key: str | None = None, timeout_s: float = 10.0):
         self.base_url = base_url.rstrip("/")
-        self._http = httpx.Client(base_url=self.base_url, timeout=timeout_s)
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._http = httpx.Client(base_url=self.base_url, timeout=timeout_s, headers=headers)
 
     def close(self) -> None:
         """Close the connection pool."""
@@ -59,10 +65,22 @@ class Client:
         """A run: status, workflow, context, output, error, timestamps."""
         return self._call("GET", f"/api/runs/{run_id}")
 
-    def runs(self, *, tenant: str | None = None, status: str | None = None, limit: int = 50) -> list[dict]:
-        """Recent runs, newest first."""
-        params = {k: v for k, v in {"tenant": tenant, "status": status, "limit": limit}.items() if v}
-        return self._call("GET", "/api/runs", params=params)["runs"]
+    def runs(self, *, tenant: str | None = None, status: str | None = None, intent: str | None = None,
+             limit: int = 50) -> list[dict]:
+        """Recent runs, newest first; ``intent`` keeps only the runs of that intent."""
+        params = {k: v for k, v in {"tenant": tenant, "status": status, "intent": intent,
+                                    "limit": limit}.items() if v}
+        found = self._call("GET", "/api/runs", params=params)["runs"]
+        # An API that does not filter by intent yet answers every intent: keep the asked one here.
+        return [r for r in found if intent is None or r.get("intent") == intent]
+
+    def intents(self) -> list[dict[str, Any]]:
+        """Every intent the API accepts: ``{name, workflow, description, input_schema}``."""
+        return self._call("GET", "/api/intents")["intents"]
+
+    def fleet(self) -> dict[str, Any]:
+        """The fleet as the API sees it: which Celery consumers answer, queue depths, what waits longest."""
+        return self._call("GET", "/api/fleet")
 
     def cancel(self, run_id: str, *, reason: str = "cancelled by client") -> dict[str, Any]:
         """Ask the brain to cancel a run (and its children)."""
@@ -124,13 +142,13 @@ class Client:
         params = {k: v for k, v in {"tenant": tenant, "status": status}.items() if v}
         return self._call("GET", "/api/approvals", params=params)["approvals"]
 
-    def approve(self, approval_id: str, *, by: str = "client", comment: str = "") -> dict[str, Any]:
-        """Approve a pending request; the run resumes."""
-        return self._call("POST", f"/api/approvals/{approval_id}/approve", json={"by": by, "comment": comment})
+    def approve(self, approval_id: str, *, comment: str = "") -> dict[str, Any]:
+        """Approve a pending request; the run resumes. Who approves is the API key's principal."""
+        return self._call("POST", f"/api/approvals/{approval_id}/approve", json={"comment": comment})
 
-    def reject(self, approval_id: str, *, by: str = "client", comment: str = "") -> dict[str, Any]:
-        """Reject a pending request; the run takes the definition's reject route."""
-        return self._call("POST", f"/api/approvals/{approval_id}/reject", json={"by": by, "comment": comment})
+    def reject(self, approval_id: str, *, reason: str) -> dict[str, Any]:
+        """Reject a pending request (``reason`` becomes its comment); the run takes the reject route."""
+        return self._call("POST", f"/api/approvals/{approval_id}/reject", json={"comment": reason})
 
     def signal(self, run_id: str, name: str, data: dict | None = None) -> dict[str, Any]:
         """Deliver a named external event to a run waiting for it."""
@@ -154,6 +172,9 @@ class Client:
         err = body.get("error") if isinstance(body, dict) and isinstance(body.get("error"), dict) else {}
         if response.status_code == 404:
             raise NotFound(err.get("message", f"{path} not found"), code=err.get("code", "not_found"))
+        if response.status_code == 401:
+            raise ApiError(err.get("message", "the API needs an API key"), code=err.get("code", "auth.required"),
+                           details={**(err.get("details") or {}), "status": 401, "hint": AUTH_HINT})
         if response.status_code >= 400:
             raise ApiError(err.get("message", f"HTTP {response.status_code}"),
                            code=err.get("code", "api.error"), details=err.get("details", {}))

@@ -18,6 +18,7 @@ from bus.outbox import Delivery, delivery_for
 from bus.routing import DECIDE, ORCHESTRATOR, Route, shard_for
 from coordinator.schema import approvals, runs
 from coordinator.state import RUN_TERMINAL
+from coordinator.timefmt import with_iso
 
 
 def _event(conn: Connection, *, run_id: str, tenant: str, kind: str, payload: dict[str, Any], now: float,
@@ -92,10 +93,10 @@ def decide_approval(conn: Connection, approval_id: str, *, approved: bool, by: s
 
 def list_approvals(conn: Connection, *, tenant: str | None = None, status: str | None = "pending",
                    run_id: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
-    """Approval requests, oldest first."""
+    """Approval requests, oldest first (epoch times with their ISO 8601 ``<key>_iso`` beside them)."""
     stmt = select(approvals)
     for column, value in ((approvals.c.tenant, tenant), (approvals.c.status, status), (approvals.c.run_id, run_id)):
         if value:
             stmt = stmt.where(column == value)
     rows = conn.execute(stmt.order_by(approvals.c.requested_at, approvals.c.id).limit(limit)).mappings().all()
-    return [dict(r) for r in rows]
+    return [with_iso(dict(r)) for r in rows]

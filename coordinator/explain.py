@@ -17,6 +17,7 @@ from bus.schema import introspection_events as ie
 from coordinator.schema import approvals, fan_ins, runs, tokens
 from coordinator.state import TOKEN_ACTIVE, WAITING
 from coordinator.store import run_view, token_from_row
+from coordinator.timefmt import iso, with_iso
 
 MAX_ITEMS = 200
 MAX_BRANCHES_SHOWN = 50
@@ -25,6 +26,8 @@ MAX_BRANCHES_SHOWN = 50
 def explain(conn: Connection, run_id: str) -> dict[str, Any]:
     """What ``run_id`` waits for: ``{run_id, status, workflow, waiting_for: [...], summary}``.
 
+    Summaries read in words with ISO 8601 times; every epoch field has its ``<key>_iso`` beside it.
+
     Raises:
         NotFound: no such run.
     """
@@ -32,21 +35,23 @@ def explain(conn: Connection, run_id: str) -> dict[str, Any]:
     base = {"run_id": run_id, "status": run["status"], "workflow": run["workflow"],
             "parent_run_id": run["parent_run_id"]}
     if run["status"] in ("completed", "failed", "cancelled"):
-        return {**base, "waiting_for": [], "error": run["error"], "summary": _ended(run)}
+        return with_iso({**base, "waiting_for": [], "error": run["error"], "summary": _ended(run)})
     rows = conn.execute(select(tokens).where(tokens.c.run_id == run_id, tokens.c.status.in_(TOKEN_ACTIVE))
                         .limit(MAX_ITEMS)).mappings().all()
     active = [(token_from_row(r), r["updated_at"]) for r in rows]
     items = [_explain_token(conn, run_id, token, since, active) for token, since in active
              if not _inside_waiting_join(token, active)]
-    return {**base, "waiting_for": items,
-            "summary": "; ".join(i["summary"] for i in items) or f"run is {run['status']} with no active token"}
+    summary = "; ".join(i["summary"] for i in items) or \
+        f"run is {run['status']} since {iso(run['updated_at'])}; no step is active yet"
+    return with_iso({**base, "waiting_for": items, "summary": summary})
 
 
 def _ended(run: dict[str, Any]) -> str:
     if run["status"] == "completed":
-        return "run completed; it waits for nothing"
+        return f"run completed at {iso(run['ended_at'])}; it waits for nothing"
     error = run["error"] or {}
-    return f"run {run['status']}: {error.get('code', '')} {error.get('message', '')}".strip()
+    why = f"{error.get('code', '')} {error.get('message', '')}".strip()
+    return f"run {run['status']} at {iso(run['ended_at'])}" + (f": {why}" if why else "")
 
 
 def _inside_waiting_join(token, active) -> bool:
@@ -63,7 +68,7 @@ def _explain_token(conn: Connection, run_id: str, token, since: float, active) -
     if explainer is not None:
         item.update(explainer(conn, run_id, token, active))
     else:
-        item["summary"] = f"{token.node_id}: {token.status}"
+        item["summary"] = f"{token.node_id}: {token.status} since {iso(since)}"
     item["last_decision"] = _last_decision(conn, run_id, token.id)
     return item
 
@@ -73,19 +78,27 @@ def _task(conn: Connection, _run_id: str, token, _active) -> dict[str, Any]:
                               m.c.last_error, m.c.service, m.c.role).where(m.c.id == token.assignment_id)).first() \
         if token.assignment_id else None
     if row is None:
-        return {"summary": f"{token.node_id}: task not yet dispatched"}
-    detail = {"assignment_id": row.id, "route": f"{row.service}.{row.role}", "assignment_status": row.status,
+        return {"summary": f"{token.node_id}: the task is not dispatched yet"}
+    route = f"{row.service}.{row.role}"
+    detail = {"assignment_id": row.id, "route": route, "assignment_status": row.status,
               "attempt": row.attempts, "max_attempts": row.max_attempts, "last_error": row.last_error}
     if row.status == "retry_wait":
         detail["retry_at"] = row.retry_at
         summary = (f"{token.node_id}: attempt {row.attempts} of {row.max_attempts} failed ({row.last_error}); "
-                   f"retry backoff until {row.retry_at}")
+                   f"retry backoff until {iso(row.retry_at)}")
     elif row.status == "running":
         detail["lease_until"] = row.lease_until
-        summary = f"{token.node_id}: attempt {row.attempts} of {row.max_attempts} running on {detail['route']}"
+        summary = (f"{token.node_id}: attempt {row.attempts} of {row.max_attempts} running on {route} "
+                   f"(its lease runs until {iso(row.lease_until)})")
     else:
-        summary = f"{token.node_id}: assignment {row.status} on {detail['route']}"
+        summary = f"{token.node_id}: {_ASSIGNMENT_WAITS.get(row.status, f'assignment {row.status}')} on {route}"
     return {**detail, "summary": summary}
+
+
+_ASSIGNMENT_WAITS = {
+    "queued": "waiting for the dispatcher to admit the next attempt",
+    "dispatched": "waiting for a worker to take the next attempt",
+}
 
 
 def _join(conn: Connection, run_id: str, token, active) -> dict[str, Any]:
@@ -112,20 +125,25 @@ def _approval(conn: Connection, _run_id: str, token, _active) -> dict[str, Any]:
     row = conn.execute(select(approvals).where(approvals.c.id == approval_id)).mappings().first()
     if row is None:
         return {"approval_id": approval_id, "summary": f"{token.node_id}: approval {approval_id} (no row)"}
-    until = f" until {row['expires_at']}" if row["expires_at"] else ""
+    until = f", answer due by {iso(row['expires_at'])}" if row["expires_at"] else ""
+    if row["status"] == "pending":
+        said = f"waits for a person to approve or reject approval {approval_id}"
+    else:
+        said = f"approval {approval_id} is {row['status']}; the run is applying the decision"
     return {"approval_id": approval_id, "prompt": row["prompt"], "requested_at": row["requested_at"],
             "expires_at": row["expires_at"], "approval_status": row["status"],
-            "summary": f"{token.node_id}: approval {approval_id} {row['status']} since {row['requested_at']}{until}"}
+            "summary": f"{token.node_id}: {said} (pending since {iso(row['requested_at'])}{until})"}
 
 
 def _timer(_conn: Connection, _run_id: str, token, _active) -> dict[str, Any]:
     fire_at = token.wait.get("fire_at")
-    return {"fire_at": fire_at, "summary": f"{token.node_id}: timer fires at {fire_at}"}
+    return {"fire_at": fire_at, "summary": f"{token.node_id}: waits for a timer that fires at {iso(fire_at)}"}
 
 
-def _event(_conn: Connection, _run_id: str, token, _active) -> dict[str, Any]:
+def _event(_conn: Connection, run_id: str, token, _active) -> dict[str, Any]:
     name = token.wait.get("event")
-    return {"event": name, "summary": f"{token.node_id}: waits for the signal {name!r}"}
+    return {"event": name, "summary": f"{token.node_id}: waits for the external signal {name!r} "
+                                      f"(POST /api/runs/{run_id}/signals/{name})"}
 
 
 def _child(conn: Connection, _run_id: str, token, _active) -> dict[str, Any]:
@@ -133,7 +151,8 @@ def _child(conn: Connection, _run_id: str, token, _active) -> dict[str, Any]:
     child = conn.execute(select(runs.c.status, runs.c.workflow).where(runs.c.id == child_id)).first()
     status = child.status if child else "unknown"
     return {"child_run_id": child_id, "child_status": status,
-            "summary": f"{token.node_id}: child run {child_id} ({token.wait.get('workflow')}) is {status}"}
+            "summary": f"{token.node_id}: waits for child run {child_id} ({token.wait.get('workflow')}), "
+                       f"which is {status}"}
 
 
 _EXPLAINERS = {"task": _task, "join": _join, "approval": _approval, "timer": _timer, "event": _event,

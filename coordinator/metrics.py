@@ -7,14 +7,15 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from fastapi import FastAPI, Query, Response
+from fastapi import Depends, FastAPI, Query, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, Select, func, select
 
 from bus.schema import agent_messages as m
 from bus.schema import bus_events, introspection_events
 from bus.settings import Settings
+from coordinator.keys import Principal
 from coordinator.schema import runs
 
 
@@ -26,15 +27,22 @@ def percentile(values: list[float], q: float) -> float | None:
     return ordered[min(len(ordered) - 1, max(0, int(round(q * len(ordered) + 0.5)) - 1))]
 
 
-def bus_latency(engine: Engine, *, window_s: float, now: float) -> dict[str, Any]:
+def _of_tenant(stmt: Select, tenant: str | None) -> Select:
+    """``stmt`` over introspection events, restricted to runs of ``tenant`` (all tenants for None)."""
+    if tenant is None:
+        return stmt
+    return stmt.where(introspection_events.c.run_id.in_(select(runs.c.id).where(runs.c.tenant == tenant)))
+
+
+def bus_latency(engine: Engine, *, window_s: float, now: float, tenant: str | None = None) -> dict[str, Any]:
     """Queue wait (admitted → started) and run time (started → finished) of recent assignments, in ms."""
     kinds = ("dispatch.assignment.admitted", "dispatch.assignment.started", "dispatch.assignment.completed",
              "dispatch.assignment.failed")
     with engine.connect() as conn:
-        rows = conn.execute(select(introspection_events.c.type, introspection_events.c.data,
-                                   introspection_events.c.created_at)
-                            .where(introspection_events.c.type.in_(kinds),
-                                   introspection_events.c.created_at >= now - window_s)).all()
+        rows = conn.execute(_of_tenant(select(introspection_events.c.type, introspection_events.c.data,
+                                              introspection_events.c.created_at)
+                                       .where(introspection_events.c.type.in_(kinds),
+                                              introspection_events.c.created_at >= now - window_s), tenant)).all()
     seen: dict[tuple[str, int], dict[str, float]] = {}
     for row in rows:
         data = row.data or {}
@@ -48,18 +56,19 @@ def bus_latency(engine: Engine, *, window_s: float, now: float) -> dict[str, Any
             "run_ms": {"p50": percentile(runs_ms, 0.5), "p90": percentile(runs_ms, 0.9), "n": len(runs_ms)}}
 
 
-def workflow_summary(engine: Engine, *, window_s: float, now: float) -> dict[str, Any]:
+def workflow_summary(engine: Engine, *, window_s: float, now: float, tenant: str | None = None) -> dict[str, Any]:
     """Runs by workflow and status, decision quality, the failure trend per hour and recent gates."""
     since = now - window_s
+    mine = (lambda stmt: stmt) if tenant is None else (lambda stmt: stmt.where(runs.c.tenant == tenant))
     with engine.connect() as conn:
-        counts = conn.execute(select(runs.c.workflow, runs.c.status, func.count()).where(runs.c.created_at >= since)
-                              .group_by(runs.c.workflow, runs.c.status)).all()
-        failed_at = [r.ended_at for r in conn.execute(select(runs.c.ended_at).where(
-            runs.c.status == "failed", runs.c.ended_at >= since))]
-        gates = conn.execute(select(introspection_events.c.run_id, introspection_events.c.node_id,
-                                    introspection_events.c.data, introspection_events.c.created_at)
-                             .where(introspection_events.c.type == "decision.gate.evaluate",
-                                    introspection_events.c.created_at >= since)
+        counts = conn.execute(mine(select(runs.c.workflow, runs.c.status, func.count())
+                                   .where(runs.c.created_at >= since)).group_by(runs.c.workflow, runs.c.status)).all()
+        failed_at = [r.ended_at for r in conn.execute(mine(select(runs.c.ended_at).where(
+            runs.c.status == "failed", runs.c.ended_at >= since)))]
+        gates = conn.execute(_of_tenant(select(introspection_events.c.run_id, introspection_events.c.node_id,
+                                               introspection_events.c.data, introspection_events.c.created_at)
+                                        .where(introspection_events.c.type == "decision.gate.evaluate",
+                                               introspection_events.c.created_at >= since), tenant)
                              .order_by(introspection_events.c.id.desc()).limit(20)).all()
     by_workflow: dict[str, dict[str, int]] = {}
     for workflow, status, n in counts:
@@ -105,27 +114,43 @@ class LedgerCollector:
         yield c
 
 
-def create_app(engine: Engine) -> FastAPI:
-    """The metrics app over one ledger."""
+MAX_WINDOW_S = 30 * 86400.0
+"""The longest window a card may look back over (30 days)."""
+WindowS = Query(gt=0, le=MAX_WINDOW_S, allow_inf_nan=False, description="seconds to look back (at most 30 days)")
+
+
+def create_app(engine: Engine, settings: Settings) -> FastAPI:
+    """The metrics app over one ledger: the JSON cards need a key (a tenant sees its own runs), /metrics admin."""
+    from coordinator.api.auth import authenticate_request
+    from coordinator.api.errors import install_error_handlers
+
     app = FastAPI(title="cogo metrics")
+    install_error_handlers(app)
     registry = CollectorRegistry()
     registry.register(LedgerCollector(engine))
+
+    def caller(request: Request) -> Principal:
+        who = authenticate_request(request, engine, settings)
+        who.require("runs:read")
+        return who
 
     @app.get("/healthz")
     def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
     @app.get("/metrics")
-    def metrics() -> Response:
+    def metrics(who: Principal = Depends(caller)) -> Response:
+        who.require("admin")
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/api/metrics/bus/latency")
-    def latency(window_s: float = Query(3600, gt=0)) -> dict[str, Any]:
-        return bus_latency(engine, window_s=window_s, now=time.time())
+    def latency(window_s: float = WindowS, who: Principal = Depends(caller)) -> dict[str, Any]:
+        return bus_latency(engine, window_s=window_s, now=time.time(), tenant=None if who.is_admin else who.tenant)
 
     @app.get("/api/metrics/workflows/summary")
-    def summary(window_s: float = Query(86400, gt=0)) -> dict[str, Any]:
-        return workflow_summary(engine, window_s=window_s, now=time.time())
+    def summary(window_s: float = WindowS, who: Principal = Depends(caller)) -> dict[str, Any]:
+        return workflow_summary(engine, window_s=window_s, now=time.time(),
+                                tenant=None if who.is_admin else who.tenant)
 
     return app
 
@@ -137,7 +162,7 @@ def main(settings: Settings, name: str) -> None:
     from bus.db import make_engine
     from ecosystem.readiness import mark_ready
 
-    app = create_app(make_engine(settings.database_url))
+    app = create_app(make_engine(settings.database_url), settings)
     app.router.on_startup.append(mark_ready)
     uvicorn.run(app, host=settings.api_host, port=settings.metrics_port, log_level=settings.log_level.lower(),
                 access_log=False)

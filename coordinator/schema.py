@@ -108,3 +108,23 @@ workflow_definitions = Table(
     Column("body", JSON, nullable=False),
     Column("created_at", Double, nullable=False),
 )
+
+api_keys = Table(
+    "api_keys", metadata,
+    Column("id", String(32), primary_key=True),
+    Column("tenant", String(128), nullable=False),
+    Column("name", String(128), nullable=False),
+    Column("scopes", JSON, nullable=False),
+    Column("secret_sha256", String(64), nullable=False),
+    Column("created_at", Double, nullable=False),
+    Column("revoked_at", Double, nullable=True),
+)
+"""API keys: only a SHA-256 of each secret is kept; the key itself is shown once, at creation."""
+
+rate_buckets = Table(
+    "rate_buckets", metadata,
+    Column("tenant", String(128), primary_key=True),
+    Column("tokens", Double, nullable=False),
+    Column("updated_at", Double, nullable=False),
+)
+"""One token bucket per tenant for ingress, shared by every API process."""

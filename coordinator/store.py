@@ -10,6 +10,7 @@ from bus.errors import NotFound
 from coordinator.definitions import Registry
 from coordinator.schema import branch_scopes, fan_ins, runs, tokens
 from coordinator.state import TOKEN_ACTIVE, FanIn, RunInfo, Token, WorkflowState
+from coordinator.timefmt import with_iso
 
 
 def load_state(conn: Connection, run_id: str, registry: Registry) -> WorkflowState:
@@ -60,7 +61,7 @@ def token_from_row(row: Any) -> Token:
 
 
 def run_view(conn: Connection, run_id: str) -> dict[str, Any]:
-    """The run as the API shows it.
+    """The run as the API shows it (every epoch time with its ISO 8601 ``<key>_iso`` beside it).
 
     Raises:
         NotFound: no such run.
@@ -71,11 +72,11 @@ def run_view(conn: Connection, run_id: str) -> dict[str, Any]:
     keys = ("id", "tenant", "intent", "workflow", "workflow_version", "status", "parent_run_id",
             "parent_token_id", "root_run_id", "depth", "input", "context", "output", "error", "budget",
             "spent_tokens", "spent_cost_usd", "version", "created_at", "updated_at", "ended_at")
-    return {k: row[k] for k in keys}
+    return with_iso({k: row[k] for k in keys})
 
 
 def token_rows(conn: Connection, run_id: str) -> list[dict[str, Any]]:
-    """Every token of a run, in creation order."""
+    """Every token of a run, in creation order (epoch times with their ISO 8601 ``<key>_iso``)."""
     rows = conn.execute(select(tokens).where(tokens.c.run_id == run_id)
                         .order_by(tokens.c.created_at, tokens.c.id)).mappings().all()
-    return [dict(r) for r in rows]
+    return [with_iso(dict(r)) for r in rows]

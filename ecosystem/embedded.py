@@ -3,11 +3,16 @@
 ``cogo up`` starts it when no ``COGO_BROKER_URL`` is set, so one machine needs no setup. The broker is
 only the fast path (the ledger is the truth), so it runs without persistence; its working directory and
 log stay under ``<home>/redis/``.
+
+It is also the fleet's control plane (``celery control shutdown`` goes through it), so it asks for a
+password: generated once into ``<home>/redis/password`` (mode 0600) and handed to the server in a config
+file of the same mode, never on its command line, where any local user could read it.
 """
 
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import subprocess
 import time
@@ -19,6 +24,44 @@ from bus.errors import BrokerUnavailable, ConfigError
 from ecosystem.net import free_port
 
 _START_ATTEMPTS = 3
+PASSWORD_FILE = "password"
+"""The embedded Redis's password, under ``<home>/redis/`` (mode 0600)."""
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` readable by its owner only (mode 0600, also when it already existed)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.chmod(path, 0o600)
+
+
+def stored_secret(path: Path) -> str:
+    """The secret kept in ``path``: generated (``secrets.token_urlsafe``) the first time, then reused.
+
+    Raises:
+        ConfigError: the file exists but cannot be read, or is empty.
+    """
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return _read_secret(path)
+    secret = secrets.token_urlsafe(24)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(secret + "\n")
+    return secret
+
+
+def _read_secret(path: Path) -> str:
+    try:
+        secret = path.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise ConfigError(f"cannot read the secret in {path}: {exc.strerror}") from exc
+    if not secret:
+        raise ConfigError(f"{path} is empty; delete it and a new secret is generated")
+    os.chmod(path, 0o600)
+    return secret
 
 
 def redis_server_binary() -> Path:
@@ -56,11 +99,25 @@ class EmbeddedRedis:
         self.port = port
         self.start_timeout_s = start_timeout_s
         self._proc: subprocess.Popen | None = None
+        self._password: str | None = None
+
+    @property
+    def password(self) -> str:
+        """The server's password (``requirepass``), generated under ``<home>/redis/`` on first use."""
+        if self._password is None:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            self._password = stored_secret(self.dir / PASSWORD_FILE)
+        return self._password
 
     @property
     def url(self) -> str:
-        """The broker URL of the running server (database 0)."""
-        return f"redis://127.0.0.1:{self.port}/0"
+        """The broker URL of the running server (database 0), carrying its password."""
+        return f"redis://:{self.password}@127.0.0.1:{self.port}/0"
+
+    @property
+    def config_path(self) -> Path:
+        """The server's config file (mode 0600: it holds the password)."""
+        return self.dir / "redis.conf"
 
     @property
     def pid(self) -> int | None:
@@ -83,6 +140,7 @@ class EmbeddedRedis:
         for attempt in range(1 if fixed else _START_ATTEMPTS):
             if not fixed:
                 self.port = free_port()
+            write_private(self.config_path, self._config())
             self._proc = subprocess.Popen(self._argv(), cwd=self.dir, stdin=subprocess.DEVNULL,
                                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                           process_group=0)
@@ -113,14 +171,19 @@ class EmbeddedRedis:
         self.stop()
 
     def _argv(self) -> list[str]:
-        return [str(redis_server_binary()), "--bind", "127.0.0.1", "--port", str(self.port),
-                "--dir", str(self.dir), "--logfile", str(self.log_path), "--save", "",
-                "--appendonly", "no", "--daemonize", "no", "--protected-mode", "yes",
-                "--pidfile", str(self.dir / "redis.pid")]
+        return [str(redis_server_binary()), str(self.config_path)]
+
+    def _config(self) -> str:
+        lines = {"bind": "127.0.0.1", "port": str(self.port), "dir": _quoted(self.dir),
+                 "logfile": _quoted(self.log_path), "save": '""', "appendonly": "no", "daemonize": "no",
+                 "protected-mode": "yes", "pidfile": _quoted(self.dir / "redis.pid"),
+                 "requirepass": _quoted(self.password)}
+        return "".join(f"{key} {value}\n" for key, value in lines.items())
 
     def _await_ping(self) -> bool:
         deadline = time.monotonic() + self.start_timeout_s
-        client = redis.Redis(host="127.0.0.1", port=self.port, socket_connect_timeout=0.5, socket_timeout=1)
+        client = redis.Redis(host="127.0.0.1", port=self.port, password=self.password,
+                             socket_connect_timeout=0.5, socket_timeout=1)
         try:
             while time.monotonic() < deadline:
                 if self._proc is None or self._proc.poll() is not None:
@@ -139,3 +202,8 @@ class EmbeddedRedis:
             return " / ".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
         except OSError:
             return ""
+
+
+def _quoted(value: object) -> str:
+    """``value`` as a double-quoted string of redis.conf (backslashes and quotes escaped)."""
+    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'

@@ -1,4 +1,11 @@
-"""The ``flower`` process: Celery's live view of workers and queues, against the fleet's broker."""
+"""The ``flower`` process: Celery's live view of workers and queues, against the fleet's broker.
+
+Flower sees the fleet only if its Celery app knows the routed queues (``/api/queues/length`` lists the
+queues its workers report, else the app's ``task_queues``), and it guards its UI and API with basic auth:
+``Settings.flower_user`` and ``Settings.flower_password``, or a password generated once into
+``<home>/flower.password`` (mode 0600). The credentials reach Flower through its ``FLOWER_BASIC_AUTH``
+variable, never its command line (which every local user can read).
+"""
 
 from __future__ import annotations
 
@@ -9,17 +16,59 @@ import sys
 import threading
 import time
 import traceback
+from collections.abc import Sequence
+from pathlib import Path
 
+from bus.errors import ConfigError
 from bus.settings import Settings
+from ecosystem.embedded import stored_secret
 from ecosystem.net import probe_host
+from ecosystem.processes import PROCESSES, Process
 from ecosystem.readiness import mark_ready
+
+PASSWORD_FILE = "flower.password"
+"""The generated Flower password, under ``COGO_HOME`` (mode 0600)."""
+
+
+def password_path(settings: Settings) -> Path:
+    """Where the generated Flower password is kept."""
+    return Path(settings.home) / PASSWORD_FILE
+
+
+def credentials(settings: Settings) -> tuple[str, str]:
+    """Flower's basic-auth user and password: the configured ones, else a password generated once and reused.
+
+    Raises:
+        ConfigError: the user is empty or holds ``:`` or ``,``, or the password holds ``,`` (Flower splits
+            ``user:password`` pairs on commas).
+    """
+    user = settings.flower_user
+    if not user or ":" in user or "," in user:
+        raise ConfigError(f"COGO_FLOWER_USER must be a non-empty name without ':' or ',', got {user!r}",
+                          details={"variable": "COGO_FLOWER_USER"})
+    if settings.flower_password:
+        password = settings.flower_password
+    else:
+        Path(settings.home).mkdir(parents=True, exist_ok=True)
+        password = stored_secret(password_path(settings))
+    if "," in password:
+        raise ConfigError("COGO_FLOWER_PASSWORD must not contain ','", details={"variable": "COGO_FLOWER_PASSWORD"})
+    return user, password
+
+
+def routed_queues(shards: int, processes: Sequence[Process] = PROCESSES) -> list[str]:
+    """Every queue a celery process of the table consumes, for every shard, in table order."""
+    return [queue for p in processes if p.kind == "celery" for queue in p.queues(shards)]
 
 
 def main(settings: Settings, name: str) -> None:
     """Run Flower on ``settings.flower_port`` until SIGTERM/SIGINT; marks readiness once it listens."""
     from bus.celery_app import make_celery
 
-    app = make_celery(settings, name=name)
+    user, password = credentials(settings)
+    os.environ["FLOWER_BASIC_AUTH"] = f"{user}:{password}"
+    os.environ.pop("FLOWER_UNAUTHENTICATED_API", None)  # basic auth guards the API as well as the UI
+    app = make_celery(settings, name=name, queues=routed_queues(settings.shards))
     watcher = threading.Thread(target=_mark_ready_when_listening,
                                args=(probe_host(settings.api_host), settings.flower_port),
                                name="flower-ready", daemon=True)

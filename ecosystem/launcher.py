@@ -3,6 +3,9 @@
 Every process of the table runs as its own OS process in its own process group, so that stopping the
 fleet reaches whatever each process started and nothing else. The launcher starts the embedded Redis
 when no broker is configured and migrates the ledger once before any process starts.
+
+Secrets stay with the process that needs them: every child gets the fleet's settings as ``COGO_*``
+variables except the secrets of :data:`SECRETS`, which only the processes named there receive.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 
+import httpx
 from kombu.utils.url import maybe_sanitize_url
 from rich.console import Console
 from sqlalchemy.engine import make_url
@@ -25,10 +29,17 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from bus.errors import CogoError, ConfigError, LedgerUnavailable
 from bus.settings import Settings
+from ecosystem import flower
 from ecosystem.child import COLOURS, Child, LogSink
 from ecosystem.embedded import EmbeddedRedis
 from ecosystem.net import free_port, probe_host
 from ecosystem.processes import PROCESSES, Process
+
+SECRETS: Mapping[str, frozenset[str]] = {
+    "COGO_LLM_API_KEY": frozenset({"cogo-codegen-service"}),
+    "COGO_FLOWER_PASSWORD": frozenset({"flower"}),
+}
+"""Secret variables and the only processes of the table whose environment may carry them."""
 
 
 class FleetError(CogoError):
@@ -61,6 +72,11 @@ def redact(url: str) -> str:
     if url.startswith(("sqlite", "postgres")):
         return make_url(url).render_as_string(hide_password=True)
     return maybe_sanitize_url(url)
+
+
+def process_env(process: Process, base: Mapping[str, str]) -> dict[str, str]:
+    """``base`` less every secret of :data:`SECRETS` that ``process`` is not entitled to."""
+    return {k: v for k, v in base.items() if k not in SECRETS or process.name in SECRETS[k]}
 
 
 def select(processes: Sequence[Process], only: Sequence[str]) -> list[Process]:
@@ -143,6 +159,7 @@ class Fleet:
         self.cwd = Path(cwd or os.getcwd())
         self.broker: EmbeddedRedis | None = None
         self.children: list[Child] = []
+        self._flower_auth: tuple[str, str] | None = None
         self._reported: set[int] = set()
         self._sink = LogSink(self.console, max((len(_label(p, i)) for p in self.selected
                                                for i in range(p.replicas)), default=8), echo=show_logs)
@@ -160,6 +177,7 @@ class Fleet:
             migrate_ledger(self.settings)
             self._spawn_all()
             self._await_ready()
+            self._announce_flower()
         except BaseException:
             self.stop()
             raise
@@ -233,6 +251,20 @@ class Fleet:
         """The metrics server's base URL."""
         return self._http_url(self.settings.metrics_port)
 
+    @property
+    def flower_auth(self) -> tuple[str, str] | None:
+        """Flower's basic-auth ``(user, password)`` once started, or None when Flower is not in the fleet."""
+        return self._flower_auth
+
+    @property
+    def api_key(self) -> str | None:
+        """The fleet's admin API key (``<home>/admin.key``), or None when there is none."""
+        path = Path(self.settings.home) / "admin.key"
+        try:
+            return path.read_text(encoding="utf-8").strip() or None
+        except OSError:
+            return None
+
     def _http_url(self, port: int) -> str:
         return f"http://{probe_host(self.settings.api_host)}:{port}"
 
@@ -250,7 +282,10 @@ class Fleet:
         if not settings.broker_url:
             self.broker = EmbeddedRedis(home).start()
             settings = replace(settings, broker_url=self.broker.url)
-        return settings.checked()
+        settings = settings.checked()
+        if any(p.kind == "flower" for p in self.selected):
+            self._flower_auth = flower.credentials(settings)  # generated here, before Flower reads the file
+        return settings
 
     def _spawn_all(self) -> None:
         env = {**os.environ, **self.env, **self.settings.to_env()}
@@ -264,7 +299,7 @@ class Fleet:
                               COLOURS[n % len(COLOURS)])
                 probe = (self.settings.api_host, getattr(self.settings, process.port_setting)) \
                     if process.port_setting else None
-                child.spawn(self._argv(process), env, self.cwd, self._sink, probe)
+                child.spawn(self._argv(process), process_env(process, env), self.cwd, self._sink, probe)
                 self.children.append(child)
                 n += 1
 
@@ -288,6 +323,19 @@ class Fleet:
                 self._fail(pending, {c.label: f"not ready after {self.ready_timeout_s:g}s" for c in pending})
             if pending:
                 time.sleep(0.1)
+
+    def _announce_flower(self) -> None:
+        """Say where Flower is and how to log in; have it inspect the workers now that all of them are up."""
+        if self._flower_auth is None:
+            return
+        user, password = self._flower_auth
+        try:  # Flower inspected the workers when it started, before they were up: once more, now
+            httpx.get(f"{self.flower_url}/api/workers", params={"refresh": "1"}, auth=(user, password),
+                      timeout=10.0)
+        except httpx.HTTPError:
+            pass  # only the first view of its Workers list is the poorer for it
+        source = "COGO_FLOWER_PASSWORD" if self.settings.flower_password else flower.password_path(self.settings)
+        self._sink.note(f"flower: {self.flower_url}  (user {user}, password {password}; from {source})")
 
     def _fail(self, culprits: list[Child], reasons: dict[str, str]) -> None:
         for child in culprits:

@@ -21,7 +21,7 @@ from sqlalchemy import Engine
 
 from bus import ledger, outcomes
 from bus.celery_app import TASK_EXECUTE
-from bus.envelope import parse_assignment
+from bus.envelope import check_json, parse_assignment
 from bus.errors import BudgetExceeded, CogoError, TTLExpired, WorkFailed
 from bus.introspection import IntrospectionEvent, write
 from bus.outbox import Delivery, Publisher
@@ -102,6 +102,7 @@ class Runtime:
                 result = handler(ctx, claim.payload.get("input") or {})
             if not isinstance(result, WorkResult):
                 raise WorkFailed(f"handler returned {type(result).__name__}, not WorkResult", retryable=False)
+            check_json(result.output, where="output")  # hostile output never reaches the ledger
             return result, None, ctx
         except Exception as exc:  # every failure becomes data; the worker never dies of a handler
             return None, classify(exc), ctx

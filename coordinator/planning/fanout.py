@@ -28,6 +28,9 @@ from coordinator.planning.routing import (
 from coordinator.planning.scopes import branch_of, drop_fan, fan_id_for, required, scope_id
 from coordinator.state import COMPLETED, RUN_TERMINAL, FanIn, Token
 
+FOREACH_CEILING = 10_000
+"""No ``foreach`` spawns more branches than this, whatever its definition's ``max_items`` says. A constant,
+not a setting: planning is pure and a replay must decide as the run did."""
 MISSING_SHOWN = 20
 """How many missing branch indexes a sync event lists (explain computes the full list on demand)."""
 
@@ -43,15 +46,16 @@ def _enter_foreach(b: PlanBuilder, token: Token, node: ForeachNode) -> None:
     if items is FAILED_EXPRESSION:
         return
     count = len(items) if isinstance(items, list) else None
-    b.emit("decision.routing.evaluate_items", token=token, items=node.items, count=count,
-           max_items=node.max_items)
+    limit = min(node.max_items, FOREACH_CEILING)
+    b.emit("decision.routing.evaluate_items", token=token, items=node.items, count=count, max_items=limit)
     if count is None:
         fail_workflow(b, {"code": "foreach.not_a_list", "node": token.node_id,
                           "message": f"items {node.items!r} gave {type(items).__name__}, not a list"})
         return
-    if count > node.max_items:
+    if count > limit:
         fail_workflow(b, {"code": "foreach.too_many", "node": token.node_id,
-                          "message": f"items {node.items!r} gave {count} items; max_items is {node.max_items}"})
+                          "message": f"items {node.items!r} gave {count} items; the most a foreach may spawn "
+                                     f"is {limit}"})
         return
     named = {node.item_as: None} if node.item_as else {}
     spawn(b, token, node, [(node.body, {**{k: item for k in named}, "item": item, "index": i})

@@ -222,3 +222,18 @@ def test_a_fan_out_that_times_out_cancels_its_branches_and_fails_the_run():
     assert [type(x).__name__ for x in p.decisions][1:3] == ["CloseFanIn", "DropBranchTables"]
     assert sim.status == "failed" and decisions(p, d.FailWorkflow)[0].error["code"] == "node.timeout"
     assert sim.state.scopes == {} and sim.state.tokens == {}
+
+
+def test_a_foreach_never_spawns_past_the_ceiling_whatever_its_definition_says():
+    from coordinator.planning.fanout import FOREACH_CEILING
+
+    wide = foreach().replace("split: {kind: foreach,", f"split: {{kind: foreach, max_items: {FOREACH_CEILING * 10},")
+    sim = Sim(wide, {"items": list(range(FOREACH_CEILING + 1))})
+    p = sim.start()
+    assert sim.status == "failed"
+    failure = decisions(p, d.FailWorkflow)[0]
+    assert failure.error["code"] == "foreach.too_many" and str(FOREACH_CEILING) in failure.error["message"]
+    assert sim.dispatched() == []
+    at_ceiling = Sim(wide, {"items": list(range(FOREACH_CEILING))})
+    at_ceiling.start()
+    assert len(at_ceiling.dispatched()) == FOREACH_CEILING

@@ -1,0 +1,41 @@
+"""Per-tenant ingress rate limit: a token bucket in the ledger, so several API processes share it.
+
+Each take is one conditional UPDATE (refill by elapsed time, capped at the burst, minus one) inside the
+caller's transaction — the intent and the token it spent commit or roll back together.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import Connection, case, insert, literal, select, update
+from sqlalchemy.exc import IntegrityError
+
+from bus.errors import RateLimited
+from coordinator.schema import rate_buckets as rb
+
+
+def take(conn: Connection, tenant: str, *, now: float, rate_per_s: float, burst: int) -> None:
+    """Spend one token of ``tenant``'s bucket.
+
+    Raises:
+        RateLimited: the bucket is empty; ``details.retry_after_s`` says when one token will be there.
+    """
+    elapsed = case((rb.c.updated_at < now, literal(now) - rb.c.updated_at), else_=literal(0.0))
+    refilled = rb.c.tokens + elapsed * rate_per_s
+    level = case((refilled > burst, literal(float(burst))), else_=refilled)
+    done = conn.execute(update(rb).where(rb.c.tenant == tenant, level >= 1.0)
+                        .values(tokens=level - 1.0, updated_at=case((rb.c.updated_at < now, literal(now)),
+                                                                     else_=rb.c.updated_at)))
+    if done.rowcount == 1:
+        return
+    row = conn.execute(select(rb.c.tokens, rb.c.updated_at).where(rb.c.tenant == tenant)).first()
+    if row is None:
+        try:
+            with conn.begin_nested():
+                conn.execute(insert(rb).values(tenant=tenant, tokens=float(burst) - 1.0, updated_at=now))
+            return
+        except IntegrityError:  # another API process created it first: take from the row it made
+            return take(conn, tenant, now=now, rate_per_s=rate_per_s, burst=burst)
+    have = min(float(burst), row.tokens + max(0.0, now - row.updated_at) * rate_per_s)
+    wait_s = max(0.001, (1.0 - have) / rate_per_s)
+    raise RateLimited(f"tenant {tenant!r} is over its rate of {rate_per_s:g} intents/s (burst {burst}); "
+                      f"retry in {wait_s:.2f}s", details={"retry_after_s": round(wait_s, 3)})
