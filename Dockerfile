@@ -15,6 +15,8 @@ COPY bus ./bus
 COPY coordinator ./coordinator
 COPY workers ./workers
 COPY ecosystem ./ecosystem
+# No extras: everything the fleet needs at run time (pytest for build-test included) is a dependency of
+# the project, and tests/test_packaging.py keeps this stage and pyproject.toml in agreement.
 RUN pip install .
 
 FROM python:3.11-slim

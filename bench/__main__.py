@@ -1,4 +1,4 @@
-"""``python -m bench run [--quick] [--ledger sqlite|postgres|both] [--out bench/results]``."""
+"""``python -m bench run|events|handlers|profile|table …`` (see bench/README.md)."""
 
 from __future__ import annotations
 
@@ -34,6 +34,15 @@ def parse(argv: list[str]) -> argparse.Namespace:
     prof.add_argument("--workers", type=int, default=2)
     prof.add_argument("--broker", default=DEFAULT_BROKER)
     prof.add_argument("--out", type=Path, default=RESULTS)
+    events = sub.add_parser("events", help="step latency and throughput with task events on and off, interleaved")
+    events.add_argument("--quick", action="store_true", help="tiny counts: a smoke run")
+    events.add_argument("--ledger", choices=["sqlite", "postgres"], default="sqlite")
+    events.add_argument("--workers", type=int, default=2)
+    events.add_argument("--throughput-runs", type=int, default=None,
+                        help="runs per side in the throughput scenario (default: as in `run`)")
+    events.add_argument("--broker", default=DEFAULT_BROKER,
+                        help="Redis URL; the bench flushes that database and the next one (default db 9 and 10)")
+    events.add_argument("--out", type=Path, default=RESULTS)
     table = sub.add_parser("table", help="print a result's tables as Markdown (for the README)")
     table.add_argument("path", type=Path, nargs="?", default=RESULTS / "latest.json")
     return parser.parse_args(argv)
@@ -48,6 +57,23 @@ def handler_costs(args: argparse.Namespace) -> int:
         with tempfile.TemporaryDirectory(prefix="cogo-bench-") as tmp, fleet.ledger(kind, Path(tmp)) as url:
             out[kind] = measure(url, runs=args.runs)
     print(json.dumps(out, indent=1))
+    return 0
+
+
+def task_events(args: argparse.Namespace) -> int:
+    """Print (and write to ``<out>/events.json``) the cost of task events."""
+    from bench import events
+
+    _local_only(args.broker)
+    with tempfile.TemporaryDirectory(prefix="cogo-bench-") as tmp:
+        result = events.run(ledger=args.ledger, quick=args.quick, workers=args.workers, broker_url=args.broker,
+                            workdir=Path(tmp), throughput_runs=args.throughput_runs,
+                            log=lambda line: print(line, file=sys.stderr, flush=True))
+    result["machine"] = report.machine()
+    if not args.quick:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "events.json").write_text(json.dumps(result, indent=1) + "\n")
+    print(json.dumps(result, indent=1))
     return 0
 
 
@@ -66,6 +92,8 @@ def main(argv: list[str]) -> int:
 
         print(markdown(json.loads(args.path.read_text())))
         return 0
+    if args.command == "events":
+        return task_events(args)
     if args.command == "profile":
         from bench.profile import profile
 

@@ -24,12 +24,17 @@ BRAIN, ADMITTED = "decision.task.completed", "dispatch.assignment.admitted"
 HOPS = ("worker_to_brain", "brain_to_dispatcher", "dispatcher_to_worker")
 
 
+def auth_headers(api_key: str | None) -> dict[str, str]:
+    """The API's credentials: ``Authorization: Bearer <key>`` when the fleet has a key."""
+    return {"Authorization": f"Bearer {api_key}"} if api_key else {}
+
+
 class Cogo:
     """A client of one running cogo fleet: submits intents over HTTP, reads the ledger directly."""
 
-    def __init__(self, api_url: str, engine: Engine):
-        self.api_url, self.engine = api_url, engine
-        self.http = httpx.Client(base_url=api_url, timeout=30.0)
+    def __init__(self, api_url: str, engine: Engine, *, api_key: str | None = None):
+        self.api_url, self.engine, self.api_key = api_url, engine, api_key
+        self.http = httpx.Client(base_url=api_url, timeout=30.0, headers=auth_headers(api_key))
 
     def close(self) -> None:
         """Close the HTTP client."""
@@ -130,7 +135,7 @@ def throughput(cogo: Cogo, count: int, *, clients: int = 4, on_poll: Callable[[i
     """Submit ``count`` one-step runs as fast as ``clients`` threads can; completed runs per second."""
     tenant = f"bench-tp-{uuid.uuid4().hex[:8]}"
     start = time.time()
-    post_many(cogo.api_url, tenant, "bench-one", count, clients=clients)
+    post_many(cogo.api_url, tenant, "bench-one", count, clients=clients, api_key=cogo.api_key)
     submitted = time.time()
     last = cogo.wait_tenant(tenant, count, timeout_s=60 + count * 0.1, on_poll=on_poll)
     seconds = last - start
@@ -138,13 +143,14 @@ def throughput(cogo: Cogo, count: int, *, clients: int = 4, on_poll: Callable[[i
             "submit_per_s": round(count / (submitted - start), 1)}
 
 
-def post_many(api_url: str, tenant: str, intent: str, count: int, *, clients: int) -> None:
+def post_many(api_url: str, tenant: str, intent: str, count: int, *, clients: int,
+              api_key: str | None = None) -> None:
     """POST ``count`` intents from ``clients`` threads, each with its own HTTP connection."""
     local = threading.local()
 
     def post(_: int) -> None:
         if not hasattr(local, "http"):
-            local.http = httpx.Client(base_url=api_url, timeout=30.0)
+            local.http = httpx.Client(base_url=api_url, timeout=30.0, headers=auth_headers(api_key))
         local.http.post("/api/intents", json={"tenant": tenant, "intent": intent, "payload": {}}).raise_for_status()
 
     with ThreadPoolExecutor(clients) as pool:
@@ -155,21 +161,24 @@ def ingress(cogo: Cogo, *, count: int, seconds: float, concurrency: int) -> dict
     """``POST /api/intents`` from a load generator in a second process; then wait for those runs to end."""
     tenant = f"bench-in-{uuid.uuid4().hex[:8]}"
     result = run_loadgen(["http", cogo.api_url, "--tenant", tenant], count=count, seconds=seconds,
-                         concurrency=concurrency)
+                         concurrency=concurrency, api_key=cogo.api_key)
     cogo.wait_tenant(tenant, result["requests"] - result["errors"], timeout_s=120 + count * 0.1)
     return result
 
 
-def run_loadgen(args: list[str], *, count: int, seconds: float, concurrency: int) -> dict:
+def run_loadgen(args: list[str], *, count: int, seconds: float, concurrency: int,
+                api_key: str | None = None) -> dict:
     """Run ``python -m bench.loadgen`` in its own process and return what it printed."""
     import json
+    import os
     import subprocess
     import sys
 
     argv = [sys.executable, "-m", "bench.loadgen", *args, "--count", str(count), "--seconds", str(seconds),
             "--concurrency", str(concurrency)]
+    env = {**os.environ, **({"COGO_API_KEY": api_key} if api_key else {})}
     done = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60, check=False,
-                          start_new_session=True)
+                          start_new_session=True, env=env)
     if done.returncode != 0:
         raise RuntimeError(f"load generator failed: {done.stderr[-2000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import os
 import sys
 import threading
 import time
@@ -28,8 +29,11 @@ def http_sender(url: str, intent: str, tenant: str) -> Callable[[], Send]:
     if urlparse(url).hostname not in ("127.0.0.1", "localhost", "::1"):
         raise SystemExit(f"the load generator only targets loopback, not {url}")
 
+    key = os.environ.get("COGO_API_KEY")
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+
     def make() -> Send:
-        client = httpx.Client(base_url=url, timeout=30.0)
+        client = httpx.Client(base_url=url, timeout=30.0, headers=headers)
         body = {"tenant": tenant, "intent": intent, "payload": {}}
         return lambda: client.post("/api/intents", json=body).status_code == 202
     return make

@@ -30,7 +30,7 @@ def profile(*, kind: str, runs: int, workers: int, broker_url: str, out: Path) -
                 fleet.cogo_fleet(broker_url=broker_url, database_url=url, workdir=Path(tmp), workers=workers,
                                  profile_dir=target) as cogo:
             engine = make_engine(url)
-            client = cogo_side.Cogo(cogo.api_url, engine)
+            client = cogo_side.Cogo(cogo.api_url, engine, api_key=cogo.api_key)
             try:
                 measured = cogo_side.throughput(client, runs)
             finally:

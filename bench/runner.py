@@ -189,7 +189,8 @@ def run_ledger(kind: str, *, broker_url: str, plain: celery_side.Plain, workdir:
     with fleet.ledger(kind, workdir / kind) as url, \
             fleet.cogo_fleet(broker_url=broker_url, database_url=url, workdir=workdir / kind, workers=workers) as cogo:
         engine = make_engine(url)
-        ctx = Context(cogo_side.Cogo(cogo.api_url, engine), plain, cogo, sizes, rss=[], database_url=url)
+        client = cogo_side.Cogo(cogo.api_url, engine, api_key=cogo.api_key)
+        ctx = Context(client, plain, cogo, sizes, rss=[], database_url=url)
         try:
             for name, scenario in SCENARIOS.items():
                 log(f"[{kind}] {name} …")

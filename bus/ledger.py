@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import Connection, Update, and_, bindparam, insert, update
+from sqlalchemy import Connection, Update, and_, bindparam, insert, or_, update
 from sqlalchemy.sql import ClauseElement
 
 from bus.envelope import Usage
@@ -184,20 +184,77 @@ def claim(conn: Connection, message_id: str, *, lease_s: float, now: float) -> C
                  lease_until, Usage(tokens=row.usage_tokens, cost_usd=row.usage_cost_usd))
 
 
-_SETTLE = (update(m).where(m.c.id == bindparam("_id"), m.c.status.in_(FINAL))
+_IDLE = or_(m.c.status != DEAD, m.c.lease_until.is_(None), m.c.lease_until <= bindparam("_now"))
+"""A final row no attempt may still be running on. A ``dead`` row keeps ``lease_until`` while the attempt
+that was running when it was abandoned may still spend; that attempt's end (``close_abandoned``), or the
+reclaimer once the lease ran out, clears it."""
+
+_SETTLE = (update(m).where(m.c.id == bindparam("_id"), m.c.status.in_(FINAL), _IDLE)
            .values(status=SETTLED, settled_at=bindparam("_now"), updated_at=bindparam("_now"))
            .returning(m.c.usage_tokens, m.c.usage_cost_usd))
 
 
 def settle(conn: Connection, message_id: str, *, now: float) -> Usage | None:
-    """``done | failed | dead → settled``; returns the assignment's total usage, or None if already settled."""
+    """``done | failed | dead → settled``; returns the assignment's total usage, or None if already settled
+    (or if it is ``dead`` with an abandoned attempt that may still be running)."""
     row = conn.execute(_SETTLE, {"_id": message_id, "_now": now}).first()
     return None if row is None else Usage(tokens=row.usage_tokens, cost_usd=row.usage_cost_usd)
 
 
+@dataclass(frozen=True)
+class Settled:
+    """An assignment settled by ``settle_abandoned``: its run and its total usage."""
+
+    id: str
+    run_id: str | None
+    usage: Usage
+
+
+def settle_abandoned(conn: Connection, message_ids: Iterable[str], *, now: float) -> list[Settled]:
+    """Settle the abandoned (``dead``) assignments among ``message_ids`` that no attempt is running."""
+    ids = list(dict.fromkeys(message_ids))
+    if not ids:
+        return []
+    rows = conn.execute(update(m).where(m.c.id.in_(ids), m.c.status == DEAD, _IDLE)
+                        .values(status=SETTLED, settled_at=bindparam("_now"), updated_at=bindparam("_now"))
+                        .returning(m.c.id, m.c.run_id, m.c.usage_tokens, m.c.usage_cost_usd),
+                        {"_now": now}).all()
+    return [Settled(r.id, r.run_id, Usage(tokens=r.usage_tokens, cost_usd=r.usage_cost_usd)) for r in rows]
+
+
+def close_abandoned(conn: Connection, message_id: str, *, attempt: int, now: float,
+                    usage: Usage | None = None) -> bool:
+    """The attempt that was running when its assignment was abandoned has ended (or its lease ran out):
+    record its total usage (when known) and clear the lease, so the row can be settled.
+
+    Returns:
+        True when this call closed it (the caller then reports it to the brain, ``task_failed``); False when
+        the row is not an abandoned row of that attempt, or was already closed.
+    """
+    values: dict[str, Any] = {"lease_until": None, "updated_at": now}
+    if usage is not None:
+        values |= {"usage_tokens": usage.tokens, "usage_cost_usd": usage.cost_usd}
+    stmt = (update(m).where(m.c.id == message_id, m.c.status == DEAD, m.c.attempts == attempt,
+                            m.c.lease_until.is_not(None)).values(**values))
+    return conn.execute(stmt).rowcount == 1
+
+
+def defer(conn: Connection, message_id: str, *, retry_at: float, now: float) -> bool:
+    """Leave a ``queued`` assignment queued, to be admitted again at ``retry_at`` (its budget does not fit
+    yet). Its status does not change: it is not admitted, so it reserves nothing."""
+    stmt = (update(m).where(m.c.id == message_id, m.c.status == QUEUED)
+            .values(retry_at=retry_at, updated_at=now))
+    return conn.execute(stmt).rowcount == 1
+
+
 def renew_lease(conn: Connection, message_id: str, *, attempt: int, lease_s: float, now: float) -> bool:
-    """Extend a running attempt's lease; False when the attempt is no longer the current one."""
-    stmt = (update(m).where(m.c.id == message_id, m.c.status == RUNNING, m.c.attempts == attempt)
+    """Extend a running attempt's lease; False when the attempt is no longer the current one.
+
+    An attempt whose assignment was abandoned while it ran (``dead``, lease kept) is renewed too: it may still
+    spend, so its budget stays reserved until it ends.
+    """
+    still_running = or_(m.c.status == RUNNING, and_(m.c.status == DEAD, m.c.lease_until.is_not(None)))
+    stmt = (update(m).where(m.c.id == message_id, still_running, m.c.attempts == attempt)
             .values(lease_until=now + lease_s, updated_at=now))
     return conn.execute(stmt).rowcount == 1
 

@@ -13,9 +13,10 @@ from typing import Any
 
 from sqlalchemy import Engine, select, update
 
-from bus import ledger
+from bus import faults, ledger
 from bus.celery_app import TASK_DECIDE
-from bus.errors import CogoError, Conflict
+from bus.envelope import Usage
+from bus.errors import BrokerUnavailable, CogoError, Conflict
 from bus.outbox import EARLY_TOLERANCE_S, Delivery, Publisher, destination
 from bus.routing import DECIDE, ORCHESTRATOR, Route
 from bus.schema import agent_messages as m
@@ -38,23 +39,38 @@ class Brain:
     """Applies brain events; one instance per process."""
 
     def __init__(self, *, engine: Engine, publisher: Publisher, registry: Registry, shards: int,
-                 notify: Callable[[str, Any], None] | None = None, clock: Callable[[], float] = time.time):
+                 notify: Callable[[str, Any], None] | None = None, clock: Callable[[], float] = time.time,
+                 sleep: Callable[[float], None] = time.sleep):
         self.engine, self.publisher, self.registry, self.shards = engine, publisher, registry, shards
-        self.notify, self.clock = notify, clock
+        self.notify, self.clock, self.sleep = notify, clock, sleep
 
     def handle(self, message_id: str) -> str:
-        """Apply one decide row; returns what happened (``applied``, ``duplicate``, ``early``, ``rejected``)."""
+        """Apply one decide row; returns what happened (``applied``, ``duplicate``, ``early``, ``crashed``,
+        ``rejected``).
+
+        Raises:
+            LedgerUnavailable: the database stayed unreachable through every retry; the row is still
+                ``queued`` and uncounted, so the reclaimer sends it again once the database is back.
+        """
+        outcome, effects = faults.retrying(lambda: self._handle(message_id), what=f"brain event {message_id}",
+                                           sleep=self.sleep)
+        if effects is not None:
+            try:
+                phase2(effects, self.publisher, self.notify)
+            except BrokerUnavailable as exc:  # committed: the reclaimer sends what phase 2 could not
+                log.warning("phase 2 of %s left to the reclaimer: %s", message_id, exc)
+        return outcome
+
+    def _handle(self, message_id: str) -> tuple[str, Effects | None]:
         for _ in range(MAX_CONFLICT_RETRIES):
             try:
-                outcome, effects = self._step(message_id)
+                return self._step(message_id)
             except Conflict:
                 log.info("version conflict on %s; planning again", message_id)
-                continue
             except Exception as exc:  # a bug or a poison event: count it, dead-letter it after a few tries
-                outcome, effects = self._crashed(message_id, exc), None
-            if effects is not None:
-                phase2(effects, self.publisher, self.notify)
-            return outcome
+                if faults.is_infrastructure(exc):  # not the event's fault: retried, never counted
+                    raise
+                return self._crashed(message_id, exc), None
         raise Conflict(f"gave up on {message_id} after {MAX_CONFLICT_RETRIES} version conflicts")
 
     def _step(self, message_id: str) -> tuple[str, Effects | None]:
@@ -72,6 +88,8 @@ class Brain:
                 event = ev.from_row(id=message_id, run_id=row.run_id, kind=row.kind, payload=row.payload)
                 state = load_state(conn, row.run_id, self.registry)
             except CogoError as exc:
+                if faults.is_infrastructure(exc):
+                    raise
                 _reject(conn, message_id, row, exc, now)
                 return "rejected", None
             the_plan = plan(state, event, now=now)
@@ -81,8 +99,9 @@ class Brain:
                                values={"run_version": state.run.version + 1}):
                 return "duplicate", None
             _settle_outcome(conn, event, now)
-            effects = Phase1(conn, state, cause_id=message_id, now=now, shards=self.shards,
-                             registry=self.registry).apply(the_plan)
+            phase1 = Phase1(conn, state, cause_id=message_id, now=now, shards=self.shards, registry=self.registry)
+            effects = phase1.apply(the_plan)
+            _settle_abandoned(conn, phase1.cancelled_assignments, now)
         return "applied", effects
 
 
@@ -109,13 +128,29 @@ class Brain:
 
 def _settle_outcome(conn, event: ev.Event, now: float) -> None:
     """The brain has consumed an assignment's outcome: settle it and add its total usage (every attempt,
-    read from the row, not from the event) to its run — once, because only the first settle returns it."""
+    read from the row, not from the event) to its run — once, because only the first settle returns it.
+
+    Until then the dispatcher counts the row's usage as unsettled spend (``coordinator/dispatcher.py``),
+    so moving it from the row to the run changes no budget sum: settlement is bookkeeping, not release.
+    """
     if isinstance(event, (ev.TaskCompleted, ev.TaskFailed)) and event.assignment_id:
         usage = ledger.settle(conn, event.assignment_id, now=now)
-        if usage is not None and (usage.tokens or usage.cost_usd):
-            conn.execute(update(runs).where(runs.c.id == event.run_id).values(
-                spent_tokens=runs.c.spent_tokens + usage.tokens,
-                spent_cost_usd=runs.c.spent_cost_usd + usage.cost_usd))
+        if usage is not None:
+            _add_spend(conn, event.run_id, usage)
+
+
+def _settle_abandoned(conn, assignment_ids: list[str], now: float) -> None:
+    """Settle the assignments this step abandoned that no attempt is running (their usage is final now);
+    one whose attempt may still run keeps its reservation until that attempt ends (``ledger.close_abandoned``,
+    or the reclaimer once its lease ran out), which reports it back to this brain to be settled."""
+    for row in ledger.settle_abandoned(conn, assignment_ids, now=now):
+        _add_spend(conn, row.run_id, row.usage)
+
+
+def _add_spend(conn, run_id: str | None, usage: Usage) -> None:
+    if run_id and (usage.tokens or usage.cost_usd):
+        conn.execute(update(runs).where(runs.c.id == run_id).values(
+            spent_tokens=runs.c.spent_tokens + usage.tokens, spent_cost_usd=runs.c.spent_cost_usd + usage.cost_usd))
 
 
 def _reject(conn, message_id: str, row: Any, exc: CogoError, now: float) -> None:

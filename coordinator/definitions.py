@@ -18,6 +18,7 @@ from bus.errors import ContractError, NotFound
 from bus.retry import NO_RETRY, RetryPolicy
 from bus.routing import Route
 from coordinator.expressions import compile_expression
+from coordinator.inputs import check_schema, object_schema
 
 DEFAULT_MAX_LOOPS = 3
 _NODE_ID = r"^[A-Za-z][A-Za-z0-9_-]{0,63}$"
@@ -227,7 +228,25 @@ class WorkflowDefinition(_Model):
     start: str
     max_loops: int = Field(default=DEFAULT_MAX_LOOPS, ge=0, le=1000)
     budget: Budget | None = None
+    input: dict[str, Any] | None = None
+    """The schema of the intent's payload (a JSON Schema subset, ``coordinator/inputs.py``); without one,
+    any object is accepted."""
     nodes: dict[str, Node]
+
+    @field_validator("input")
+    @classmethod
+    def _input_schema(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
+        if v is not None:
+            check_schema(v)
+            if v.get("type", "object") != "object":
+                raise ValueError(f"type: a payload is an object, so the schema's type must be 'object', "
+                                 f"not {v['type']!r}")
+        return v
+
+    @property
+    def input_schema(self) -> dict[str, Any]:
+        """The JSON Schema a payload of this workflow must match (any object when none is declared)."""
+        return object_schema(self.input)
 
     @model_validator(mode="after")
     def _references(self) -> WorkflowDefinition:

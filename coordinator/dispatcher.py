@@ -8,12 +8,12 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, and_, bindparam, case, func, or_, select
 
-from bus import ledger, outcomes
+from bus import faults, ledger, outcomes
 from bus.celery_app import TASK_EXECUTE, TASK_WORK
-from bus.envelope import parse_assignment
-from bus.errors import CogoError
+from bus.envelope import Budget, parse_assignment
+from bus.errors import BrokerUnavailable, CogoError
 from bus.introspection import IntrospectionEvent, write
 from bus.outbox import EARLY_TOLERANCE_S, Delivery, Publisher
 from bus.routing import Route, execute_queue
@@ -23,52 +23,68 @@ from coordinator.policies import RunLedger, Verdict, admit
 from coordinator.schema import runs
 
 log = logging.getLogger(__name__)
-RESERVING = (ledger.DISPATCHED, ledger.RUNNING, ledger.RETRY_WAIT)
+MAY_SPEND = (ledger.DISPATCHED, ledger.RUNNING, ledger.RETRY_WAIT)
+"""Admitted assignments whose attempts may still spend (with ``dead`` rows whose abandoned attempt still runs)."""
+DEFER_MIN_S = 0.25
+DEFER_MAX_S = 5.0
+"""A deferred assignment is asked again after a delay doubling from ``DEFER_MIN_S`` up to ``DEFER_MAX_S``."""
+WAITING_FOR_SHOWN = 20
 
 
 class Dispatcher:
     """Handles ``cogo.execute`` messages."""
 
     def __init__(self, *, engine: Engine, publisher: Publisher, shards: int,
-                 allowed_models: frozenset[str] | None = None, clock: Callable[[], float] = time.time):
+                 allowed_models: frozenset[str] | None = None, clock: Callable[[], float] = time.time,
+                 sleep: Callable[[float], None] = time.sleep):
         self.engine, self.publisher, self.shards, self.clock = engine, publisher, shards, clock
-        self.allowed_models = allowed_models
+        self.allowed_models, self.sleep = allowed_models, sleep
 
     def handle(self, message_id: str) -> str:
-        """Admit (or re-admit) one assignment; returns ``dispatched``, ``denied``, ``early`` or ``duplicate``."""
+        """Admit (or re-admit) one assignment; returns ``dispatched``, ``deferred``, ``denied``, ``early`` or
+        ``duplicate``.
+
+        Raises:
+            LedgerUnavailable: the database stayed unreachable through every retry; the row is untouched and
+                the reclaimer sends it again once the database is back.
+        """
+        outcome, deliveries = faults.retrying(lambda: self._handle(message_id), what=f"admission of {message_id}",
+                                              sleep=self.sleep)
+        if deliveries:
+            try:
+                self.publisher.send(deliveries)
+            except BrokerUnavailable as exc:  # committed: the reclaimer sends what could not be sent
+                log.warning("sending after admission of %s left to the reclaimer: %s", message_id, exc)
+        return outcome
+
+    def _handle(self, message_id: str) -> tuple[str, list[Delivery]]:
         now = self.clock()
         deliveries: list[Delivery] = []
         with self.engine.begin() as conn:
             row = conn.execute(select(m).where(m.c.id == message_id)).first()
             if row is None or row.status not in (ledger.QUEUED, ledger.RETRY_WAIT):
-                return "duplicate"
-            if row.status == ledger.RETRY_WAIT and (row.retry_at or 0) > now + EARLY_TOLERANCE_S:
+                return "duplicate", []
+            if (row.retry_at or 0) > now + EARLY_TOLERANCE_S:  # a retry's backoff or a deferral not yet over
                 deliveries.append(Delivery(TASK_EXECUTE, execute_queue(row.run_id or "", self.shards), message_id,
                                            row.retry_at - now))
-                outcome = "early"
-            else:
-                outcome = self._admit(conn, row, now, deliveries)
-        if deliveries:
-            self.publisher.send(deliveries)
-        return outcome
+                return "early", deliveries
+            return self._admit(conn, row, now, deliveries), deliveries
 
     def _admit(self, conn, row: Any, now: float, deliveries: list[Delivery]) -> str:
         route = Route(row.service, row.role, row.shard, row.tenant)
         token = (row.payload or {}).get("__token", {})
         try:
-            assignment = parse_assignment(row.payload)
-            verdict = Verdict(True)
-            if row.status == ledger.QUEUED:
-                limits = _budgets(conn, row.run_id, exclude=row.id) or [RunLedger(budget=None)]
-                for ledger_ in limits:
-                    verdict = admit(assignment, ledger_, allowed_models=self.allowed_models)
-                    if not verdict.admitted:
-                        break
-        except CogoError as exc:
-            verdict = Verdict(False, exc.code, str(exc), exc.details)
+            verdict = self._verdict(conn, row, now)
         except Exception as exc:  # malformed data must fail this assignment, not loop through the reclaimer
-            log.exception("admission of %s failed", row.id)
-            verdict = Verdict(False, "policy.error", f"admission failed: {type(exc).__name__}: {exc}")
+            if faults.is_infrastructure(exc):  # not the assignment's fault: retried, never a denial
+                raise
+            if isinstance(exc, CogoError):
+                verdict = Verdict(False, exc.code, str(exc), exc.details)
+            else:
+                log.exception("admission of %s failed", row.id)
+                verdict = Verdict(False, "policy.error", f"admission failed: {type(exc).__name__}: {exc}")
+        if verdict.deferred:
+            return self._defer(conn, row, verdict, token, now, deliveries)
         if not verdict.admitted:
             self._deny(conn, row, verdict, token, now, deliveries)
             return "denied"
@@ -86,6 +102,43 @@ class Dispatcher:
                                             token.get("parent_run_id"))], now=now)
         deliveries.append(Delivery(TASK_WORK, route.queue, row.id))
         return "dispatched"
+
+    def _verdict(self, conn, row: Any, now: float) -> Verdict:
+        """The admission verdict: a re-admission after a retry's backoff keeps the reservation it holds; a
+        first admission must fit every budget of its run tree."""
+        assignment = parse_assignment(row.payload)
+        if row.status != ledger.QUEUED:
+            return Verdict(True)
+        verdict = Verdict(True)
+        for limit in _budgets(conn, row.run_id, exclude=row.id) or [RunLedger(budget=None)]:
+            answer = admit(assignment, limit, allowed_models=self.allowed_models)
+            if not answer.admitted and not answer.deferred:
+                return answer  # a denial wins over a deferral: waiting would not help
+            if answer.deferred and verdict.admitted:
+                verdict = answer
+        return verdict
+
+    def _defer(self, conn, row: Any, verdict: Verdict, token: dict, now: float, deliveries: list[Delivery]) -> str:
+        """Leave the assignment queued and ask again after a doubling delay: the budget it needs is held by
+        assignments in flight, which may end having spent less than they reserved."""
+        first = row.retry_at is None
+        delay_s = DEFER_MIN_S if first else min(DEFER_MAX_S, max(DEFER_MIN_S, 2 * (row.retry_at - row.updated_at)))
+        if not ledger.defer(conn, row.id, retry_at=now + delay_s, now=now):
+            return "duplicate"
+        if first and row.run_id:  # said once: the later re-checks are the same wait
+            detail = {**dict(verdict.detail or {}),
+                      "waiting_for": _in_flight(conn, (verdict.detail or {}).get("run_id") or row.run_id, row.id)}
+            ledger.record(conn, [{"message_id": row.id, "run_id": row.run_id, "tenant": row.tenant,
+                                  "kind": "execute_deferred", "attempt": row.attempts,
+                                  "detail": {"code": verdict.code, "message": verdict.reason, **detail}}], now=now)
+            write(conn, [IntrospectionEvent("dispatch.assignment.deferred", row.run_id,
+                                            {"assignment_id": row.id, "reason": "budget", "code": verdict.code,
+                                             "message": verdict.reason, "retry_in_ms": round(delay_s * 1000),
+                                             **detail},
+                                            token.get("token_id"), token.get("node_id"),
+                                            token.get("parent_run_id"))], now=now)
+        deliveries.append(Delivery(TASK_EXECUTE, execute_queue(row.run_id or "", self.shards), row.id, delay_s))
+        return "deferred"
 
     def _deny(self, conn, row: Any, verdict: Verdict, token: dict, now: float, deliveries: list[Delivery]) -> None:
         error = {"code": verdict.code, "message": verdict.reason, **({"detail": dict(verdict.detail)}
@@ -106,37 +159,92 @@ class Dispatcher:
                                               shards=self.shards, body={"error": error, "attempts": row.attempts}))
 
 
+def _may_spend():
+    """Whether an assignment row may still spend: admitted and not final, or abandoned while an attempt ran."""
+    return or_(m.c.status.in_(MAY_SPEND), and_(m.c.status == ledger.DEAD, m.c.lease_until.is_not(None)))
+
+
+def _headroom(budget_key: str, usage, default: float):
+    """What a row that may still spend could spend beyond its recorded usage: its budget (all attempts
+    together) minus its usage, never below zero."""
+    budget = func.coalesce(m.c.payload[("__assignment", "budget", budget_key)].as_float(), default)
+    return case((and_(_may_spend(), budget > usage), budget - usage), else_=0)
+
+
 def _budgets(conn, run_id: str | None, *, exclude: str) -> list[RunLedger]:
-    """The limits an assignment of ``run_id`` must fit: its run's own budget and its root run's budget over
-    the whole tree, so a child draws from its root's budget.
+    """Every budget an assignment of ``run_id`` must fit: its run's, each ancestor's that has one, its root's,
+    each over the runs under it (so a child draws from every budget above it).
 
     The root run's row is locked first (``FOR UPDATE`` on PostgreSQL; SQLite's ``BEGIN IMMEDIATE`` already
-    serialises writers), so two dispatchers cannot both admit the last of a budget.
+    serialises writers), so admissions in one tree are serial. What is held against the budgets is read in
+    **one** statement — one snapshot — so an outcome settled concurrently (its usage moving from the
+    assignment row to the run in one commit) is counted exactly once, never zero times.
     """
     if run_id is None:
         return []
-    run = conn.execute(select(runs.c.budget, runs.c.root_run_id).where(runs.c.id == run_id)).first()
-    if run is None:
+    root_id = conn.execute(select(runs.c.root_run_id).where(runs.c.id == run_id)).scalar()
+    if root_id is None:
         return []
-    root_id = run.root_run_id or run_id
-    root_budget = conn.execute(select(runs.c.budget).where(runs.c.id == root_id).with_for_update()).scalar()
-    found = []
-    if root_budget:
-        found.append(_ledger_of(conn, root_budget, runs.c.root_run_id == root_id, exclude))
-    if run.budget and root_id != run_id:
-        found.append(_ledger_of(conn, run.budget, runs.c.id == run_id, exclude))
+    conn.execute(select(runs.c.id).where(runs.c.id == root_id).with_for_update())
+    rows = {r.id: r for r in conn.execute(_tree_statement(), {"root": root_id, "exclude": exclude})}
+    children: dict[str, list[str]] = {}
+    for r in rows.values():
+        if r.parent_run_id in rows and r.id != root_id:
+            children.setdefault(r.parent_run_id, []).append(r.id)
+    found, node = [], rows.get(run_id)
+    while node is not None:
+        if node.budget:
+            found.append(_ledger_of(node.id, node.budget, _subtree(node.id, children), rows))
+        node = rows.get(node.parent_run_id) if node.id != root_id else None
     return found
 
 
-def _ledger_of(conn, budget: dict, which_runs, exclude: str) -> RunLedger:
-    spent = conn.execute(select(func.coalesce(func.sum(runs.c.spent_tokens), 0),
-                                func.coalesce(func.sum(runs.c.spent_cost_usd), 0.0)).where(which_runs)).one()
-    tree = select(runs.c.id).where(which_runs).scalar_subquery()
-    reserved = conn.execute(select(m.c.payload).where(m.c.run_id.in_(tree), m.c.kind == "assignment",
-                                                      m.c.status.in_(RESERVING), m.c.id != exclude)).all()
-    budgets = [r.payload.get("__assignment", {}).get("budget", {}) for r in reserved]
-    return RunLedger(budget, int(spent[0]), float(spent[1]), sum(int(b.get("maxTokens", 0)) for b in budgets),
-                     sum(float(b.get("maxCostUsd", 0)) for b in budgets))
+def _tree_statement():
+    """Each run of a tree with its settled spend and, over its assignments not yet settled, their recorded
+    usage, their headroom and how many may still spend."""
+    unsettled = (select(m.c.run_id,
+                        func.sum(m.c.usage_tokens).label("usage_tokens"),
+                        func.sum(m.c.usage_cost_usd).label("usage_cost_usd"),
+                        func.sum(_headroom("maxTokens", m.c.usage_tokens, Budget().max_tokens)).label("head_tokens"),
+                        func.sum(_headroom("maxCostUsd", m.c.usage_cost_usd, Budget().max_cost_usd))
+                        .label("head_cost_usd"),
+                        func.sum(case((_may_spend(), 1), else_=0)).label("in_flight"))
+                 .where(m.c.run_id.in_(select(runs.c.id).where(runs.c.root_run_id == bindparam("root"))),
+                        m.c.kind == "assignment", m.c.status != ledger.SETTLED, m.c.id != bindparam("exclude"))
+                 .group_by(m.c.run_id).subquery())
+    return (select(runs.c.id, runs.c.parent_run_id, runs.c.budget, runs.c.spent_tokens, runs.c.spent_cost_usd,
+                   unsettled.c.usage_tokens, unsettled.c.usage_cost_usd, unsettled.c.head_tokens,
+                   unsettled.c.head_cost_usd, unsettled.c.in_flight)
+            .select_from(runs.outerjoin(unsettled, unsettled.c.run_id == runs.c.id))
+            .where(runs.c.root_run_id == bindparam("root")))
+
+
+def _subtree(run_id: str, children: dict[str, list[str]]) -> list[str]:
+    found, stack = [], [run_id]
+    while stack:
+        node = stack.pop()
+        found.append(node)
+        stack.extend(children.get(node, ()))
+    return found
+
+
+def _ledger_of(run_id: str, budget: dict, members: list[str], rows: dict[str, Any]) -> RunLedger:
+    def total(field: str) -> float:
+        return sum(float(getattr(rows[r], field) or 0) for r in members)
+
+    return RunLedger(budget, spent_tokens=int(total("spent_tokens")), spent_cost_usd=total("spent_cost_usd"),
+                     reserved_tokens=int(total("head_tokens")), reserved_cost_usd=total("head_cost_usd"),
+                     unsettled_tokens=int(total("usage_tokens")), unsettled_cost_usd=total("usage_cost_usd"),
+                     run_id=run_id, in_flight=int(total("in_flight")))
+
+
+def _in_flight(conn, run_id: str, exclude: str) -> list[str]:
+    """Some of the assignments in flight under ``run_id``'s tree (for the deferral's explanation)."""
+    tree = select(runs.c.id).where(runs.c.root_run_id == select(runs.c.root_run_id)
+                                   .where(runs.c.id == run_id).scalar_subquery())
+    return list(conn.execute(select(m.c.id).where(m.c.run_id.in_(tree), m.c.kind == "assignment", _may_spend(),
+                                                  m.c.id != exclude).order_by(m.c.created_at)
+                             .limit(WAITING_FOR_SHOWN)).scalars())
 
 
 def main(settings: Settings, name: str) -> None:

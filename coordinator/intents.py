@@ -1,8 +1,14 @@
-"""Ingress: an intent becomes a run row and its start event, in one transaction."""
+"""Ingress: an intent becomes a run row and its start event, in one transaction.
+
+An intent names a workflow (``INTENT_WORKFLOWS``, or any registered workflow name). ``admit`` is what
+ingress does before anything is written: find the workflow, and refuse a payload that breaks its input
+schema (``payload.invalid``, with the path) — so a bad payload never reaches a worker.
+"""
 
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Connection, insert
@@ -13,16 +19,37 @@ from bus.errors import NotFound
 from bus.outbox import Delivery, delivery_for
 from bus.routing import DECIDE, ORCHESTRATOR, Route, shard_for
 from coordinator.definitions import Registry, WorkflowDefinition
+from coordinator.inputs import check_payload
 from coordinator.schema import runs
 
 INTENT_WORKFLOWS = {
     "codegen": "codegen-build-test",
     "index": "indexing",
     "upgrade": "upgrade",
-    "echo": "single-task",
     "demo": "demo",
+    "embed": "single-task",
+    "echo": "echo",
 }
-"""Intent names of the user's three flows; any registered workflow name is an intent too."""
+"""The built-in intents and the workflow each runs; any registered workflow name is an intent too.
+
+``echo`` is a real echo (its run completes with the payload as its output). Before, ``echo`` ran one
+rag-embed task: that intent is ``embed`` now."""
+
+
+@dataclass(frozen=True)
+class IntentInfo:
+    """What ``GET /api/intents`` says about one intent."""
+
+    name: str
+    workflow: str
+    version: int
+    description: str
+    input_schema: dict[str, Any]
+
+    def as_json(self) -> dict[str, Any]:
+        """The listing's entry."""
+        return {"name": self.name, "workflow": self.workflow, "version": self.version,
+                "description": self.description, "input_schema": self.input_schema}
 
 
 def resolve(intent: str, registry: Registry) -> WorkflowDefinition:
@@ -37,6 +64,34 @@ def resolve(intent: str, registry: Registry) -> WorkflowDefinition:
     except NotFound:
         known = sorted(set(INTENT_WORKFLOWS) | set(registry.names()))
         raise NotFound(f"unknown intent {intent!r}; known: {', '.join(known)}", code="intent.unknown") from None
+
+
+def admit(intent: Intent, registry: Registry) -> WorkflowDefinition:
+    """The workflow an intent runs, once its payload has been checked against the workflow's input schema.
+
+    Raises:
+        NotFound: code ``intent.unknown``.
+        InvalidRequest: code ``payload.invalid``; the message names the path (``documents[0].text: field
+            required``).
+    """
+    definition = resolve(intent.intent, registry)
+    check_payload(intent.payload, definition.input_schema, intent=intent.intent)
+    return definition
+
+
+def catalogue(registry: Registry) -> list[IntentInfo]:
+    """Every intent: the built-in names first, then every registered workflow not already listed under one.
+
+    A workflow is described by its newest version.
+    """
+    names = [n for n in INTENT_WORKFLOWS if INTENT_WORKFLOWS[n] in registry.names()]
+    names += [n for n in registry.names() if n not in INTENT_WORKFLOWS]
+    found = []
+    for name in names:
+        definition = resolve(name, registry)
+        found.append(IntentInfo(name=name, workflow=definition.name, version=definition.version,
+                                description=definition.description, input_schema=definition.input_schema))
+    return found
 
 
 def create_run(conn: Connection, intent: Intent, definition: WorkflowDefinition, *, now: float, shards: int,

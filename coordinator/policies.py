@@ -1,8 +1,15 @@
-"""Admission policies of the executor-dispatcher: pure checks of an assignment against the run's limits.
+"""Admission policies of the executor-dispatcher: pure checks of an assignment against the run tree's limits.
 
-Budgets are admission control: before an assignment runs, its whole budget must fit in what its run has
-left (spent so far plus what assignments already admitted may still spend). A budget can therefore never
-multiply across retries or fan-out branches.
+Budgets are admission control. Every budget in the tree (the run's own, each ancestor's that has one,
+the root's) is compared with its *commitment*: what was settled, plus the recorded usage of every
+assignment not settled yet, plus what the assignments that may still spend could spend beyond what they
+recorded (their budget, which covers all their attempts together). An assignment is admitted only if its
+whole budget fits on top of that, so spend can never pass a budget, whatever the order in which outcomes
+are reported and settled, and retries, fan-out branches and child runs can never multiply a budget.
+
+An assignment that does not fit now but would fit once the in-flight assignments end having spent only what
+they recorded so far is *deferred* (asked again later), not denied: a denial is for a budget that its
+spend alone already leaves too small.
 """
 
 from __future__ import annotations
@@ -13,15 +20,19 @@ from typing import Any
 
 from bus.envelope import Assignment
 
+COST_EPSILON = 1e-9
+"""Costs are sums of doubles: a budget is met when the sum is within this of it."""
+
 
 @dataclass(frozen=True)
 class Verdict:
-    """The dispatcher's answer: admitted, or denied with a stable code and a reason."""
+    """The dispatcher's answer: admitted, deferred (ask again later) or denied, with a stable code and reason."""
 
     admitted: bool
     code: str = ""
     reason: str = ""
     detail: Mapping[str, Any] | None = None
+    deferred: bool = False
 
 
 ADMIT = Verdict(True)
@@ -29,30 +40,69 @@ ADMIT = Verdict(True)
 
 @dataclass(frozen=True)
 class RunLedger:
-    """What the run has spent and what its admitted, unfinished assignments may still spend."""
+    """One budget of the tree and what is held against it, summed over the runs under it.
+
+    Attributes:
+        budget: ``{maxCostUsd, maxTokens}`` (either may be absent), or None for no budget.
+        spent_*: settled usage.
+        unsettled_*: usage recorded on assignments the brain has not settled yet (final or not).
+        reserved_*: what assignments that may still spend could spend beyond their recorded usage.
+        run_id: the run whose budget this is.
+        in_flight: how many assignments may still spend.
+    """
 
     budget: Mapping[str, Any] | None
     spent_tokens: int = 0
     spent_cost_usd: float = 0.0
     reserved_tokens: int = 0
     reserved_cost_usd: float = 0.0
+    unsettled_tokens: int = 0
+    unsettled_cost_usd: float = 0.0
+    run_id: str = ""
+    in_flight: int = 0
+
+    @property
+    def floor_tokens(self) -> int:
+        """Tokens spent for sure: settled plus recorded."""
+        return self.spent_tokens + self.unsettled_tokens
+
+    @property
+    def floor_cost_usd(self) -> float:
+        """Dollars spent for sure: settled plus recorded."""
+        return self.spent_cost_usd + self.unsettled_cost_usd
 
 
 def admit(assignment: Assignment, run: RunLedger, *, allowed_models: frozenset[str] | None = None) -> Verdict:
-    """Check model and budget; the first broken rule is the verdict."""
+    """Check the model, then the budget; the first broken rule is the verdict."""
     if allowed_models is not None and assignment.model not in allowed_models:
         return Verdict(False, "policy.model_denied", f"model {assignment.model!r} is not allowed",
                        {"allowed": sorted(allowed_models)})
+    return fits(assignment, run)
+
+
+def fits(assignment: Assignment, run: RunLedger) -> Verdict:
+    """Whether ``assignment``'s whole budget fits in ``run``'s budget on top of what is committed to it."""
     if not run.budget:
         return ADMIT
-    max_cost = float(run.budget.get("maxCostUsd", float("inf")))
-    max_tokens = float(run.budget.get("maxTokens", float("inf")))
-    need_cost = run.spent_cost_usd + run.reserved_cost_usd + assignment.budget.max_cost_usd
-    need_tokens = run.spent_tokens + run.reserved_tokens + assignment.budget.max_tokens
-    if need_cost > max_cost + 1e-12:
-        return Verdict(False, "budget.exceeded", "the run's cost budget cannot cover this assignment",
-                       {"limit": "maxCostUsd", "run_budget": max_cost, "would_need": round(need_cost, 9)})
-    if need_tokens > max_tokens:
-        return Verdict(False, "budget.exceeded", "the run's token budget cannot cover this assignment",
-                       {"limit": "maxTokens", "run_budget": max_tokens, "would_need": need_tokens})
-    return ADMIT
+    limits = (("maxCostUsd", float(run.budget.get("maxCostUsd", float("inf"))), assignment.budget.max_cost_usd,
+               run.floor_cost_usd, run.reserved_cost_usd, COST_EPSILON),
+              ("maxTokens", float(run.budget.get("maxTokens", float("inf"))), assignment.budget.max_tokens,
+               run.floor_tokens, run.reserved_tokens, 0))
+    deferred: Verdict | None = None
+    for name, limit, need, floor, reserved, slack in limits:
+        unit = "cost" if name == "maxCostUsd" else "token"
+        detail = {"limit": name, "run_id": run.run_id, "run_budget": limit, "spent": _num(floor),
+                  "reserved": _num(reserved), "asked": _num(need)}
+        if floor + need > limit + slack:
+            return Verdict(False, "budget.exceeded", f"the run's {unit} budget cannot cover this assignment",
+                           {**detail, "would_need": _num(floor + need)})
+        if deferred is None and floor + reserved + need > limit + slack:
+            deferred = Verdict(False, "budget.deferred",
+                               f"the run's {unit} budget is held by {run.in_flight} assignment(s) in flight; "
+                               "waiting for them to settle", {**detail, "in_flight": run.in_flight},
+                               deferred=True)
+    return deferred or ADMIT
+
+
+def _num(value: float) -> float | int:
+    return round(value, 9) if isinstance(value, float) else value

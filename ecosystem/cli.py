@@ -5,6 +5,7 @@ import importlib
 import json
 import logging
 import os
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
@@ -29,6 +30,8 @@ DEMO_PAYLOAD = "{}"  # the demo workflow brings its own three specs
 CODEGEN_PAYLOAD = json.dumps({"spec": "a function add(a, b) that returns a + b"})
 ApiOption = Annotated[str | None, typer.Option("--api", envvar="COGO_API_URL", show_envvar=True,
                                                help="Base URL of the API [default: from COGO_API_HOST/PORT]")]
+ApiKeyOption = Annotated[str | None, typer.Option("--api-key", envvar="COGO_API_KEY", show_envvar=True,
+                                                  help="The API key [default: <COGO_HOME>/admin.key if it exists]")]
 
 
 class UsageError(CogoError):
@@ -45,6 +48,8 @@ def _handled(command: Callable) -> Callable:
             return command(*args, **kwargs)
         except CogoError as exc:
             err.print(Text(f"error [{exc.code}]: {exc}", style="red"), soft_wrap=True)
+            if exc.details.get("status") == 401 or exc.code == "auth.required":
+                err.print(Text(f"hint: {_auth_hint()}", style="yellow"), soft_wrap=True)
             raise typer.Exit(2 if isinstance(exc, UsageError) else 1) from None
         except DBAPIError as exc:  # the ledger is down, or was never migrated (``cogo migrate``)
             reason = str(exc.orig).splitlines()[0] if exc.orig else str(exc)
@@ -84,6 +89,42 @@ def default_api_url(settings: Settings) -> str:
 
 def _api_url(api: str | None) -> str:
     return api or os.environ.get("COGO_API_URL") or default_api_url(Settings.from_env())
+
+
+def _key_file() -> Path:
+    return Settings.from_env().home.resolve() / "admin.key"
+
+
+def _api_key(api_key: str | None) -> str | None:
+    """``--api-key`` (or ``COGO_API_KEY``), else the embedded default's ``<home>/admin.key``, else none."""
+    if api_key:
+        return api_key.strip()
+    path = _key_file()
+    try:
+        return path.read_text().strip() or None if path.is_file() else None
+    except OSError as exc:
+        raise ConfigError(f"cannot read the API key file {path}: {exc.strerror}", code="auth.key_unreadable") from None
+
+
+def _auth_hint() -> str:
+    from coordinator.client import AUTH_HINT
+
+    try:
+        where = str(_key_file())
+    except ConfigError:
+        where = "<COGO_HOME>/admin.key"
+    return f"{AUTH_HINT}; on the embedded default the key is in {where}"
+
+
+def _client(api: str | None, api_key: str | None) -> Any:
+    from coordinator.client import Client
+
+    return Client(_api_url(api), api_key=_api_key(api_key))
+
+
+def _api_suffix(api: str | None) -> str:
+    """`` --api <url>`` for the commands the CLI suggests, when the user chose a non-default API."""
+    return "" if api is None else f" --api {api}"
 
 
 def _parse_payload(text: str) -> dict:
@@ -161,20 +202,18 @@ def submit(intent: Annotated[str, typer.Argument(help="What to do, e.g. codegen"
            payload: Annotated[str, typer.Option(help="The intent's payload as a JSON object")] = "{}",
            wait: Annotated[bool, typer.Option("--wait", help="Wait for the run to end, showing progress")] = False,
            timeout: Annotated[float, typer.Option(help="Seconds --wait waits")] = 120.0,
-           api: ApiOption = None) -> None:
-    """Submit an intent; with --wait, show progress until the run ends, then its result."""
-    from coordinator.client import Client
+           api: ApiOption = None, api_key: ApiKeyOption = None) -> None:
+    """Submit an intent; with --wait, show each step and attempt, and what a person must do, until it ends."""
     from ecosystem import render
 
     body = _parse_payload(payload)
-    url = _api_url(api)
-    with Client(url) as client:
+    with _client(api, api_key) as client:
         run_id = client.submit(intent, tenant=tenant, payload=body)
         out.print(Text.assemble("submitted run ", (run_id, "bold")))
         if wait:
-            run = _wait_with_progress(client, run_id, timeout)
+            run = _wait_with_progress(client, run_id, timeout, suffix=_api_suffix(api))
             out.print(render.run_result(run))
-    events_hint = f"cogo events {run_id}" + ("" if api is None else f" --api {url}")
+    events_hint = f"cogo events {run_id}{_api_suffix(api)}"
     out.print(Text.assemble(("its events: ", "dim"), events_hint))
     if wait and run["status"] != "completed":
         raise typer.Exit(1)
@@ -185,12 +224,11 @@ def submit(intent: Annotated[str, typer.Argument(help="What to do, e.g. codegen"
 def events(run_id: Annotated[str, typer.Argument(help="The run's id")],
            category: Annotated[str | None, typer.Option(help="decision, operation, dispatch or sql")] = None,
            type_: Annotated[str | None, typer.Option("--type", help="Type prefix, e.g. decision.")] = None,
-           api: ApiOption = None) -> None:
+           api: ApiOption = None, api_key: ApiKeyOption = None) -> None:
     """Show a run's introspection trace as a table."""
-    from coordinator.client import Client
     from ecosystem import render
 
-    with Client(_api_url(api)) as client:
+    with _client(api, api_key) as client:
         found = client.events(run_id, category=category, type=type_)
     out.print(render.events_table(found, title=f"run {run_id} · {len(found)} events"))
 
@@ -213,10 +251,11 @@ def demo(intent: Annotated[str, typer.Option(help="The intent to submit")] = "de
     with sigterm_as_interrupt(), Fleet(settings, free_ports=True, ready_timeout_s=ready_timeout,
                                        console=out, show_logs=logs) as fleet:
         out.print(render.fleet_summary(fleet))
-        with Client(fleet.api_url) as client:
+        with Client(fleet.api_url, api_key=getattr(fleet, "api_key", None)) as client:
             run_id = client.submit(intent, tenant=tenant, payload=body)
             out.print(Text.assemble(f"submitted {intent} for tenant {tenant}: run ", (run_id, "bold")))
-            run = _wait_with_progress(client, run_id, timeout, check=fleet.check_alive)
+            run = _wait_with_progress(client, run_id, timeout, check=fleet.check_alive,
+                                      suffix=f" --api {fleet.api_url}")
             trace = client.events(run_id)
         out.print("stopping the fleet…")
     out.print("fleet stopped")
@@ -280,6 +319,122 @@ def manifests(root: Annotated[Path, typer.Option(help="Where docker-compose.yml 
         out.print(f"wrote {path}")
 
 
+# -- the operator's commands: runs, one run, approvals, cancel, the fleet, intents -----------------------------
+RunStatus = typer.Option(help="Only runs in this status (pending, running, waiting, completed, failed, cancelled)")
+
+
+@app.command("runs")
+@_handled
+def runs_(tenant: Annotated[str | None, typer.Option(help="Only this tenant's runs")] = None,
+          status: Annotated[str | None, RunStatus] = None,
+          intent: Annotated[str | None, typer.Option(help="Only runs of this intent")] = None,
+          limit: Annotated[int, typer.Option(min=1, max=1000, help="At most this many runs")] = 20,
+          api: ApiOption = None, api_key: ApiKeyOption = None) -> None:
+    """List recent runs, newest first, with when they started and how long they took."""
+    from ecosystem import render
+
+    with _client(api, api_key) as client:
+        found = client.runs(tenant=tenant, status=status, intent=intent, limit=limit)
+    if not found:
+        out.print("no runs match")
+        return
+    out.print(render.runs_table(found, now=time.time(), title=f"{render.plural(len(found), 'run')}, newest first"))
+
+
+@app.command("run")
+@_handled
+def run_(run_id: Annotated[str, typer.Argument(help="The run's id")],
+         api: ApiOption = None, api_key: ApiKeyOption = None) -> None:
+    """Show one run: status, where it is (step, attempt), spend against budget, and what it waits for."""
+    from ecosystem import render
+
+    with _client(api, api_key) as client:
+        run, why = client.run(run_id), client.explain(run_id)
+    out.print(render.run_detail(run, why, now=time.time(), hint_suffix=_api_suffix(api)), soft_wrap=True)
+
+
+@app.command()
+@_handled
+def approvals(tenant: Annotated[str | None, typer.Option(help="Only this tenant's approvals")] = None,
+              api: ApiOption = None, api_key: ApiKeyOption = None) -> None:
+    """List the approvals waiting for a person, oldest first."""
+    from ecosystem import render
+
+    with _client(api, api_key) as client:
+        pending = client.approvals(tenant=tenant)
+    if not pending:
+        out.print("no approval is pending")
+        return
+    out.print(render.approvals_table(pending, now=time.time(), title=render.plural(len(pending), "pending approval")))
+    out.print(Text.assemble(("approve: ", "dim"), f"cogo approve <approval>{_api_suffix(api)}",
+                            ("  ·  reject: ", "dim"), f"cogo reject <approval> --reason '…'{_api_suffix(api)}"))
+
+
+@app.command()
+@_handled
+def approve(approval_id: Annotated[str, typer.Argument(help="The approval's id (see cogo approvals)")],
+            comment: Annotated[str, typer.Option(help="Why, for the record")] = "",
+            api: ApiOption = None, api_key: ApiKeyOption = None) -> None:
+    """Approve a pending approval; its run takes the approve route."""
+    with _client(api, api_key) as client:
+        answer = client.approve(approval_id, comment=comment)
+    out.print(f"approved {approval_id}: run {answer.get('run_id')} resumes "
+              f"(cogo run {answer.get('run_id')}{_api_suffix(api)})", soft_wrap=True)
+
+
+@app.command()
+@_handled
+def reject(approval_id: Annotated[str, typer.Argument(help="The approval's id (see cogo approvals)")],
+           reason: Annotated[str, typer.Option(help="Why it is rejected (required)")],
+           api: ApiOption = None, api_key: ApiKeyOption = None) -> None:
+    """Reject a pending approval with a reason; its run takes the reject route."""
+    if not reason.strip():
+        raise UsageError("--reason must say why the approval is rejected")
+    with _client(api, api_key) as client:
+        answer = client.reject(approval_id, reason=reason)
+    out.print(f"rejected {approval_id}: run {answer.get('run_id')} takes its reject route "
+              f"(cogo run {answer.get('run_id')}{_api_suffix(api)})", soft_wrap=True)
+
+
+@app.command()
+@_handled
+def cancel(run_id: Annotated[str, typer.Argument(help="The run's id")],
+           reason: Annotated[str, typer.Option(help="Why, for the record")] = "cancelled by an operator",
+           api: ApiOption = None, api_key: ApiKeyOption = None) -> None:
+    """Cancel a run and its children (the brain abandons their work)."""
+    with _client(api, api_key) as client:
+        client.cancel(run_id, reason=reason)
+    out.print(f"cancel of run {run_id} accepted: the brain cancels it and its children "
+              f"(cogo run {run_id}{_api_suffix(api)})", soft_wrap=True)
+
+
+@app.command()
+@_handled
+def status(api: ApiOption = None, api_key: ApiKeyOption = None) -> None:
+    """Show each process of the fleet (up or not, and how we know), each queue's depth and oldest message."""
+    from ecosystem import render
+    from ecosystem.processes import PROCESSES
+
+    with _client(api, api_key) as client:
+        fleet = client.fleet()
+    out.print(render.fleet_status(fleet, PROCESSES, now=time.time()))
+
+
+@app.command()
+@_handled
+def intents(as_json: Annotated[bool, typer.Option("--json", help="Print the input schemas in full")] = False,
+            api: ApiOption = None, api_key: ApiKeyOption = None) -> None:
+    """List the intents the fleet accepts: workflow, one-line description, payload fields."""
+    from ecosystem import render
+
+    with _client(api, api_key) as client:
+        found = client.intents()
+    if as_json:
+        out.print_json(json.dumps({"intents": found}, default=str))
+        return
+    out.print(render.intents_table(found))
+
+
 class _EventCounter:
     """Counts a run's introspection events incrementally (only new ones are fetched on each poll)."""
 
@@ -294,14 +449,53 @@ class _EventCounter:
         return self.count
 
 
+class _Position:
+    """Where a waited-for run is; prints a line each time that changes (a step, an attempt, a person)."""
+
+    def __init__(self, client: Any, run_id: str, suffix: str):
+        self.client, self.run_id, self.suffix, self.last = client, run_id, suffix, ""
+
+    def update(self, run: dict) -> str:
+        """Ask ``explain`` where the run is; print what changed; return the position in words."""
+        from coordinator.client import TERMINAL
+        from ecosystem import render
+
+        if run["status"] in TERMINAL:
+            return run["status"]
+        why = self.client.explain(self.run_id)
+        now = time.time()
+        where = render.position(why)
+        if where != self.last:
+            self.last = where
+            out.print(Text.assemble((f"run {self.run_id}: ", "dim"), where), soft_wrap=True)
+            for item in render.flatten(why.get("waiting_for") or []):
+                if item.get("kind") == "approval" and item.get("approval_status") == "pending":
+                    self._person(item, now)
+        return where
+
+    def _person(self, item: dict, now: float) -> None:
+        from coordinator.timefmt import ago
+
+        approval = item.get("approval_id")
+        due = f"; answer due {ago(item.get('expires_at'), now=now)}" if item.get("expires_at") else ""
+        out.print(Text.assemble(("the run waits for a person", "bold yellow"),
+                                f" to approve or reject approval {approval} at step {item.get('node_id')}"
+                                f"{': ' + repr(item['prompt']) if item.get('prompt') else ''}{due}"), soft_wrap=True)
+        out.print(Text.assemble("  approve it:  ", (f"cogo approve {approval}{self.suffix}", "bold")), soft_wrap=True)
+        out.print(Text.assemble("  reject it:   ", f"cogo reject {approval} --reason '…'{self.suffix}"),
+                  soft_wrap=True)
+
+
 def _wait_with_progress(client: Any, run_id: str, timeout_s: float,
-                        check: Callable[[], None] | None = None) -> dict:
+                        check: Callable[[], None] | None = None, suffix: str = "") -> dict:
     counter = _EventCounter(client, run_id)
+    where = _Position(client, run_id, suffix)
     with out.status(f"run {run_id}: submitted") as status:
         def progress(run: dict) -> None:
             if check is not None:
                 check()
-            status.update(f"run {run_id}: [bold]{run['status']}[/bold] · {counter.update()} events")
+            status.update(f"run {run_id}: [bold]{run['status']}[/bold] · {where.update(run)} · "
+                          f"{counter.update()} events")
         return client.wait(run_id, timeout_s=timeout_s, poll_s=0.25, on_progress=progress)
 
 

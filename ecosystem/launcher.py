@@ -259,11 +259,9 @@ class Fleet:
     @property
     def api_key(self) -> str | None:
         """The fleet's admin API key (``<home>/admin.key``), or None when there is none."""
-        path = Path(self.settings.home) / "admin.key"
-        try:
-            return path.read_text(encoding="utf-8").strip() or None
-        except OSError:
-            return None
+        from coordinator.keys import read_key_file
+
+        return read_key_file(self.settings.home)
 
     def _http_url(self, port: int) -> str:
         return f"http://{probe_host(self.settings.api_host)}:{port}"

@@ -13,37 +13,71 @@ from pathlib import Path
 import yaml
 
 from bus.settings import Settings
+from ecosystem.launcher import SECRETS
 from ecosystem.processes import PROCESSES, Process
 
 HEADER = ("# Generated from ecosystem/processes.py by `cogo manifests`; do not edit by hand.\n"
-          "# Run `cogo manifests` after changing the process table.\n")
+          "# Run `cogo manifests` after changing the process table.\n"
+          "# Credentials come from .env beside this file: `cp cogo.env.example .env` and fill it in.\n")
 IMAGE = "cogo:latest"
+ENV_EXAMPLE = "cogo.env.example"
+"""The documented template of ``.env``, the file compose reads the credentials from."""
+
+
+def required(var: str) -> str:
+    """A compose reference to ``var`` that stops ``docker compose`` with a hint when it is unset or empty."""
+    return f"${{{var}:?set it in .env, see {ENV_EXAMPLE}}}"
+
+
+REDIS_PASSWORD = required("REDIS_PASSWORD")
+POSTGRES_USER = "${POSTGRES_USER:-cogo}"
+POSTGRES_PASSWORD = required("POSTGRES_PASSWORD")
 CONTAINER_ENV = {
-    "COGO_BROKER_URL": "redis://redis:6379/0",
-    "COGO_DATABASE_URL": "postgresql://postgres:postgres@postgres:5432/cogo",
+    "COGO_BROKER_URL": f"redis://:{REDIS_PASSWORD}@redis:6379/0",
+    "COGO_DATABASE_URL": f"postgresql://{POSTGRES_USER}:{POSTGRES_PASSWORD}@postgres:5432/cogo",
     "COGO_HOME": "/data",
     "COGO_API_HOST": "0.0.0.0",
     "COGO_SHARDS": "1",
 }
 """The environment of every cogo container: the compose services' broker and ledger, a shared home."""
+SECRET_ENV = {
+    "COGO_LLM_API_KEY": "${COGO_LLM_API_KEY:-}",
+    "COGO_FLOWER_PASSWORD": required("COGO_FLOWER_PASSWORD"),
+}
+"""Each secret of ``ecosystem.launcher.SECRETS``, given only to the containers that process list names."""
+PROCESS_ENV = {
+    "cogo-codegen-service": {"COGO_LLM_URL": "${COGO_LLM_URL:-}"},
+    "flower": {"COGO_FLOWER_USER": "${COGO_FLOWER_USER:-cogo}"},
+}
+"""Settings only one process reads."""
+REDIS_COMMAND = ("umask 077 && printf 'requirepass %s\\n' \"$$REDISCLI_AUTH\" > /data/redis.conf"
+                 " && exec docker-entrypoint.sh redis-server /data/redis.conf")
+"""Redis takes its password from a 0600 config file, never its command line (which ``ps`` shows)."""
 
 
-def _cogo_service(command: list[str], depends_on: dict) -> dict:
+def _cogo_service(command: list[str], depends_on: dict, environment: dict | None = None) -> dict:
     return {
         "image": IMAGE,
         "build": {"context": "."},
         "command": command,
-        "environment": dict(CONTAINER_ENV),
+        "environment": {**CONTAINER_ENV, **(environment or {})},
         "volumes": ["cogo-data:/data"],
         "depends_on": depends_on,
     }
+
+
+def process_environment(process: Process) -> dict[str, str]:
+    """The variables one process's container gets beyond ``CONTAINER_ENV``: its own settings and secrets."""
+    env = dict(PROCESS_ENV.get(process.name, {}))
+    env.update({var: SECRET_ENV[var] for var, holders in SECRETS.items() if process.name in holders})
+    return env
 
 
 def _process_service(process: Process) -> dict:
     service = _cogo_service(process.command, {
         "redis": {"condition": "service_healthy"},
         "migrate": {"condition": "service_completed_successfully"},
-    })
+    }, process_environment(process))
     service["restart"] = "unless-stopped"
     if process.port_setting:
         port = getattr(Settings(), process.port_setting)
@@ -58,13 +92,16 @@ def compose(processes: Sequence[Process] = PROCESSES) -> dict:
     services: dict[str, dict] = {
         "redis": {
             "image": "redis:7-alpine",
-            "healthcheck": {"test": ["CMD", "redis-cli", "ping"], "interval": "2s", "retries": 30},
+            "command": ["sh", "-c", REDIS_COMMAND],
+            "environment": {"REDISCLI_AUTH": REDIS_PASSWORD},
+            "healthcheck": {"test": ["CMD-SHELL", "redis-cli ping | grep -q PONG"], "interval": "2s", "retries": 30},
         },
         "postgres": {
             "image": "postgres:16-alpine",
-            "environment": {"POSTGRES_USER": "postgres", "POSTGRES_PASSWORD": "postgres", "POSTGRES_DB": "cogo"},
+            "environment": {"POSTGRES_USER": POSTGRES_USER, "POSTGRES_PASSWORD": POSTGRES_PASSWORD,
+                            "POSTGRES_DB": "cogo"},
             "volumes": ["pg-data:/var/lib/postgresql/data"],
-            "healthcheck": {"test": ["CMD", "pg_isready", "-U", "postgres", "-d", "cogo"],
+            "healthcheck": {"test": ["CMD", "pg_isready", "-U", POSTGRES_USER, "-d", "cogo"],
                             "interval": "2s", "retries": 30},
         },
         "migrate": _cogo_service(["cogo", "migrate"], {"postgres": {"condition": "service_healthy"}}),

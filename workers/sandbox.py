@@ -1,18 +1,13 @@
-"""The build-test sandbox: safe edit paths, applying edits to a directory, bounded subprocesses.
+"""The build-test workspace: safe edit paths, confined input paths, applying edits to a directory.
 
-This is process-level isolation only (a fresh directory, a scrubbed environment, a time limit and a
-killed process group); it is not a security boundary against hostile code. Run the build-test worker
-in its own container or VM where generated code is not trusted.
+These checks keep a hostile edit list from writing outside the workspace while the worker (trusted)
+writes it. Running the code in it is ``workers/confine.py``'s job.
 """
 
 from __future__ import annotations
 
 import os
 import re
-import signal
-import subprocess
-import time
-from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -126,62 +121,6 @@ def apply_edits(root: Path, edits: list[dict[str, Any]]) -> list[str]:
         target.write_text(edit["content"], encoding="utf-8")
         written.append(target.relative_to(root.resolve()).as_posix())
     return written
-
-
-def scrubbed_env(**extra: str) -> dict[str, str]:
-    """The environment for sandboxed commands: the worker's, minus every ``COGO_*`` setting.
-
-    Generated code must not see the ledger URL, the broker URL or the LLM API key.
-    """
-    env = {k: v for k, v in os.environ.items() if not k.startswith("COGO_")}
-    env.update(extra)
-    return env
-
-
-@dataclass(frozen=True)
-class Completed:
-    """What a bounded command did: its exit code (None when killed on timeout) and its duration."""
-
-    returncode: int | None
-    duration_s: float
-    timed_out: bool
-
-
-def run_bounded(cmd: list[str], *, cwd: Path, env: dict[str, str], timeout_s: float, log: Path) -> Completed:
-    """Run ``cmd`` with stdout+stderr into ``log``; kill its whole process group after ``timeout_s``.
-
-    Output goes to a file, not a pipe, so a chatty test cannot fill the worker's memory.
-
-    Raises:
-        WorkFailed: ``sandbox.unavailable`` (retryable) when the command cannot be started.
-    """
-    started = time.monotonic()
-    with log.open("wb") as out:
-        try:
-            # A new session makes the child a group leader, so grandchildren die with it on timeout.
-            proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                    stdin=subprocess.DEVNULL, start_new_session=True)
-        except OSError as exc:
-            raise WorkFailed(f"cannot start {cmd[0]}: {exc}", retryable=True,
-                             code="sandbox.unavailable") from exc
-        try:
-            returncode = proc.wait(timeout=max(0.0, timeout_s))
-        except subprocess.TimeoutExpired:
-            _kill_group(proc)
-            return Completed(None, time.monotonic() - started, True)
-        except BaseException:
-            # The runtime's TTL alarm (or a shutdown) interrupts the wait: take the children with us.
-            _kill_group(proc)
-            raise
-    return Completed(returncode, time.monotonic() - started, False)
-
-
-def _kill_group(proc: subprocess.Popen) -> None:
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    proc.wait()
 
 
 def tail(path: Path, limit: int) -> str:

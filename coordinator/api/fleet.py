@@ -23,15 +23,17 @@ from typing import Any
 import httpx
 from celery import Celery
 from fastapi import APIRouter, Depends
-from sqlalchemy import Connection, and_, func, or_, select
+from sqlalchemy import Connection, func, or_, select
 
 from bus import ledger
 from bus.broker import queue_depth
 from bus.routing import DECIDE, EXECUTE, ORCHESTRATOR, queue_name
 from bus.schema import agent_messages as m
 from bus.settings import Settings
+from coordinator.api.auth import scoped
 from coordinator.api.deps import Services, services
 from coordinator.definitions import Registry, TaskNode
+from coordinator.keys import Principal
 from coordinator.timefmt import with_iso
 
 router = APIRouter()
@@ -53,8 +55,8 @@ class Consumers:
 
 
 @router.get("/api/fleet")
-def get_fleet(s: Services = Depends(services)) -> dict[str, Any]:
-    """Which processes answer, each routed queue's depth and untaken rows, and the oldest waiting row."""
+def get_fleet(s: Services = Depends(services), _who: Principal = Depends(scoped("admin"))) -> dict[str, Any]:
+    """Which processes answer, each routed queue's depth and untaken rows, and the oldest waiting row (admin)."""
     now = time.time()
     consumers = ask_consumers(s.publisher.app)
     with s.engine.connect() as conn:
@@ -125,26 +127,33 @@ def waiting_queue(service: str, role: str, shard: int, status: str) -> str:
 
 
 _NOTHING_WAITING: dict[str, Any] = {"waiting": 0, "by_status": {}, "oldest_created_at": None,
-                                    "oldest_updated_at": None, "oldest_age_s": None}
+                                    "oldest_updated_at": None, "oldest_age_s": None, "scheduled": 0}
 
 
 def untaken_rows(conn: Connection, *, now: float) -> dict[str, dict[str, Any]]:
-    """Per queue: ledger rows nobody has taken (queued, dispatched, retry_wait that is due), and the oldest."""
-    due_retry = and_(m.c.status == ledger.RETRY_WAIT, or_(m.c.retry_at.is_(None), m.c.retry_at <= now))
-    stmt = (select(m.c.service, m.c.role, m.c.shard, m.c.status, func.count(), func.min(m.c.created_at),
-                   func.min(m.c.updated_at))
-            .where(or_(m.c.status.in_((ledger.QUEUED, ledger.DISPATCHED)), due_retry))
-            .group_by(m.c.service, m.c.role, m.c.shard, m.c.status))
+    """Per queue: ledger rows nobody has taken (queued, dispatched, due retry_wait), and the oldest of them.
+
+    A row due later (a timer, a retry's backoff) is not waiting yet: it is counted as ``scheduled``.
+    """
+    due = or_(m.c.retry_at.is_(None), m.c.retry_at <= now)
+    stmt = (select(m.c.service, m.c.role, m.c.shard, m.c.status, due.label("due"), func.count(),
+                   func.min(m.c.created_at), func.min(m.c.updated_at))
+            .where(m.c.status.in_((ledger.QUEUED, ledger.DISPATCHED, ledger.RETRY_WAIT)))
+            .group_by(m.c.service, m.c.role, m.c.shard, m.c.status, due))
     found: dict[str, dict[str, Any]] = {}
-    for service, role, shard, status, count, created, updated in conn.execute(stmt):
+    for service, role, shard, status, is_due, count, created, updated in conn.execute(stmt):
         entry = found.setdefault(waiting_queue(service, role, shard, status),
                                  {**_NOTHING_WAITING, "by_status": {}})
+        if not is_due:
+            entry["scheduled"] += count
+            continue
         entry["waiting"] += count
         entry["by_status"][status] = entry["by_status"].get(status, 0) + count
         entry["oldest_created_at"] = _least(entry["oldest_created_at"], created)
         entry["oldest_updated_at"] = _least(entry["oldest_updated_at"], updated)
     for entry in found.values():
-        entry["oldest_age_s"] = max(0.0, now - entry["oldest_created_at"])
+        if entry["oldest_created_at"] is not None:
+            entry["oldest_age_s"] = max(0.0, now - entry["oldest_created_at"])
     return found
 
 

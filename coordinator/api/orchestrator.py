@@ -12,7 +12,7 @@ from bus.envelope import Intent
 from coordinator import events as ev
 from coordinator import intents
 from coordinator.api.deps import Services, services
-from coordinator.api.runs import post_intent
+from coordinator.api.runs import Accepted, post_intent
 from coordinator.explain import explain
 from coordinator.planning import plan
 from coordinator.replay import as_json, initial_state
@@ -23,8 +23,11 @@ router = APIRouter()
 
 @router.post("/api/orchestrator/plan")
 def plan_intent(body: Intent, s: Services = Depends(services)) -> dict[str, Any]:
-    """What starting this intent would decide — the pure planner on an empty run; nothing is written or sent."""
-    definition = intents.resolve(body.intent, s.registry)
+    """What starting this intent would decide — the pure planner on an empty run; nothing is written or sent.
+
+    A payload that does not match the intent's input schema is refused (422 ``payload.invalid``).
+    """
+    definition = intents.admit(body, s.registry)
     run_id = str(uuid.uuid4())
     row = {"id": run_id, "tenant": body.tenant, "intent": body.intent, "workflow": definition.name,
            "workflow_version": definition.version, "input": body.payload, "parent_run_id": None,
@@ -38,7 +41,7 @@ def plan_intent(body: Intent, s: Services = Depends(services)) -> dict[str, Any]
                        for e in result.events]}
 
 
-@router.post("/api/orchestrator/execute", status_code=202)
+@router.post("/api/orchestrator/execute", status_code=202, response_model=Accepted)
 def execute_intent(body: Intent, s: Services = Depends(services)) -> dict[str, str]:
     """Start the intent: the same as ``POST /api/intents``."""
     return post_intent(body, s)

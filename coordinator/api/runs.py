@@ -6,6 +6,7 @@ import time
 from typing import Any
 
 from fastapi import APIRouter, Depends, Query
+from pydantic import BaseModel
 from sqlalchemy import ColumnElement, Table, select
 
 from bus import introspection
@@ -20,10 +21,20 @@ from coordinator.store import run_view, token_rows
 router = APIRouter()
 
 
-@router.post("/api/intents", status_code=202)
+class Accepted(BaseModel):
+    """The run an accepted intent started."""
+
+    id: str
+
+
+@router.post("/api/intents", status_code=202, response_model=Accepted)
 def post_intent(body: Intent, s: Services = Depends(services)) -> dict[str, str]:
-    """Accept an intent: the run and its start event are committed before the answer."""
-    definition = intents.resolve(body.intent, s.registry)
+    """Accept an intent: the run and its start event are committed before the answer.
+
+    The payload is checked against the intent's input schema first (``GET /api/intents``): a payload
+    that does not match is refused with 422 ``payload.invalid`` and nothing is written.
+    """
+    definition = intents.admit(body, s.registry)
     with s.engine.begin() as conn:
         run_id, delivery = intents.create_run(conn, body, definition, now=time.time(), shards=s.settings.shards)
     try:

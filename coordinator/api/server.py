@@ -2,73 +2,43 @@
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi import FastAPI
 from sqlalchemy import select
-from sqlalchemy.exc import DBAPIError
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from bus.errors import CogoError, NotFound
 from bus.settings import Settings
-from coordinator.api import fleet, orchestrator, people, runs
+from coordinator.api import fleet, intents, keys, openapi, orchestrator, people, runs
 from coordinator.api.deps import Services
+from coordinator.api.errors import install_error_handlers
+from coordinator.api.limits import BodyGuard
 
-log = logging.getLogger(__name__)
-ROUTERS = [runs.router, people.router, orchestrator.router, fleet.router]
+ROUTERS = [runs.router, intents.router, people.router, orchestrator.router, fleet.router, keys.router]
 """Every router of the API; a module adds its router here."""
-
-_STATUS = {"run.unknown": 404, "intent.unknown": 404, "workflow.unknown": 404, "conflict": 409,
-           "approval.unknown": 404, "approval.not_pending": 409, "run.terminal": 409,
-           "ledger.unavailable": 503, "broker.unavailable": 503}
-
-
-def _error(code: str, message: str, status: int, details: dict | None = None) -> JSONResponse:
-    return JSONResponse({"error": {"code": code, "message": message, "details": details or {}}}, status_code=status)
 
 
 def create_app(services: Services) -> FastAPI:
-    """The API app over one ledger and one broker."""
-    app = FastAPI(title="cogo", version="0.1.0")
+    """The API app over one ledger and one broker.
+
+    Every error answers the one body (``coordinator/api/errors.py``); ``/openapi.json`` says so, and
+    ``/docs`` and ``/redoc`` work offline (``coordinator/api/openapi.py``).
+    """
+    app = FastAPI(title="cogo", version="0.1.0", description=openapi.DESCRIPTION, docs_url=None, redoc_url=None,
+                  openapi_url=openapi.OPENAPI_URL)
     app.state.services = services
-
-    @app.exception_handler(CogoError)
-    async def _cogo_error(_req: Request, exc: CogoError) -> JSONResponse:
-        status = _STATUS.get(exc.code, 404 if isinstance(exc, NotFound) else 400)
-        return _error(exc.code, str(exc), status, exc.details)
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http(_req: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = {404: "not_found", 405: "method.not_allowed"}.get(exc.status_code, "http.error")
-        return _error(code, str(exc.detail), exc.status_code)
-
-    @app.exception_handler(DBAPIError)
-    async def _ledger(_req: Request, exc: DBAPIError) -> JSONResponse:
-        log.error("ledger error: %s", exc)
-        return _error("ledger.unavailable", "the ledger cannot answer right now; try again", 503)
-
-    @app.exception_handler(Exception)
-    async def _bug(_req: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error")
-        return _error("internal", f"internal error: {type(exc).__name__}", 500)
-
-    @app.exception_handler(RequestValidationError)
-    async def _invalid(_req: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = [{"field": ".".join(str(p) for p in e["loc"] if p != "body"), "message": e["msg"]}
-                  for e in exc.errors()]
-        return _error("request.invalid", f"{errors[0]['field']}: {errors[0]['message']}", 422, {"errors": errors})
+    install_error_handlers(app)
+    app.add_middleware(BodyGuard, max_bytes=services.settings.max_body_bytes)
 
     @app.get("/healthz")
     def healthz() -> dict[str, Any]:
+        """Whether the API can reach its ledger (no credentials needed)."""
         with services.engine.connect() as conn:
             conn.execute(select(1))
         return {"status": "ok"}
 
     for router in ROUTERS:
         app.include_router(router)
+    openapi.install(app)
     return app
 
 

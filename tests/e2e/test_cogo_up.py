@@ -10,6 +10,7 @@ import sys
 import threading
 from pathlib import Path
 
+import httpx
 import psutil
 import pytest
 
@@ -64,6 +65,13 @@ def fleet_processes(home: Path) -> list[psutil.Process]:
     return found
 
 
+def client_for(api: str, home: Path) -> Client:
+    """A client of the fleet under ``home``, with its admin key when it has one (the API asks for it)."""
+    key_file = home / "admin.key"
+    key = key_file.read_text().strip() if key_file.is_file() else None
+    return Client(api, **({"api_key": key} if key else {}))
+
+
 def test_cogo_up_serves_a_workflow_and_stops_cleanly_on_sigterm(tmp_path):
     home = tmp_path / ".cogo"
     up = Cli(["up", "--free-ports"], home)
@@ -75,7 +83,13 @@ def test_cogo_up_serves_a_workflow_and_stops_cleanly_on_sigterm(tmp_path):
         assert "(embedded)" in up.output
         children = psutil.Process(up.proc.pid).children(recursive=True)
         assert len(children) >= 12  # eleven processes of the table and the embedded redis-server
-        with Client(api) as client:
+        flower_url, user, password = re.search(r"^flower: (http://\S+)  \(user (\S+), password (\S+);",
+                                               up.output, re.MULTILINE).groups()
+        assert (user, password) == ("cogo", (home / "flower.password").read_text().strip())
+        assert httpx.get(f"{flower_url}/api/workers", timeout=30).status_code == 401
+        assert httpx.get(f"{flower_url}/api/workers", auth=(user, password), timeout=30).status_code == 200
+        assert (home / "redis" / "password").read_text().strip() not in up.output
+        with client_for(api, home) as client:
             run_id = client.submit("codegen", tenant="e2e", payload={"spec": "a function add(a, b) returning a + b"})
             run = client.wait(run_id, timeout_s=120)
             types = [e["type"] for e in client.events(run_id)]

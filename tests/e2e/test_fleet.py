@@ -22,9 +22,9 @@ TRACE = [
 ]
 
 
-def run_echo(fleet: Fleet) -> tuple[dict, list[str], list[str]]:
+def run_embed(fleet: Fleet) -> tuple[dict, list[str], list[str]]:
     with Client(fleet.api_url) as client:
-        run_id = client.submit("echo", tenant="acme", payload={"documents": [{"id": "d1", "text": "Cogo Runs Here"}]})
+        run_id = client.submit("embed", tenant="acme", payload={"documents": [{"id": "d1", "text": "Cogo Runs Here"}]})
         run = client.wait(run_id, timeout_s=60)
         return run, [e["type"] for e in client.events(run_id)], [b["kind"] for b in client.bus_events(run_id)]
 
@@ -34,7 +34,7 @@ def test_workflow_completes_across_processes_on_the_machines_redis(tmp_path, led
     settings = fleet_settings(tmp_path, broker_url=machine_redis(), database_url=engine_url_for(ledger))
     with Fleet(settings, only=[*CORE, "cogo-rag-embed"], processes=TABLE, free_ports=True, env=e2e_env,
                console=Console(quiet=True), show_logs=False) as fleet:
-        run, trace, audit = run_echo(fleet)
+        run, trace, audit = run_embed(fleet)
     assert run["status"] == "completed", run
     assert run["output"]["result"]["documents"] == 1
     assert trace == TRACE
@@ -46,7 +46,7 @@ def test_workflow_completes_on_the_embedded_redis(tmp_path, e2e_env):
     with Fleet(settings, only=[*CORE, "cogo-rag-embed"], processes=TABLE, free_ports=True, env=e2e_env,
                console=Console(quiet=True), show_logs=False) as fleet:
         assert fleet.broker is not None
-        run, trace, audit = run_echo(fleet)
+        run, trace, audit = run_embed(fleet)
     assert run["status"] == "completed"
     assert trace == TRACE
     assert audit == ["execute_enqueued", "execute_done"]
@@ -57,7 +57,7 @@ def test_workflow_completes_across_processes_on_rabbitmq(tmp_path, e2e_env):
     settings = fleet_settings(tmp_path, broker_url=RABBITMQ_URL)
     with Fleet(settings, only=[*CORE, "cogo-rag-embed"], processes=TABLE, free_ports=True, env=e2e_env,
                console=Console(quiet=True), show_logs=False) as fleet:
-        run, trace, audit = run_echo(fleet)
+        run, trace, audit = run_embed(fleet)
     assert run["status"] == "completed", run
     assert trace == TRACE
     assert audit == ["execute_enqueued", "execute_done"]

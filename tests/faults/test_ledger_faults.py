@@ -41,7 +41,7 @@ class Calls:
         return WorkResult(output={"calls": self.calls})
 
 
-def submit(fleet: Fleet, intent: str = "echo", payload: dict | None = None) -> str:
+def submit(fleet: Fleet, intent: str = "embed", payload: dict | None = None) -> str:
     with fleet.engine.begin() as conn:
         run_id, delivery = intents.create_run(conn, Intent(tenant="acme", intent=intent, payload=payload or {}),
                                               intents.resolve(intent, fleet.registry), now=fleet.clock(), shards=1)

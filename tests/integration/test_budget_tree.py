@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from sqlalchemy import select
+import pytest
+from sqlalchemy import func, select
 
 from bus.schema import bus_events
+from coordinator.schema import runs
 from coordinator.store import run_view
 from tests.support.harness import Fleet, registry_of, submit
 from workers.handler import WorkResult
@@ -33,7 +35,7 @@ nodes:
 """
 
 
-def test_children_in_flight_cannot_spend_more_than_their_roots_budget(engine):
+def test_children_in_flight_wait_for_their_roots_budget_and_run_when_it_is_released(engine):
     fleet = Fleet(engine, {("rag", "embed"): lambda ctx, p: WorkResult(output={})},
                   registry=registry_of(CHILD, PARENT))
     run_id = submit(fleet, "parent-budget", {"items": [1, 2, 3]})
@@ -41,10 +43,33 @@ def test_children_in_flight_cannot_spend_more_than_their_roots_budget(engine):
     with engine.connect() as conn:
         run = run_view(conn, run_id)
         audit = [r.kind for r in conn.execute(select(bus_events.c.kind).order_by(bus_events.c.id))]
-    # Three assignments of $0.40 each were asked for at once under a $1.00 root budget: two fit, one is refused.
+    # Three assignments of $0.40 each were asked for at once under a $1.00 root budget: two fit, the third
+    # waits (deferred, not refused) and runs once the first two settle having spent nothing.
+    assert audit[:3] == ["execute_enqueued", "execute_enqueued", "execute_deferred"]
+    assert audit.count("budget_violation") == 0
+    assert audit.count("execute_done") == 3
+    assert run["status"] == "completed"
+
+
+def test_children_in_flight_cannot_spend_more_than_their_roots_budget(engine):
+    def spend(ctx, payload):
+        ctx.meter(cost_usd=0.35)
+        return WorkResult(output={})
+
+    fleet = Fleet(engine, {("rag", "embed"): spend}, registry=registry_of(CHILD, PARENT))
+    run_id = submit(fleet, "parent-budget", {"items": [1, 2, 3]})
+    fleet.drain()
+    with engine.connect() as conn:
+        run = run_view(conn, run_id)
+        audit = [r.kind for r in conn.execute(select(bus_events.c.kind).order_by(bus_events.c.id))]
+    # The third waits for the first two; they spend $0.70, so its $0.40 can no longer fit: refused.
+    assert audit.count("execute_deferred") == 1
     assert audit.count("budget_violation") == 1
     assert audit.count("execute_done") == 2
-    assert run["status"] == "failed"
+    assert run["status"] == "failed" and run["error"]["code"] == "subworkflow.failed"
+    with engine.connect() as conn:
+        spent = conn.execute(select(func.sum(runs.c.spent_cost_usd)).where(runs.c.root_run_id == run_id)).scalar()
+    assert spent == pytest.approx(0.7)
 
 
 def test_children_run_when_the_root_budget_covers_them(engine):

@@ -37,3 +37,23 @@ def test_demo_fans_out_joins_and_gates_with_the_real_workers(sqlite_engine, tmp_
     [gate] = events(fleet, run_id, "decision.gate.evaluate")
     assert gate["data"]["passed"] is True
     assert replay_run(sqlite_engine, run_id, registry=fleet.registry)["faithful"] is True
+
+
+def test_embed_runs_the_real_rag_embed_worker_once(sqlite_engine, tmp_path):
+    fleet = real_fleet(sqlite_engine, tmp_path)
+    run_id = submit(fleet, "embed", {"documents": [{"id": "d1", "text": "one two three"}, {"id": "d2", "text": "x"}]})
+    fleet.drain()
+    run = run_row(fleet, run_id)
+    assert run["status"] == "completed", run["error"]
+    assert run["workflow"] == "single-task"
+    assert run["output"]["result"]["documents"] == 2 and run["output"]["result"]["chunks"] == 2
+
+
+def test_echo_completes_with_its_payload_and_no_worker(sqlite_engine):
+    fleet = Fleet(sqlite_engine, {})
+    payload = {"text": "Cogo Runs Here", "n": [1, 2]}
+    run_id = submit(fleet, "echo", payload)
+    fleet.drain()
+    run = run_row(fleet, run_id)
+    assert (run["status"], run["output"]) == ("completed", payload)
+    assert "decision.task.dispatch" not in types(fleet, run_id)

@@ -18,7 +18,7 @@ def echo(ctx, payload):
     return WorkResult(output={"echo": payload, "attempt": ctx.attempt})
 
 
-def submit(fleet: Fleet, intent: str = "echo", payload: dict | None = None, tenant: str = "acme") -> str:
+def submit(fleet: Fleet, intent: str = "embed", payload: dict | None = None, tenant: str = "acme") -> str:
     definition = intents.resolve(intent, fleet.registry)
     with fleet.engine.begin() as conn:
         run_id, delivery = intents.create_run(conn, Intent(tenant=tenant, intent=intent, payload=payload or {}),

@@ -4,12 +4,12 @@ approved, rejected, expired; signals; cancellation; and ``explain`` saying what 
 from __future__ import annotations
 
 import pytest
-from fastapi.testclient import TestClient
 
 from bus.errors import WorkFailed
 from coordinator.api.deps import Services
 from coordinator.api.server import create_app
 from coordinator.client import ApiError, Client
+from tests.support.api import http, make_key
 from tests.support.harness import Fleet, registry_of, settle, submit, types
 from workers.handler import WorkResult
 
@@ -50,7 +50,7 @@ def world(engine):
     app = create_app(Services(engine=engine, publisher=fleet.publisher, registry=fleet.registry,
                               settings=fleet.settings))
     client = Client("http://testserver")
-    client._http = TestClient(app)
+    client._http = http(app, make_key(engine, "ops"))
     yield fleet, client, published
     client.close()
 
@@ -71,15 +71,17 @@ def test_approval_waits_is_listed_and_resumes_on_approve(world):
     waiting = why["waiting_for"][0]
     assert waiting["since"] == fleet.clock() and waiting["expires_at"] == fleet.clock() + 3600
 
-    answer = client.approve(pending["id"], by="ana", comment="lgtm")
+    answer = client.approve(pending["id"], comment="lgtm")
     assert answer["status"] == "accepted" and answer["decision"] == "approve"
     with pytest.raises(ApiError) as twice:
-        client.reject(pending["id"], by="bo")
+        client.reject(pending["id"], reason="too late")
     assert twice.value.code == "approval.not_pending"
     settle(fleet)
-    assert client.run(run_id)["output"] == {"outcome": "shipped", "by": "ana", "comment": "lgtm"}
+    output = client.run(run_id)["output"]
+    assert (output["outcome"], output["comment"]) == ("shipped", "lgtm")
     [decided] = client.approvals(status="approved")
-    assert decided["decided_by"] == "ana"
+    assert decided["decided_by"] and decided["decided_by"] == output["by"]  # who: the API decides, not the body
+    assert decided["decided_at_iso"].endswith("Z") and decided["requested_at_iso"] == pending["requested_at_iso"]
     with pytest.raises(ApiError) as late:
         client.approve(pending["id"])
     assert late.value.code == "approval.not_pending"
@@ -90,9 +92,10 @@ def test_reject_takes_the_reject_route(world):
     run_id = submit(fleet, "gatekeeper")
     settle(fleet)
     [pending] = client.approvals()
-    client.reject(pending["id"], by="bo", comment="not now")
+    client.reject(pending["id"], reason="not now")
     settle(fleet)
-    assert client.run(run_id)["output"] == {"outcome": "dropped", "by": "bo"}
+    assert client.run(run_id)["output"]["outcome"] == "dropped"
+    assert client.approvals(status="rejected")[0]["comment"] == "not now"
     assert types(fleet, run_id, "decision.approval") == ["decision.approval.request", "decision.approval.resolve"]
 
 
@@ -161,7 +164,7 @@ def test_explain_shows_a_join_at_k_of_n_with_the_missing_branches_and_their_retr
     app = create_app(Services(engine=engine, publisher=fleet.publisher, registry=fleet.registry,
                               settings=fleet.settings))
     client = Client("http://testserver")
-    client._http = TestClient(app)
+    client._http = http(app, make_key(engine, "ops"))
     run_id = submit(fleet, "fan", {"items": [0, 1, 2, 3, 4]})
     settle(fleet)
     [join] = client.explain(run_id)["waiting_for"]

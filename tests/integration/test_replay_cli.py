@@ -18,7 +18,7 @@ def test_replay_reproduces_the_run_and_shows_a_changed_definitions_differences(t
     engine = make_engine(url)
     upgrade(engine)
     fleet = Fleet(engine, {("rag", "embed"): lambda ctx, payload: WorkResult(output={"ok": True})})
-    run_id = submit(fleet, "echo")
+    run_id = submit(fleet, "embed")
     fleet.drain()
 
     changed = yaml.safe_load((BUILTIN_DIR / "single-task.yaml").read_text())

@@ -197,3 +197,91 @@ def settle(fleet: Fleet, *, until: float | None = None, limit: int = 100_000) ->
         count += 1
     fleet.clock.now = max(fleet.clock.now, horizon)
     return count
+
+
+# -- helpers for the budget tests (added with settlement-aware admission; existing behaviour unchanged) --
+def take(fleet: Fleet, predicate: Callable[[Delivery], bool]) -> Delivery:
+    """Remove and return the first pending delivery (in due order) that ``predicate`` accepts; the others stay
+    pending in their order. Lets a test hold one message while it delivers a later one."""
+    entries = sorted(fleet.publisher._heap)
+    for i, (_, _, delivery) in enumerate(entries):
+        if predicate(delivery):
+            del entries[i]
+            heapq.heapify(entries)
+            fleet.publisher._heap = entries
+            return delivery
+    raise AssertionError(f"no pending delivery matches; pending: {fleet.publisher.pending()}")
+
+
+def drain_chaotically_checked(fleet: Fleet, rng, check: Callable[[Delivery, str], None], *, duplicate: float = 0.3,
+                              limit: int = 100_000) -> int:
+    """``drain_chaotically``, calling ``check(delivery, outcome)`` after every delivery."""
+    count = 0
+    while count < limit:
+        nxt = fleet.publisher.pop()
+        if nxt is None:
+            return count
+        due, first = nxt
+        batch = [first]
+        while fleet.publisher._heap and fleet.publisher._heap[0][0] <= due:
+            batch.append(fleet.publisher.pop()[1])
+        fleet.clock.now = max(fleet.clock.now, due)
+        rng.shuffle(batch)
+        for delivery in batch:
+            check(delivery, fleet.deliver(delivery))
+            count += 1
+            if rng.random() < duplicate:
+                fleet.publisher.send([delivery])
+    raise AssertionError(f"drain did not settle after {limit} deliveries")
+
+
+def overspent(engine: Engine, root_id: str, *,
+              allowance: Callable[[dict], tuple[int, float]] | None = None) -> list[str]:
+    """Every budget of ``root_id``'s tree that its spend passes, spend being settled (``runs.spent_*``) plus the
+    usage recorded on assignments not settled yet, each summed over the runs under the budget's run.
+
+    ``allowance(row)`` may excuse, per assignment row, what no admission can prevent (a handler's one metering
+    call that broke its own assignment's budget); the default excuses nothing.
+    """
+    from sqlalchemy import select
+
+    from bus import ledger
+    from bus.schema import agent_messages as m
+    from coordinator.schema import runs
+
+    with engine.connect() as conn:
+        tree = {r.id: r for r in conn.execute(select(runs.c.id, runs.c.parent_run_id, runs.c.budget,
+                                                     runs.c.spent_tokens, runs.c.spent_cost_usd)
+                                              .where(runs.c.root_run_id == root_id))}
+        rows = conn.execute(select(m.c.run_id, m.c.status, m.c.usage_tokens, m.c.usage_cost_usd, m.c.payload)
+                            .where(m.c.run_id.in_(list(tree)), m.c.kind == "assignment")).all()
+    own = {run_id: [float(r.spent_tokens), float(r.spent_cost_usd), 0.0, 0.0] for run_id, r in tree.items()}
+    for row in rows:
+        if row.status != ledger.SETTLED:
+            own[row.run_id][0] += row.usage_tokens
+            own[row.run_id][1] += row.usage_cost_usd
+        if allowance is not None:
+            extra_tokens, extra_cost = allowance(row._asdict())
+            own[row.run_id][2] += extra_tokens
+            own[row.run_id][3] += extra_cost
+    problems = []
+    for run_id, r in tree.items():
+        if not r.budget:
+            continue
+        members = [x for x in tree if _under(x, run_id, tree)]
+        tokens, cost, spare_tokens, spare_cost = (sum(own[x][i] for x in members) for i in range(4))
+        if tokens > r.budget.get("maxTokens", float("inf")) + spare_tokens:
+            problems.append(f"run {run_id}: {tokens:.0f} tokens spent over a budget of {r.budget}")
+        if cost > r.budget.get("maxCostUsd", float("inf")) + spare_cost + 1e-9:
+            problems.append(f"run {run_id}: ${cost:.6f} spent over a budget of {r.budget}")
+    return problems
+
+
+def _under(run_id: str | None, ancestor: str, tree: Mapping) -> bool:
+    seen = set()
+    while run_id is not None and run_id in tree and run_id not in seen:
+        if run_id == ancestor:
+            return True
+        seen.add(run_id)
+        run_id = tree[run_id].parent_run_id
+    return False

@@ -2,19 +2,102 @@
 
 from __future__ import annotations
 
+import pytest
+
+from bus.envelope import Intent
+from bus.errors import InvalidRequest
 from coordinator import decisions as d
 from coordinator import events as ev
 from coordinator.definitions import ForeachNode, GateNode, JoinNode, Registry
-from coordinator.intents import INTENT_WORKFLOWS, resolve
+from coordinator.intents import INTENT_WORKFLOWS, admit, catalogue, resolve
 from tests.unit.planning_sim import Sim, all_decisions, decisions
 
 REGISTRY = Registry.builtin()
+DOCS = {"documents": [{"id": "d1", "text": "Alice met Bob."}, {"id": "d2", "text": ""}]}
+VALID = {
+    "codegen": [{"spec": "a function add(a, b)"}],
+    "index": [DOCS],
+    "embed": [DOCS],
+    "upgrade": [{"proposal": "bump the parser"}, {"spec": "bump the parser"}, {"proposal": "a", "spec": "b"}],
+    "demo": [{}, {"specs": ["a function add(a, b)"]}, {"specs": ["s"] * 50}],
+    "echo": [{}, {"anything": [1, {"goes": None}]}],
+}
+"""Payloads every built-in intent accepts."""
+INVALID = {
+    "codegen": [({}, "spec: field required"), ({"spec": ""}, "spec: must have at least 1 character"),
+                ({"spec": "  \n"}, "spec: must match the pattern"),
+                ({"spec": 5}, "spec: must be a string, got integer"),
+                ({"spec": "x" * 20_001}, "spec: must have at most 20000 characters"),
+                ({"spec": "add", "files": {}}, "files: unknown field (known: spec)")],
+    "index": [({}, "documents: field required"), ({"documents": []}, "documents: must have at least 1 item"),
+              ({"documents": [{"id": "d1"}]}, "documents[0].text: field required"),
+              ({"documents": [{"id": "d1", "text": "x"}, {"text": "y"}]}, "documents[1].id: field required"),
+              ({"documents": [{"id": 1, "text": "x"}]}, "documents[0].id: must be a string, got integer"),
+              ({"documents": {"id": "d1"}}, "documents: must be an array, got object"),
+              ({"path": "/srv/docs"}, "documents: field required")],
+    "embed": [({}, "documents: field required"), ({"documents": [{"text": "x"}]}, "documents[0].id: field required")],
+    "upgrade": [({}, "payload: field required: proposal or spec"), ({"proposal": ""}, "proposal: must have at least"),
+                ({"proposal": ["a"]}, "proposal: must be a string, got array")],
+    "demo": [({"specs": []}, "specs: must have at least 1 item"), ({"specs": "add"}, "specs: must be an array"),
+             ({"specs": ["ok", 3]}, "specs[1]: must be a string, got integer"),
+             ({"specs": ["s"] * 51}, "specs: must have at most 50 items"),
+             ({"spec": "add"}, "spec: unknown field (known: specs)")],
+}
+"""Payloads every built-in intent refuses at ingress, with the start of the message (the path first)."""
 
 
 def test_every_intent_names_a_builtin_workflow():
-    assert set(INTENT_WORKFLOWS) >= {"codegen", "index", "upgrade", "echo", "demo"}
+    assert set(INTENT_WORKFLOWS) == {"codegen", "index", "upgrade", "embed", "echo", "demo"}
     for intent in INTENT_WORKFLOWS:
         assert resolve(intent, REGISTRY).name == INTENT_WORKFLOWS[intent]
+    assert INTENT_WORKFLOWS["embed"] == "single-task" and INTENT_WORKFLOWS["echo"] == "echo"
+
+
+def test_every_builtin_workflow_declares_its_input_and_a_description():
+    for name in REGISTRY.names():
+        definition = REGISTRY.get(name)
+        assert definition.input is not None and definition.description, name
+
+
+@pytest.mark.parametrize("intent", sorted(VALID))
+def test_ingress_accepts_every_valid_payload_of_a_builtin_intent(intent):
+    for payload in VALID[intent]:
+        assert admit(Intent(tenant="t", intent=intent, payload=payload), REGISTRY).name == INTENT_WORKFLOWS[intent]
+
+
+@pytest.mark.parametrize("intent, payload, message", [(i, p, m) for i, cases in sorted(INVALID.items())
+                                                       for p, m in cases])
+def test_ingress_refuses_a_bad_payload_naming_its_path(intent, payload, message):
+    with pytest.raises(InvalidRequest) as err:
+        admit(Intent(tenant="t", intent=intent, payload=payload), REGISTRY)
+    assert err.value.code == "payload.invalid"
+    assert str(err.value).startswith(message), str(err.value)
+    assert err.value.details["intent"] == intent
+
+
+def test_the_catalogue_lists_builtin_intents_then_workflows_once_each():
+    listed = [(i.name, i.workflow) for i in catalogue(REGISTRY)]
+    assert listed == [("codegen", "codegen-build-test"), ("index", "indexing"), ("upgrade", "upgrade"),
+                      ("demo", "demo"), ("embed", "single-task"), ("echo", "echo"),
+                      ("codegen-build-test", "codegen-build-test"), ("indexing", "indexing"),
+                      ("single-task", "single-task")]
+    [index] = [i for i in catalogue(REGISTRY) if i.name == "index"]
+    assert index.input_schema["required"] == ["documents"] and index.description.startswith("Embed documents")
+
+
+def test_echo_completes_at_once_with_its_payload_as_the_output():
+    payload = {"hello": ["world", {"n": 1}]}
+    sim = Sim(REGISTRY.get("echo"), payload)
+    planned = sim.start()
+    assert sim.status == "completed"
+    assert decisions(planned, d.DispatchToken) == []
+    assert decisions(planned, d.CompleteWorkflow)[0].output == payload
+
+
+def test_embed_runs_one_rag_embed_task_over_the_documents():
+    sim = Sim(REGISTRY.get("single-task"), DOCS)
+    [task] = decisions(sim.start(), d.DispatchToken)
+    assert (task.service, task.role, task.input) == ("rag", "embed", DOCS)
 
 
 def test_demo_shows_a_fan_out_a_join_and_a_gate():

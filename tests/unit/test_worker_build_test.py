@@ -7,8 +7,10 @@ import os
 import signal
 import threading
 import time
+import uuid
 from pathlib import Path
 
+import psutil
 import pytest
 
 from bus.envelope import Assignment
@@ -150,15 +152,18 @@ def test_tests_running_past_the_ttl_are_killed_and_raise_ttl_expired(tmp_path):
 
 def test_an_alarm_that_interrupts_the_tests_takes_the_test_processes_with_it(tmp_path):
     """The runtime's TTL guard raises TTLExpired from SIGALRM mid-wait; no test process may outlive it."""
-    pid_file = tmp_path / "pid"
-    slow = (f"import os, time\n\n\ndef test_slow():\n    open('pid.tmp', 'w').write(str(os.getpid()))\n"
-            f"    os.replace('pid.tmp', {str(pid_file)!r})\n    time.sleep(60)\n")  # appears whole, or not at all
+    marker = f"cogo-slow-{uuid.uuid4().hex[:12]}"
+    started = tmp_path / "bt" / "build-test" / "workspace" / "started"
+    slow = (f"import os, time\n\n\ndef test_slow():\n    if os.fork() == 0:\n"
+            f"        os.execv('/bin/sleep', [{marker!r}, '60'])\n"
+            f"    open('started.tmp', 'w').close()\n    os.replace('started.tmp', 'started')\n    time.sleep(60)\n")
 
     def expire(_signum, _frame):
         raise TTLExpired("alarm")
 
     def alarm_once_the_test_runs():
-        wait_until(pid_file.exists, timeout=30, message="the slow test to start")
+        wait_until(started.exists, timeout=30, message="the slow test to start")
+        wait_until(lambda: _marked(marker), timeout=30, message="its child to run")
         os.kill(os.getpid(), signal.SIGALRM)
 
     previous = signal.signal(signal.SIGALRM, expire)
@@ -170,13 +175,9 @@ def test_an_alarm_that_interrupts_the_tests_takes_the_test_processes_with_it(tmp
     finally:
         sender.join(timeout=30)
         signal.signal(signal.SIGALRM, previous)
-    pid = int(pid_file.read_text())
-    wait_until(lambda: not _alive(pid), timeout=10, message=f"test process {pid} to be gone")
+    wait_until(lambda: not _marked(marker), timeout=10, message=f"the test's child {marker} to be gone")
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
+def _marked(marker: str) -> list[psutil.Process]:
+    return [p for p in psutil.process_iter(["cmdline", "status"])
+            if marker in " ".join(p.info["cmdline"] or []) and p.info["status"] != psutil.STATUS_ZOMBIE]

@@ -95,3 +95,15 @@ def test_bad_input_is_a_permanent_failure(tmp_path, input, code):
     with pytest.raises(WorkFailed) as raised:
         generate(context(tmp_path, "gen"), input)
     assert raised.value.code == code and raised.value.retryable is False
+
+
+def test_the_issue_8_injection_through_codegen_yields_a_harmless_module_that_passes(tmp_path):
+    marker = tmp_path / "pwned"
+    spec = f'f(x) returns x # """ or open({str(marker)!r}, "w").write("owned") or """'
+    generated = generate(context(tmp_path, "gen"), {"spec": spec})
+    edits = json.loads(Path(generated.output["edits_path"]).read_text())["edits"]
+    module = next(e["content"] for e in edits if e["path"] == "f.py")
+    assert "def f(x):" in module and "return x\n" in module
+    result = build_test(context(tmp_path, "bt"), {"edits_path": generated.output["edits_path"]})
+    assert (result.output["passed"], result.output["success_rate"]) == (1, 1.0)
+    assert not marker.exists()

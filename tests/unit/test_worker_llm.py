@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import ast
 import importlib
+import keyword
+import re
 import time
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from bus.envelope import Assignment
 from ecosystem.processes import PROCESSES
+from workers import llm as llm_module
 from workers.handler import WorkContext
 from workers.llm import (
     LOCAL_MODEL,
@@ -18,6 +24,7 @@ from workers.llm import (
     LocalModel,
     OpenAIChatClient,
     model_for,
+    module_name,
     parse_files,
     parse_spec,
     price_usd,
@@ -119,3 +126,109 @@ def test_every_worker_module_serves_exactly_the_routes_of_its_process(process):
     module = importlib.import_module(process.entry.split(":")[0])
     assert set(module.HANDLERS) == set(process.routes)
     assert callable(module.main)
+
+
+# ---------------------------------------------------------------- the local model cannot be injected
+
+INJECTIONS = [
+    # Issue 8: a comment carrying """ closed the docstring the expression was pasted into.
+    'f(x) returns x # """ or __import__("os").system("touch /tmp/cogo-pwned") or """',
+    "f(x) returns x # ''' or __import__('os').system('id') or '''",
+    'f(x) returns x # """\nimport os\nos.system("id")\n"""',
+    'f(x) returns x + 1 # \\',
+    'evil(x) returns x"""; import os; """',
+    'g(a, b) returns a # """ + b',
+]
+
+
+@pytest.mark.parametrize("spec", INJECTIONS)
+def test_a_spec_cannot_inject_code_into_the_local_models_program(spec):
+    for source in write_program(spec).values():
+        assert_only_intended_nodes(source)
+        code = _code_outside_strings(source)
+        assert "__import__" not in code and "os.system" not in code and "import os" not in code
+
+
+def test_the_injection_of_issue_8_yields_the_plain_function_and_its_passing_tests(tmp_path):
+    files = write_program(INJECTIONS[0])
+    assert list(files) == ["f.py", "test_f.py"]
+    namespace: dict = {}
+    exec(compile(files["f.py"], "f.py", "exec"), namespace)  # the generated module is safe to import
+    assert namespace["f"](7) == 7 and not Path("/tmp/cogo-pwned").exists()
+
+
+_MODULE_NODES = (ast.Module, ast.Expr, ast.FunctionDef, ast.arguments, ast.arg, ast.Return, ast.Tuple,
+                 *llm_module._ALLOWED)
+_TEST_NODES = (ast.Module, ast.Expr, ast.Constant, ast.Import, ast.ImportFrom, ast.alias, ast.FunctionDef,
+               ast.arguments, ast.Assert, ast.Compare, ast.Eq, ast.Call, ast.Name, ast.Load, ast.Attribute,
+               ast.Pass, ast.UnaryOp, ast.USub, ast.Tuple)
+
+
+def assert_only_intended_nodes(source: str) -> None:
+    """The module's shape: a docstring, then plain functions (or imports and asserts, for the tests)."""
+    tree = ast.parse(source)
+    first, *rest = tree.body
+    assert isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) and isinstance(first.value.value, str)
+    is_test = any(isinstance(s, ast.ImportFrom) for s in rest)
+    allowed = _TEST_NODES if is_test else _MODULE_NODES
+    strings = {id(first.value)}
+    for stmt in rest:
+        if isinstance(stmt, ast.Import | ast.ImportFrom):
+            assert is_test and [a.name for a in stmt.names] != [] and all(a.asname is None for a in stmt.names)
+            assert isinstance(stmt, ast.ImportFrom) or [a.name for a in stmt.names] == ["pytest"]
+            continue
+        assert isinstance(stmt, ast.FunctionDef) and not stmt.decorator_list and stmt.returns is None
+        assert stmt.name.isidentifier() and not keyword.iskeyword(stmt.name)
+        if is_test:
+            assert stmt.name.startswith("test_") and not stmt.args.args
+            assert all(isinstance(s, ast.Assert | ast.Pass) for s in stmt.body)
+        else:
+            doc, ret = stmt.body
+            assert isinstance(doc, ast.Expr) and isinstance(doc.value, ast.Constant), ast.dump(doc)
+            assert isinstance(doc.value.value, str) and isinstance(ret, ast.Return)
+            strings.add(id(doc.value))
+            names = {a.arg for a in stmt.args.args} | set(llm_module._CALLS)
+            assert {n.id for n in ast.walk(ret) if isinstance(n, ast.Name)} <= names
+        for node in ast.walk(stmt):
+            assert isinstance(node, allowed), f"{type(node).__name__} in {source!r}"
+            if isinstance(node, ast.Constant) and isinstance(node.value, str):
+                assert id(node) in strings, f"a string outside a docstring: {node.value!r}"
+            if isinstance(node, ast.Attribute):
+                assert (node.value.id, node.attr) == ("pytest", "approx")
+            if isinstance(node, ast.Call) and is_test:
+                assert isinstance(node.func, ast.Name | ast.Attribute)
+
+
+def _code_outside_strings(source: str) -> str:
+    """The source with every string constant emptied: what would run."""
+    tree = ast.parse(source)
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str):
+            node.value = ""
+    return ast.unparse(tree)
+
+
+_spec_text = st.one_of(
+    st.text(max_size=300),
+    st.builds("{}({}) returns {}".format,
+              st.from_regex(r"[A-Za-z_][A-Za-z0-9_]{0,8}", fullmatch=True),
+              st.sampled_from(["x", "a, b", "", "a, b, c"]),
+              st.text(alphabet=st.sampled_from(list("abcx0123456789+-*/%()<>=!#'\"\\ ;,.\n_")), max_size=60)),
+)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_spec_text)
+def test_for_any_spec_the_program_holds_only_the_intended_nodes(spec):
+    files = write_program(spec)
+    assert len(files) == 2 and all(p.endswith(".py") and "/" not in p for p in files)
+    module, tests = files.values()
+    assert_only_intended_nodes(module)
+    assert_only_intended_nodes(tests)
+    words = {w for w in re.findall(r"[A-Za-z_]\w*", _code_outside_strings(module + tests))}
+    identifiers = {fn.name for fn in parse_spec(spec)} | {p for fn in parse_spec(spec) for p in fn.params}
+    # Outside string constants, nothing but the spec's checked identifiers and the generator's own words.
+    assert words <= identifiers | set(llm_module._CALLS) | {"def", "return", "assert", "import", "from", "pytest",
+                                                            "approx", "if", "else", "and", "or", "not", "True",
+                                                            "False", "None", "pass", "e"} | {
+        f"test_{fn.name}" for fn in parse_spec(spec)} | {module_name(fn) for fn in parse_spec(spec)}
