@@ -14,8 +14,8 @@ from typing import Any
 from sqlalchemy import Connection, insert
 
 from bus import ledger
-from bus.envelope import Intent
-from bus.errors import NotFound
+from bus.envelope import Budget, Intent
+from bus.errors import InvalidRequest, NotFound
 from bus.outbox import Delivery, delivery_for
 from bus.routing import DECIDE, ORCHESTRATOR, Route, shard_for
 from coordinator.definitions import Registry, WorkflowDefinition
@@ -111,3 +111,18 @@ def create_run(conn: Connection, intent: Intent, definition: WorkflowDefinition,
                               kind="start", payload={}, run_id=run_id)
     ledger.insert_messages(conn, [start], now=now)
     return run_id, delivery_for(start, shards=shards, now=now)
+
+
+def check_ceiling(budget: Budget | None, *, max_cost_usd: float, max_tokens: int) -> None:
+    """Refuse a run budget above the operator's ceilings (``COGO_MAX_RUN_COST_USD``, ``COGO_MAX_RUN_TOKENS``).
+
+    Raises:
+        InvalidRequest: code ``budget.over_ceiling``, naming the field and the ceiling.
+    """
+    if budget is None:
+        return
+    for field, value, ceiling in (("maxCostUsd", budget.max_cost_usd, max_cost_usd),
+                                  ("maxTokens", budget.max_tokens, max_tokens)):
+        if value > ceiling:
+            raise InvalidRequest(f"budget.{field} is {value:g}; this deployment allows at most {ceiling:g}",
+                                 code="budget.over_ceiling", details={"field": f"budget.{field}", "max": ceiling})

@@ -1,6 +1,5 @@
 """The ``cogo`` command line: run one process or the whole fleet, submit intents, read their traces."""
 
-import functools
 import importlib
 import json
 import logging
@@ -11,54 +10,32 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.text import Text
-from sqlalchemy.exc import DBAPIError
 
 from bus.errors import CogoError, ConfigError
 from bus.settings import Settings
+from ecosystem.cli_support import (
+    ApiKeyOption,
+    ApiOption,
+    UsageError,
+    api_suffix,
+    client_for,
+    default_api_url,
+    err,
+    handled,
+    out,
+    parse_payload,
+)
 from ecosystem.keys_cli import keys_app
-from ecosystem.net import probe_host
+from ecosystem.ops_cli import ops
 
 app = typer.Typer(name="cogo", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
                   help="cogo: a message-queue worker fleet for AI-agent workflows.")
-out = Console(highlight=False)
-err = Console(stderr=True, highlight=False)
 app.add_typer(keys_app, name="keys")
+app.registered_commands += ops.registered_commands  # the operator's commands sit at the top level
 
 DEMO_PAYLOAD = "{}"  # the demo workflow brings its own three specs
 CODEGEN_PAYLOAD = json.dumps({"spec": "a function add(a, b) that returns a + b"})
-ApiOption = Annotated[str | None, typer.Option("--api", envvar="COGO_API_URL", show_envvar=True,
-                                               help="Base URL of the API [default: from COGO_API_HOST/PORT]")]
-ApiKeyOption = Annotated[str | None, typer.Option("--api-key", envvar="COGO_API_KEY", show_envvar=True,
-                                                  help="The API key [default: <COGO_HOME>/admin.key if it exists]")]
-
-
-class UsageError(CogoError):
-    """The command line itself is wrong (a bad argument or option value); exit code 2."""
-
-    code = "usage.invalid"
-
-
-def _handled(command: Callable) -> Callable:
-    """Show a CogoError as ``error [<code>]: <message>`` (exit 1, or 2 for usage), never a traceback."""
-    @functools.wraps(command)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return command(*args, **kwargs)
-        except CogoError as exc:
-            err.print(Text(f"error [{exc.code}]: {exc}", style="red"), soft_wrap=True)
-            if exc.details.get("status") == 401 or exc.code == "auth.required":
-                err.print(Text(f"hint: {_auth_hint()}", style="yellow"), soft_wrap=True)
-            raise typer.Exit(2 if isinstance(exc, UsageError) else 1) from None
-        except DBAPIError as exc:  # the ledger is down, or was never migrated (``cogo migrate``)
-            reason = str(exc.orig).splitlines()[0] if exc.orig else str(exc)
-            err.print(Text(f"error [ledger.unavailable]: {reason}", style="red"), soft_wrap=True)
-            raise typer.Exit(1) from None
-        except KeyboardInterrupt:
-            err.print(Text("interrupted", style="yellow"))
-            raise typer.Exit(130) from None
-    return wrapper
 
 
 def load_entry(entry: str) -> Callable[[Settings, str], None]:
@@ -82,63 +59,9 @@ def load_entry(entry: str) -> Callable[[Settings, str], None]:
     return fn
 
 
-def default_api_url(settings: Settings) -> str:
-    """Where the API of a local fleet listens, from the settings."""
-    return f"http://{probe_host(settings.api_host)}:{settings.api_port}"
-
-
-def _api_url(api: str | None) -> str:
-    return api or os.environ.get("COGO_API_URL") or default_api_url(Settings.from_env())
-
-
-def _key_file() -> Path:
-    return Settings.from_env().home.resolve() / "admin.key"
-
-
-def _api_key(api_key: str | None) -> str | None:
-    """``--api-key`` (or ``COGO_API_KEY``), else the embedded default's ``<home>/admin.key``, else none."""
-    if api_key:
-        return api_key.strip()
-    path = _key_file()
-    try:
-        return path.read_text().strip() or None if path.is_file() else None
-    except OSError as exc:
-        raise ConfigError(f"cannot read the API key file {path}: {exc.strerror}", code="auth.key_unreadable") from None
-
-
-def _auth_hint() -> str:
-    from coordinator.client import AUTH_HINT
-
-    try:
-        where = str(_key_file())
-    except ConfigError:
-        where = "<COGO_HOME>/admin.key"
-    return f"{AUTH_HINT}; on the embedded default the key is in {where}"
-
-
-def _client(api: str | None, api_key: str | None) -> Any:
-    from coordinator.client import Client
-
-    return Client(_api_url(api), api_key=_api_key(api_key))
-
-
-def _api_suffix(api: str | None) -> str:
-    """`` --api <url>`` for the commands the CLI suggests, when the user chose a non-default API."""
-    return "" if api is None else f" --api {api}"
-
-
-def _parse_payload(text: str) -> dict:
-    try:
-        payload = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise UsageError(f"--payload is not valid JSON ({exc.msg} at column {exc.colno}): {text!r}") from None
-    if not isinstance(payload, dict):
-        raise UsageError(f"--payload must be a JSON object, got {type(payload).__name__}: {text!r}")
-    return payload
-
 
 @app.command()
-@_handled
+@handled
 def process(name: Annotated[str, typer.Argument(help="A process of the table (see ecosystem/processes.py)")],
             entry: Annotated[str | None, typer.Option(hidden=True, help="Run this module:function instead")] = None,
             ) -> None:
@@ -157,7 +80,7 @@ def process(name: Annotated[str, typer.Argument(help="A process of the table (se
 
 
 @app.command()
-@_handled
+@handled
 def migrate() -> None:
     """Bring the ledger (COGO_DATABASE_URL) to the newest migration."""
     from ecosystem.launcher import migrate_ledger, redact
@@ -168,7 +91,7 @@ def migrate() -> None:
 
 
 @app.command()
-@_handled
+@handled
 def up(only: Annotated[list[str] | None, typer.Option("--only", help="Start only this process (repeatable)")] = None,
        shards: Annotated[int | None, typer.Option(min=1, help="Shards [default: COGO_SHARDS]")] = None,
        ready_timeout: Annotated[float, typer.Option(help="Seconds to wait until every process is ready")] = 60.0,
@@ -196,7 +119,7 @@ def up(only: Annotated[list[str] | None, typer.Option("--only", help="Start only
 
 
 @app.command()
-@_handled
+@handled
 def submit(intent: Annotated[str, typer.Argument(help="What to do, e.g. codegen")],
            tenant: Annotated[str, typer.Option(help="Who asks")] = "default",
            payload: Annotated[str, typer.Option(help="The intent's payload as a JSON object")] = "{}",
@@ -206,21 +129,21 @@ def submit(intent: Annotated[str, typer.Argument(help="What to do, e.g. codegen"
     """Submit an intent; with --wait, show each step and attempt, and what a person must do, until it ends."""
     from ecosystem import render
 
-    body = _parse_payload(payload)
-    with _client(api, api_key) as client:
+    body = parse_payload(payload)
+    with client_for(api, api_key) as client:
         run_id = client.submit(intent, tenant=tenant, payload=body)
         out.print(Text.assemble("submitted run ", (run_id, "bold")))
         if wait:
-            run = _wait_with_progress(client, run_id, timeout, suffix=_api_suffix(api))
+            run = _wait_with_progress(client, run_id, timeout, suffix=api_suffix(api))
             out.print(render.run_result(run))
-    events_hint = f"cogo events {run_id}{_api_suffix(api)}"
+    events_hint = f"cogo events {run_id}{api_suffix(api)}"
     out.print(Text.assemble(("its events: ", "dim"), events_hint))
     if wait and run["status"] != "completed":
         raise typer.Exit(1)
 
 
 @app.command()
-@_handled
+@handled
 def events(run_id: Annotated[str, typer.Argument(help="The run's id")],
            category: Annotated[str | None, typer.Option(help="decision, operation, dispatch or sql")] = None,
            type_: Annotated[str | None, typer.Option("--type", help="Type prefix, e.g. decision.")] = None,
@@ -228,13 +151,13 @@ def events(run_id: Annotated[str, typer.Argument(help="The run's id")],
     """Show a run's introspection trace as a table."""
     from ecosystem import render
 
-    with _client(api, api_key) as client:
+    with client_for(api, api_key) as client:
         found = client.events(run_id, category=category, type=type_)
     out.print(render.events_table(found, title=f"run {run_id} · {len(found)} events"))
 
 
 @app.command()
-@_handled
+@handled
 def demo(intent: Annotated[str, typer.Option(help="The intent to submit")] = "demo",
          tenant: Annotated[str, typer.Option(help="The tenant")] = "demo",
          payload: Annotated[str, typer.Option(help="The payload (JSON object)")] = DEMO_PAYLOAD,
@@ -246,7 +169,7 @@ def demo(intent: Annotated[str, typer.Option(help="The intent to submit")] = "de
     from ecosystem import render
     from ecosystem.launcher import Fleet, sigterm_as_interrupt
 
-    body = _parse_payload(payload)
+    body = parse_payload(payload)
     settings = Settings.from_env()
     with sigterm_as_interrupt(), Fleet(settings, free_ports=True, ready_timeout_s=ready_timeout,
                                        console=out, show_logs=logs) as fleet:
@@ -266,7 +189,7 @@ def demo(intent: Annotated[str, typer.Option(help="The intent to submit")] = "de
 
 
 @app.command()
-@_handled
+@handled
 def replay(run_id: Annotated[str, typer.Argument(help="The recorded run's id")],
            definition: Annotated[Path | None, typer.Option(help="A changed definition (YAML) to replay")] = None,
            as_json: Annotated[bool, typer.Option("--json", help="Print the whole report as JSON")] = False) -> None:
@@ -301,7 +224,7 @@ def _decision_diff(recorded: list, replayed: list) -> list[str]:
 
 
 @app.command()
-@_handled
+@handled
 def manifests(root: Annotated[Path, typer.Option(help="Where docker-compose.yml and Procfile live")] = Path("."),
               check: Annotated[bool, typer.Option("--check", help="Fail if they differ from the table")] = False,
               ) -> None:
@@ -317,122 +240,6 @@ def manifests(root: Annotated[Path, typer.Option(help="Where docker-compose.yml 
         return
     for path in m.write(root):
         out.print(f"wrote {path}")
-
-
-# -- the operator's commands: runs, one run, approvals, cancel, the fleet, intents -----------------------------
-RunStatus = typer.Option(help="Only runs in this status (pending, running, waiting, completed, failed, cancelled)")
-
-
-@app.command("runs")
-@_handled
-def runs_(tenant: Annotated[str | None, typer.Option(help="Only this tenant's runs")] = None,
-          status: Annotated[str | None, RunStatus] = None,
-          intent: Annotated[str | None, typer.Option(help="Only runs of this intent")] = None,
-          limit: Annotated[int, typer.Option(min=1, max=1000, help="At most this many runs")] = 20,
-          api: ApiOption = None, api_key: ApiKeyOption = None) -> None:
-    """List recent runs, newest first, with when they started and how long they took."""
-    from ecosystem import render
-
-    with _client(api, api_key) as client:
-        found = client.runs(tenant=tenant, status=status, intent=intent, limit=limit)
-    if not found:
-        out.print("no runs match")
-        return
-    out.print(render.runs_table(found, now=time.time(), title=f"{render.plural(len(found), 'run')}, newest first"))
-
-
-@app.command("run")
-@_handled
-def run_(run_id: Annotated[str, typer.Argument(help="The run's id")],
-         api: ApiOption = None, api_key: ApiKeyOption = None) -> None:
-    """Show one run: status, where it is (step, attempt), spend against budget, and what it waits for."""
-    from ecosystem import render
-
-    with _client(api, api_key) as client:
-        run, why = client.run(run_id), client.explain(run_id)
-    out.print(render.run_detail(run, why, now=time.time(), hint_suffix=_api_suffix(api)), soft_wrap=True)
-
-
-@app.command()
-@_handled
-def approvals(tenant: Annotated[str | None, typer.Option(help="Only this tenant's approvals")] = None,
-              api: ApiOption = None, api_key: ApiKeyOption = None) -> None:
-    """List the approvals waiting for a person, oldest first."""
-    from ecosystem import render
-
-    with _client(api, api_key) as client:
-        pending = client.approvals(tenant=tenant)
-    if not pending:
-        out.print("no approval is pending")
-        return
-    out.print(render.approvals_table(pending, now=time.time(), title=render.plural(len(pending), "pending approval")))
-    out.print(Text.assemble(("approve: ", "dim"), f"cogo approve <approval>{_api_suffix(api)}",
-                            ("  ·  reject: ", "dim"), f"cogo reject <approval> --reason '…'{_api_suffix(api)}"))
-
-
-@app.command()
-@_handled
-def approve(approval_id: Annotated[str, typer.Argument(help="The approval's id (see cogo approvals)")],
-            comment: Annotated[str, typer.Option(help="Why, for the record")] = "",
-            api: ApiOption = None, api_key: ApiKeyOption = None) -> None:
-    """Approve a pending approval; its run takes the approve route."""
-    with _client(api, api_key) as client:
-        answer = client.approve(approval_id, comment=comment)
-    out.print(f"approved {approval_id}: run {answer.get('run_id')} resumes "
-              f"(cogo run {answer.get('run_id')}{_api_suffix(api)})", soft_wrap=True)
-
-
-@app.command()
-@_handled
-def reject(approval_id: Annotated[str, typer.Argument(help="The approval's id (see cogo approvals)")],
-           reason: Annotated[str, typer.Option(help="Why it is rejected (required)")],
-           api: ApiOption = None, api_key: ApiKeyOption = None) -> None:
-    """Reject a pending approval with a reason; its run takes the reject route."""
-    if not reason.strip():
-        raise UsageError("--reason must say why the approval is rejected")
-    with _client(api, api_key) as client:
-        answer = client.reject(approval_id, reason=reason)
-    out.print(f"rejected {approval_id}: run {answer.get('run_id')} takes its reject route "
-              f"(cogo run {answer.get('run_id')}{_api_suffix(api)})", soft_wrap=True)
-
-
-@app.command()
-@_handled
-def cancel(run_id: Annotated[str, typer.Argument(help="The run's id")],
-           reason: Annotated[str, typer.Option(help="Why, for the record")] = "cancelled by an operator",
-           api: ApiOption = None, api_key: ApiKeyOption = None) -> None:
-    """Cancel a run and its children (the brain abandons their work)."""
-    with _client(api, api_key) as client:
-        client.cancel(run_id, reason=reason)
-    out.print(f"cancel of run {run_id} accepted: the brain cancels it and its children "
-              f"(cogo run {run_id}{_api_suffix(api)})", soft_wrap=True)
-
-
-@app.command()
-@_handled
-def status(api: ApiOption = None, api_key: ApiKeyOption = None) -> None:
-    """Show each process of the fleet (up or not, and how we know), each queue's depth and oldest message."""
-    from ecosystem import render
-    from ecosystem.processes import PROCESSES
-
-    with _client(api, api_key) as client:
-        fleet = client.fleet()
-    out.print(render.fleet_status(fleet, PROCESSES, now=time.time()))
-
-
-@app.command()
-@_handled
-def intents(as_json: Annotated[bool, typer.Option("--json", help="Print the input schemas in full")] = False,
-            api: ApiOption = None, api_key: ApiKeyOption = None) -> None:
-    """List the intents the fleet accepts: workflow, one-line description, payload fields."""
-    from ecosystem import render
-
-    with _client(api, api_key) as client:
-        found = client.intents()
-    if as_json:
-        out.print_json(json.dumps({"intents": found}, default=str))
-        return
-    out.print(render.intents_table(found))
 
 
 class _EventCounter:

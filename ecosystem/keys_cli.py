@@ -3,15 +3,14 @@
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from bus.settings import Settings
 from coordinator.keys import SCOPES
+from ecosystem.cli_support import handled, out
 
 keys_app = typer.Typer(name="keys", no_args_is_help=True,
                        help="API keys on the ledger (COGO_DATABASE_URL): create, list, revoke.")
-out = Console(highlight=False)
 
 
 def _engine():
@@ -20,6 +19,7 @@ def _engine():
 
 
 @keys_app.command("create")
+@handled
 def create(tenant: Annotated[str, typer.Option(help="The tenant the key acts for")],
            scope: Annotated[list[str], typer.Option("--scope", help=f"Repeatable: {', '.join(SCOPES)}")],
            name: Annotated[str, typer.Option(help="A label for the key")] = "") -> None:
@@ -34,6 +34,7 @@ def create(tenant: Annotated[str, typer.Option(help="The tenant the key acts for
 
 
 @keys_app.command("list")
+@handled
 def list_(tenant: Annotated[str | None, typer.Option(help="Only this tenant's keys")] = None) -> None:
     """List keys (never their secrets)."""
     from coordinator.keys import list_keys
@@ -49,6 +50,7 @@ def list_(tenant: Annotated[str | None, typer.Option(help="Only this tenant's ke
 
 
 @keys_app.command("revoke")
+@handled
 def revoke(key_id: Annotated[str, typer.Argument(help="The key's id (kxxxxxxxxxxxx)")]) -> None:
     """Revoke a key; requests with it answer 401 from now on."""
     from coordinator.keys import revoke_key

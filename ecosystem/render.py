@@ -12,6 +12,7 @@ from rich.json import JSON
 from rich.table import Table
 from rich.text import Text
 
+from coordinator.keys import ADMIN_KEY_FILE
 from coordinator.timefmt import ago, duration, iso
 from ecosystem.launcher import Fleet, redact
 
@@ -96,7 +97,7 @@ def fleet_summary(fleet: Fleet) -> RenderableType:
     rows += [("Ledger", redact(settings.database_url)),
              ("Broker", redact(settings.broker_url) + (" (embedded)" if fleet.broker else "")),
              ("Logs", str(settings.home / "logs"))]
-    key_file = settings.home / "admin.key"
+    key_file = settings.home / ADMIN_KEY_FILE
     if getattr(fleet, "api_key", None) or key_file.exists():
         rows.append(("API key", f"in {key_file} (the cogo CLI reads it from there; or set COGO_API_KEY)"))
     table = Table.grid(padding=(0, 2))

@@ -262,9 +262,9 @@ def _setup_failed(log_path: Path, mode: str, returncode: int | None) -> str:
     prefix, code = {"unshare": ("cogo-sandbox: ", SETUP_FAILED), "bwrap": ("bwrap: ", 1)}.get(mode, ("", None))
     if returncode != code or not log_path.exists():
         return ""
-    with log_path.open("rb") as f:
-        first = f.readline(1000).decode("utf-8", errors="replace").strip()
-    return first if first.startswith(prefix) else ""
+    with log_path.open("rb") as f:  # the launcher speaks before any sandboxed code could
+        head = f.read(4096).decode("utf-8", errors="replace")
+    return next((line for line in head.splitlines() if line.startswith(prefix)), "")
 
 
 def _sandbox_uid() -> int:

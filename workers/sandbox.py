@@ -99,7 +99,11 @@ def check_edits(edits: object) -> list[dict[str, str]]:
         if edit.get("action", "create") not in ACTIONS:
             raise WorkFailed(f"edit #{index} has action {edit.get('action')!r}; expected one of {ACTIONS}",
                              retryable=False, code="edits.invalid")
-        total += len(edit["content"].encode("utf-8"))
+        try:
+            total += len(edit["content"].encode("utf-8"))
+        except UnicodeEncodeError as exc:  # a lone surrogate, e.g. from a JSON "\ud800" escape
+            raise WorkFailed(f"edit #{index} is not valid UTF-8 text: {exc.reason}", retryable=False,
+                             code="edits.invalid") from exc
     if total > MAX_EDIT_BYTES:
         raise WorkFailed(f"edits write {total} bytes, more than the {MAX_EDIT_BYTES} allowed",
                          retryable=False, code="edits.too_large")

@@ -52,7 +52,8 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_req: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = {404: "not_found", 405: "method.not_allowed"}.get(exc.status_code, "http.error")
+        code = {400: "request.invalid", 404: "not_found", 405: "method.not_allowed"}.get(exc.status_code,
+                                                                                          "http.error")
         return error_response(code, str(exc.detail), exc.status_code, headers=getattr(exc, "headers", None))
 
     @app.exception_handler(DBAPIError)
@@ -67,7 +68,16 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_req: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = [{"field": ".".join(str(p) for p in e["loc"] if p != "body"), "message": e["msg"]}
-                  for e in exc.errors()]
+        errors = [{"field": "body" if e.get("type") == "json_invalid" else _field(e.get("loc", ())),
+                   "message": e.get("msg", "invalid")} for e in exc.errors()]
         return error_response("request.invalid", f"{errors[0]['field']}: {errors[0]['message']}", 422,
                               {"errors": errors})
+
+
+def _field(loc: tuple) -> str:
+    """A validation error's location as a path: ``budget.maxTokens``, ``documents[0].text``."""
+    parts = list(loc[1:] if loc and loc[0] in ("body", "query", "path", "header") else loc)
+    text = ""
+    for part in parts:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text or (str(loc[0]) if loc else "request")

@@ -64,6 +64,9 @@ class BodyGuard:
                 await _answer(send, 422, "request.invalid", f"the body carries {exc}, which is not JSON: numbers must "
                               "be finite")
                 return
+            except RecursionError:
+                await _answer(send, 422, "request.invalid", "the body is nested too deeply")
+                return
             except ValueError:
                 pass  # malformed JSON: the route's own validation answers with the position
 

@@ -74,12 +74,13 @@ _WHY = {
     429: "Too many requests; the Retry-After header says how many seconds to wait.",
     503: "The ledger cannot answer right now; try again.",
 }
-_CODES = {401: ["auth.required"], 403: ["auth.forbidden", "auth.scope"], 413: ["request.too_large"],
+_CODES = {400: ["request.invalid"], 401: ["auth.required", "auth.invalid", "auth.jwt_disabled"],
+          403: ["auth.scope"], 413: ["request.too_large"],
           422: ["request.invalid"], 429: ["rate.limited"], 503: ["ledger.unavailable"]}
 """The codes every answer of a status may carry; ``_PATH_IDS`` and ``_DECLARED`` add per-operation ones."""
 _PATH_IDS = {"run_id": "run.unknown", "approval_id": "approval.unknown", "key_id": "key.unknown"}
 """The 404 code of a path parameter that names something that may not exist."""
-_INGRESS = {404: ["intent.unknown"], 422: ["payload.invalid"]}
+_INGRESS = {403: ["auth.tenant"], 404: ["intent.unknown"], 422: ["payload.invalid", "budget.over_ceiling"]}
 _DECLARED: dict[tuple[str, str], dict[int, list[str]]] = {
     ("post", "/api/intents"): {**_INGRESS, 429: []},
     ("post", "/api/orchestrator/execute"): {**_INGRESS, 429: []},
@@ -149,7 +150,7 @@ def statuses(method: str, path: str, operation: dict[str, Any]) -> dict[int, lis
         found |= {401: list(_CODES[401]), 403: list(_CODES[403])}
     parameters = operation.get("parameters", [])
     if "requestBody" in operation:
-        found |= {400: [], 413: list(_CODES[413]), 422: list(_CODES[422])}
+        found |= {400: list(_CODES[400]), 413: list(_CODES[413]), 422: list(_CODES[422])}
     if any(_can_be_invalid(p) for p in parameters):
         found[422] = list(_CODES[422])
     for p in parameters:

@@ -9,11 +9,14 @@ from typing import Any
 from fastapi import APIRouter, Depends
 
 from bus.envelope import Intent
+from bus.errors import Forbidden
 from coordinator import events as ev
 from coordinator import intents
+from coordinator.api.auth import owned_run, scoped
 from coordinator.api.deps import Services, services
-from coordinator.api.runs import Accepted, post_intent
+from coordinator.api.runs import Accepted, accept
 from coordinator.explain import explain
+from coordinator.keys import Principal
 from coordinator.planning import plan
 from coordinator.replay import as_json, initial_state
 from coordinator.store import run_view, token_rows
@@ -22,11 +25,14 @@ router = APIRouter()
 
 
 @router.post("/api/orchestrator/plan")
-def plan_intent(body: Intent, s: Services = Depends(services)) -> dict[str, Any]:
+def plan_intent(body: Intent, s: Services = Depends(services),
+                who: Principal = Depends(scoped("intents:write"))) -> dict[str, Any]:
     """What starting this intent would decide — the pure planner on an empty run; nothing is written or sent.
 
     A payload that does not match the intent's input schema is refused (422 ``payload.invalid``).
     """
+    if not who.sees(body.tenant):
+        raise Forbidden(f"this key acts for tenant {who.tenant!r}, not {body.tenant!r}", code="auth.tenant")
     definition = intents.admit(body, s.registry)
     run_id = str(uuid.uuid4())
     row = {"id": run_id, "tenant": body.tenant, "intent": body.intent, "workflow": definition.name,
@@ -42,13 +48,16 @@ def plan_intent(body: Intent, s: Services = Depends(services)) -> dict[str, Any]
 
 
 @router.post("/api/orchestrator/execute", status_code=202, response_model=Accepted)
-def execute_intent(body: Intent, s: Services = Depends(services)) -> dict[str, str]:
+def execute_intent(body: Intent, s: Services = Depends(services),
+                   who: Principal = Depends(scoped("intents:write"))) -> dict[str, str]:
     """Start the intent: the same as ``POST /api/intents``."""
-    return post_intent(body, s)
+    return accept(body, s, who)
 
 
 @router.get("/api/orchestrator/state")
-def state(run_id: str, s: Services = Depends(services)) -> dict[str, Any]:
+def state(run_id: str, s: Services = Depends(services),
+          who: Principal = Depends(scoped("runs:read"))) -> dict[str, Any]:
     """A run's state in one answer: the run, its tokens, and what it waits for and why."""
     with s.engine.connect() as conn:
+        owned_run(conn, run_id, who)
         return {"run": run_view(conn, run_id), "tokens": token_rows(conn, run_id), "explain": explain(conn, run_id)}

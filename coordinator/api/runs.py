@@ -11,12 +11,15 @@ from sqlalchemy import ColumnElement, Table, select
 
 from bus import introspection
 from bus.envelope import Intent
-from bus.errors import CogoError
+from bus.errors import CogoError, Forbidden
 from bus.schema import agent_messages, bus_events
-from coordinator import intents
+from coordinator import intents, ratelimit
+from coordinator.api.auth import owned_run, scoped, tenant_filter
 from coordinator.api.deps import Services, services
+from coordinator.keys import Principal
 from coordinator.schema import runs
 from coordinator.store import run_view, token_rows
+from coordinator.timefmt import with_iso
 
 router = APIRouter()
 
@@ -28,15 +31,28 @@ class Accepted(BaseModel):
 
 
 @router.post("/api/intents", status_code=202, response_model=Accepted)
-def post_intent(body: Intent, s: Services = Depends(services)) -> dict[str, str]:
+def post_intent(body: Intent, s: Services = Depends(services),
+                who: Principal = Depends(scoped("intents:write"))) -> dict[str, str]:
     """Accept an intent: the run and its start event are committed before the answer.
 
     The payload is checked against the intent's input schema first (``GET /api/intents``): a payload
-    that does not match is refused with 422 ``payload.invalid`` and nothing is written.
+    that does not match is refused with 422 ``payload.invalid`` and nothing is written. The tenant must
+    be the caller's; the tenant's rate limit is taken in the same transaction as the run.
     """
+    return accept(body, s, who)
+
+
+def accept(body: Intent, s: Services, who: Principal) -> dict[str, str]:
+    """Admit and record one intent for ``who`` (``POST /api/intents`` and ``/api/orchestrator/execute``)."""
+    if not who.sees(body.tenant):
+        raise Forbidden(f"this key acts for tenant {who.tenant!r}, not {body.tenant!r}", code="auth.tenant")
     definition = intents.admit(body, s.registry)
+    intents.check_ceiling(body.budget or definition.budget, max_cost_usd=s.settings.max_run_cost_usd,
+                          max_tokens=s.settings.max_run_tokens)
+    now = time.time()
     with s.engine.begin() as conn:
-        run_id, delivery = intents.create_run(conn, body, definition, now=time.time(), shards=s.settings.shards)
+        ratelimit.take(conn, body.tenant, now=now, rate_per_s=s.settings.rate_per_s, burst=s.settings.rate_burst)
+        run_id, delivery = intents.create_run(conn, body, definition, now=now, shards=s.settings.shards)
     try:
         s.publisher.send([delivery])
     except CogoError:
@@ -45,59 +61,72 @@ def post_intent(body: Intent, s: Services = Depends(services)) -> dict[str, str]
 
 
 @router.get("/api/runs")
-def list_runs(tenant: str | None = None, status: str | None = None, limit: int = Query(50, ge=1, le=1000),
-              s: Services = Depends(services)) -> dict[str, Any]:
-    """Recent runs, newest first."""
+def list_runs(tenant: str | None = None, status: str | None = None, intent: str | None = None,
+              limit: int = Query(50, ge=1, le=1000), s: Services = Depends(services),
+              who: Principal = Depends(scoped("runs:read"))) -> dict[str, Any]:
+    """Recent runs, newest first; a tenant's key sees only its own."""
+    if not who.is_admin and tenant not in (None, who.tenant):
+        return {"runs": []}
     stmt = select(runs.c.id, runs.c.tenant, runs.c.intent, runs.c.workflow, runs.c.status, runs.c.parent_run_id,
                   runs.c.created_at, runs.c.ended_at)
+    tenant = tenant_filter(who, tenant)
     if tenant:
         stmt = stmt.where(runs.c.tenant == tenant)
+    if intent:
+        stmt = stmt.where(runs.c.intent == intent)
     if status:
         stmt = stmt.where(runs.c.status == status)
     with s.engine.connect() as conn:
         rows = conn.execute(stmt.order_by(runs.c.created_at.desc()).limit(limit)).mappings().all()
-    return {"runs": [dict(r) for r in rows]}
+    return {"runs": [with_iso(dict(r)) for r in rows]}
 
 
 @router.get("/api/runs/{run_id}")
-def get_run(run_id: str, s: Services = Depends(services)) -> dict[str, Any]:
+def get_run(run_id: str, s: Services = Depends(services),
+            who: Principal = Depends(scoped("runs:read"))) -> dict[str, Any]:
     """One run: status, context, output, error."""
     with s.engine.connect() as conn:
+        owned_run(conn, run_id, who)
         return run_view(conn, run_id)
 
 
 @router.get("/api/runs/{run_id}/tokens")
-def get_tokens(run_id: str, s: Services = Depends(services)) -> dict[str, Any]:
+def get_tokens(run_id: str, s: Services = Depends(services),
+               who: Principal = Depends(scoped("runs:read"))) -> dict[str, Any]:
     """Every token of the run."""
     with s.engine.connect() as conn:
-        run_view(conn, run_id)
+        owned_run(conn, run_id, who)
         return {"tokens": token_rows(conn, run_id)}
 
 
 @router.get("/api/runs/{run_id}/events")
-def get_events(run_id: str, category: str | None = None, type: str | None = None, after_id: int = 0,
-               s: Services = Depends(services)) -> dict[str, Any]:
+def get_events(run_id: str, category: str | None = None, type: str | None = None,
+               after_id: int = Query(0, ge=0), s: Services = Depends(services),
+               who: Principal = Depends(scoped("runs:read"))) -> dict[str, Any]:
     """The run's introspection events in order, filtered by category or type prefix."""
     with s.engine.connect() as conn:
-        run_view(conn, run_id)
+        owned_run(conn, run_id, who)
         return {"events": introspection.read(conn, run_id, category=category, type_prefix=type, after_id=after_id)}
 
 
 @router.get("/api/runs/{run_id}/bus-events")
-def get_bus_events(run_id: str, s: Services = Depends(services)) -> dict[str, Any]:
+def get_bus_events(run_id: str, s: Services = Depends(services),
+                   who: Principal = Depends(scoped("runs:read"))) -> dict[str, Any]:
     """The audit rows of the run's bus messages."""
-    return {"events": _rows_of_run(s, run_id, bus_events, bus_events.c.id)}
+    return {"events": _rows_of_run(s, who, run_id, bus_events, bus_events.c.id)}
 
 
 @router.get("/api/runs/{run_id}/messages")
-def get_messages(run_id: str, s: Services = Depends(services)) -> dict[str, Any]:
+def get_messages(run_id: str, s: Services = Depends(services),
+                 who: Principal = Depends(scoped("runs:read"))) -> dict[str, Any]:
     """The run's bus rows (assignments and brain events)."""
-    return {"messages": _rows_of_run(s, run_id, agent_messages, agent_messages.c.created_at)}
+    return {"messages": _rows_of_run(s, who, run_id, agent_messages, agent_messages.c.created_at)}
 
 
-def _rows_of_run(s: Services, run_id: str, table: Table, order: ColumnElement) -> list[dict[str, Any]]:
-    """Every row of ``table`` that belongs to the run, in ``order``; a 404 when the run does not exist."""
+def _rows_of_run(s: Services, who: Principal, run_id: str, table: Table, order: ColumnElement
+                 ) -> list[dict[str, Any]]:
+    """Every row of ``table`` that belongs to the run, in ``order``; a 404 when ``who`` cannot see the run."""
     with s.engine.connect() as conn:
-        run_view(conn, run_id)
+        owned_run(conn, run_id, who)
         rows = conn.execute(select(table).where(table.c.run_id == run_id).order_by(order)).mappings().all()
-    return [dict(r) for r in rows]
+    return [with_iso(dict(r)) for r in rows]

@@ -88,7 +88,7 @@ def test_unknown_intent_lists_the_known_ones(sqlite_engine):
 
 def test_a_ledger_that_cannot_answer_is_a_503(tmp_path):
     unmigrated = make_engine(f"sqlite:///{tmp_path / 'empty.db'}")
-    answer = api(unmigrated, key="cogo_000000000000_not-a-real-key").get("/api/runs")
+    answer = api(unmigrated, key="cogo_k000000000000_not-a-real-key").get("/api/runs")
     assert answer.status_code == 503
     assert answer.json()["error"]["code"] == "ledger.unavailable"
 

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from fastapi.testclient import TestClient
-
 from coordinator.metrics import create_app, percentile
 from tests.integration.test_minimal_flow import echo, submit
+from tests.support.api import http, make_key
 from tests.support.harness import Fleet
 
 
@@ -21,7 +20,7 @@ def test_metrics_report_runs_bus_rows_and_latency(engine):
     for _ in range(3):
         submit(fleet)
     fleet.drain()
-    client = TestClient(create_app(engine))
+    client = http(create_app(engine, fleet.settings), make_key(engine, "ops", ["admin"]))
     text = client.get("/metrics").text
     assert 'cogo_runs{status="completed",workflow="single-task"} 3.0' in text
     assert 'cogo_bus_events_total{kind="execute_done"} 3.0' in text

@@ -213,28 +213,6 @@ def take(fleet: Fleet, predicate: Callable[[Delivery], bool]) -> Delivery:
     raise AssertionError(f"no pending delivery matches; pending: {fleet.publisher.pending()}")
 
 
-def drain_chaotically_checked(fleet: Fleet, rng, check: Callable[[Delivery, str], None], *, duplicate: float = 0.3,
-                              limit: int = 100_000) -> int:
-    """``drain_chaotically``, calling ``check(delivery, outcome)`` after every delivery."""
-    count = 0
-    while count < limit:
-        nxt = fleet.publisher.pop()
-        if nxt is None:
-            return count
-        due, first = nxt
-        batch = [first]
-        while fleet.publisher._heap and fleet.publisher._heap[0][0] <= due:
-            batch.append(fleet.publisher.pop()[1])
-        fleet.clock.now = max(fleet.clock.now, due)
-        rng.shuffle(batch)
-        for delivery in batch:
-            check(delivery, fleet.deliver(delivery))
-            count += 1
-            if rng.random() < duplicate:
-                fleet.publisher.send([delivery])
-    raise AssertionError(f"drain did not settle after {limit} deliveries")
-
-
 def overspent(engine: Engine, root_id: str, *,
               allowance: Callable[[dict], tuple[int, float]] | None = None) -> list[str]:
     """Every budget of ``root_id``'s tree that its spend passes, spend being settled (``runs.spent_*``) plus the

@@ -181,3 +181,9 @@ def test_an_alarm_that_interrupts_the_tests_takes_the_test_processes_with_it(tmp
 def _marked(marker: str) -> list[psutil.Process]:
     return [p for p in psutil.process_iter(["cmdline", "status"])
             if marker in " ".join(p.info["cmdline"] or []) and p.info["status"] != psutil.STATUS_ZOMBIE]
+
+
+def test_content_that_is_not_utf8_text_is_a_permanent_failure(tmp_path):
+    with pytest.raises(WorkFailed) as raised:
+        build_test(context(tmp_path), {"edits": [edit("a.py", "x = '\ud800'\n")]})
+    assert raised.value.code == "edits.invalid" and raised.value.retryable is False

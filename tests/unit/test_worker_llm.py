@@ -210,6 +210,7 @@ def _code_outside_strings(source: str) -> str:
 
 _spec_text = st.one_of(
     st.text(max_size=300),
+    st.text(st.characters(categories=["Cs", "Ll", "Po", "Zs"]), max_size=60),  # lone surrogates, as "\ud800" in JSON
     st.builds("{}({}) returns {}".format,
               st.from_regex(r"[A-Za-z_][A-Za-z0-9_]{0,8}", fullmatch=True),
               st.sampled_from(["x", "a, b", "", "a, b, c"]),
@@ -222,6 +223,7 @@ _spec_text = st.one_of(
 def test_for_any_spec_the_program_holds_only_the_intended_nodes(spec):
     files = write_program(spec)
     assert len(files) == 2 and all(p.endswith(".py") and "/" not in p for p in files)
+    assert all(isinstance(c.encode("utf-8"), bytes) for c in files.values())  # writable as UTF-8
     module, tests = files.values()
     assert_only_intended_nodes(module)
     assert_only_intended_nodes(tests)
