@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import APIRouter, Depends
 from pydantic import BaseModel, ConfigDict, Field
@@ -14,6 +14,8 @@ from coordinator.api.deps import Services, services
 from coordinator.keys import Principal
 
 router = APIRouter()
+Scope = Literal["intents:write", "runs:read", "runs:cancel", "approvals:decide", "admin"]
+assert set(Scope.__args__) == set(keys.SCOPES)  # one list of scopes: keys.SCOPES
 
 
 class NewKey(BaseModel):
@@ -21,7 +23,7 @@ class NewKey(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     tenant: str = Field(pattern=keys.TENANT_PATTERN)
-    scopes: list[str] = Field(min_length=1, max_length=len(keys.SCOPES))
+    scopes: list[Scope] = Field(min_length=1, max_length=len(keys.SCOPES))
     name: str = Field(default="", max_length=128)
 
 

@@ -129,6 +129,12 @@ def test_a_waiting_task_runs_once_its_sibling_ends_having_spent_little(engine):
     assert fleet.deliver(take(fleet, lambda d: d.message_id == outcome_of(fleet, a1))) == "applied"
     a2 = assignment(fleet, run_id, "a2")
     assert fleet.deliver(take(fleet, lambda d: d.task == TASK_EXECUTE and d.message_id == a2)) == "deferred"
+    b1 = assignment(fleet, run_id, "b1")
+    assert fleet.deliver(take(fleet, lambda d: d.task == TASK_WORK and d.message_id == b1)) == "done"
+    assert fleet.deliver(take(fleet, lambda d: d.message_id == outcome_of(fleet, b1))) == "applied"
+    # b1's settlement wakes a2 at once (no wait for its back-off): 950 + a2's 1,000 fit.
+    woken = take(fleet, lambda d: d.task == TASK_EXECUTE and d.message_id == a2 and d.countdown_s == 0)
+    assert fleet.deliver(woken) == "dispatched"
     fleet.drain()
     run = run_row(fleet, run_id)
     # a1 920 + b1 30 + b2 30 + a2 920: a2 fitted once what its siblings really spent was known (980 + 1,000).
