@@ -129,8 +129,10 @@ def cogo_table(workers: int, *, profile: bool) -> list[Process]:
 def cogo_fleet(*, broker_url: str, database_url: str, workdir: Path, workers: int,
                profile_dir: Path | None = None, task_events: bool = True) -> Iterator[Fleet]:
     """The cogo fleet on one ledger, started by ``ecosystem.launcher.Fleet`` and always stopped."""
+    # The bench measures how fast the fleet goes, so the per-tenant ingress rate limit must not be what stops it.
     settings = Settings(home=workdir / "home", broker_url=broker_url, database_url=database_url,
-                        workflows_dir=WORKFLOWS_DIR, log_level="WARNING", task_events=task_events).checked()
+                        workflows_dir=WORKFLOWS_DIR, log_level="WARNING", task_events=task_events,
+                        rate_per_s=1e6, rate_burst=1_000_000).checked()
     env = {PROFILE_ENV: str(profile_dir)} if profile_dir else {}
     fleet = Fleet(settings, processes=cogo_table(workers, profile=profile_dir is not None), free_ports=True,
                   show_logs=False, env=env, cwd=ROOT, stop_timeout_s=120.0 if profile_dir else 15.0,

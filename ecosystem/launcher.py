@@ -2,7 +2,8 @@
 
 Every process of the table runs as its own OS process in its own process group, so that stopping the
 fleet reaches whatever each process started and nothing else. The launcher starts the embedded Redis
-when no broker is configured and migrates the ledger once before any process starts.
+when no broker is configured, migrates the ledger once before any process starts, and keeps an admin API
+key for the fleet in ``<home>/admin.key``.
 
 Secrets stay with the process that needs them: every child gets the fleet's settings as ``COGO_*``
 variables except the secrets of :data:`SECRETS`, which only the processes named there receive.
@@ -62,6 +63,28 @@ def migrate_ledger(settings: Settings) -> None:
         upgrade(engine)
     except SQLAlchemyError as exc:
         raise LedgerUnavailable(f"cannot migrate the ledger at {redact(settings.database_url)}: "
+                                f"{getattr(exc, 'orig', None) or exc}") from exc
+    finally:
+        engine.dispose()
+
+
+def ensure_admin_key(settings: Settings) -> Path:
+    """Keep a valid admin API key in ``<home>/admin.key`` (mode 0600), made on first start and reused.
+
+    The CLI, ``cogo demo``, the tests and the bench on this machine find the fleet's key there.
+
+    Raises:
+        LedgerUnavailable: the ledger could not be reached.
+    """
+    from bus.db import make_engine
+    from coordinator.keys import ensure_admin_key as ensure
+
+    engine = make_engine(settings.database_url)
+    try:
+        with engine.begin() as conn:
+            return ensure(conn, settings.home)
+    except SQLAlchemyError as exc:
+        raise LedgerUnavailable(f"cannot keep the admin key in the ledger at {redact(settings.database_url)}: "
                                 f"{getattr(exc, 'orig', None) or exc}") from exc
     finally:
         engine.dispose()
@@ -175,6 +198,7 @@ class Fleet:
         try:
             self.settings = self._resolve(self.settings)
             migrate_ledger(self.settings)
+            ensure_admin_key(self.settings)
             self._spawn_all()
             self._await_ready()
             self._announce_flower()

@@ -252,6 +252,28 @@ def test_a_fleet_keeps_the_llm_key_out_of_its_other_children(tmp_path, monkeypat
     assert fleet.flower_auth is None
 
 
+def test_a_fleet_keeps_a_valid_admin_key_in_its_home_with_mode_0600_and_reuses_it(tmp_path):
+    from bus.db import make_engine
+    from coordinator.keys import authenticate
+
+    fleet = Fleet(_settings(tmp_path), processes=[toy("toy-loop", "loop_main")],
+                  console=Console(file=io.StringIO()), cwd=ROOT)
+    with fleet:
+        key = fleet.api_key
+    path = tmp_path / ".cogo" / "admin.key"
+    assert key and path.read_text().strip() == key
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    engine = make_engine(fleet.settings.database_url)
+    try:
+        with engine.connect() as conn:
+            assert authenticate(conn, key).is_admin
+    finally:
+        engine.dispose()
+    with Fleet(_settings(tmp_path), processes=[toy("toy-loop", "loop_main")],
+               console=Console(file=io.StringIO()), cwd=ROOT) as again:
+        assert again.api_key == key
+
+
 def test_fleet_api_key_is_the_admin_key_file_when_there_is_one(tmp_path):
     fleet = Fleet(_settings(tmp_path), processes=TOY_TABLE)
     assert fleet.api_key is None

@@ -21,7 +21,7 @@ from sqlalchemy import Engine
 
 from bus import ledger, outcomes
 from bus.celery_app import TASK_EXECUTE
-from bus.envelope import check_json, parse_assignment
+from bus.envelope import Usage, check_json, parse_assignment
 from bus.errors import BudgetExceeded, CogoError, TTLExpired, WorkFailed
 from bus.introspection import IntrospectionEvent, write
 from bus.outbox import Delivery, Publisher
@@ -147,7 +147,8 @@ class Outcome:
         policy = RetryPolicy(**(self.claim.payload.get("__retry") or {"maximum_attempts": self.claim.max_attempts}))
         backoff_ms = compute_backoff(self.claim.attempt, policy, self.runtime.rng)
         retry_at = self.now + backoff_ms / 1000
-        if not self._move(conn, ledger.RETRY_WAIT, {"retry_at": retry_at, **_error(failure, self.now)}):
+        if not self._move(conn, ledger.RETRY_WAIT, {"retry_at": retry_at, "lease_until": None,
+                                                     **_error(failure, self.now)}):
             return "lost"
         self._audit(conn, [(failure.audit, failure.as_error()), ("execute_retry", {"backoff_ms": backoff_ms})])
         self._trace(conn, "dispatch.attempt.failed", error=failure.as_error())
@@ -168,8 +169,17 @@ class Outcome:
         return "failed"
 
     def _move(self, conn, to: str, values: dict[str, Any]) -> bool:
-        return ledger.move(conn, self.claim.id, from_=(ledger.RUNNING,), to=to, now=self.now,
-                           attempt=self.claim.attempt, values={**values, **self.usage_values})
+        """The fenced move; when it is refused because the assignment was abandoned while this attempt ran,
+        record what the attempt spent on the abandoned row and report it, so the brain settles it."""
+        if ledger.move(conn, self.claim.id, from_=(ledger.RUNNING,), to=to, now=self.now,
+                       attempt=self.claim.attempt, values={**values, **self.usage_values}):
+            return True
+        if ledger.close_abandoned(conn, self.claim.id, attempt=self.claim.attempt, now=self.now,
+                                  usage=Usage(**self.usage)):
+            self._audit(conn, [("execute_abandoned", {"usage": self.usage})])
+            self._report(conn, outcomes.TASK_FAILED, {"error": {
+                "code": "execute.abandoned", "message": "its token ended while the attempt ran", "retryable": False}})
+        return False
 
     def _audit(self, conn, kinds: list[tuple[str, dict]]) -> None:
         c = self.claim

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+_GONE = b"<disconnected>"
 _BODYLESS = frozenset({"GET", "HEAD", "OPTIONS", "DELETE"})
 
 
@@ -30,6 +31,19 @@ def strict_json_loads(data: bytes | str) -> Any:
     return json.loads(data, parse_constant=_refuse_constant)
 
 
+def _why_not_strict(body: bytes) -> str | None:
+    """Why ``body`` is refused before any route sees it, or None (malformed JSON is left to the route)."""
+    try:
+        strict_json_loads(body)
+    except _NonFinite as exc:
+        return f"the body carries {exc}, which is not JSON: numbers must be finite"
+    except RecursionError:
+        return "the body is nested too deeply"
+    except ValueError:
+        pass  # malformed JSON: the route's own validation answers with the position
+    return None
+
+
 class BodyGuard:
     """ASGI middleware: 413 ``request.too_large`` past ``max_bytes``; 422 ``request.invalid`` on NaN/Infinity."""
 
@@ -46,40 +60,40 @@ class BodyGuard:
         if declared.isdigit() and int(declared) > self.max_bytes:
             await self._too_large(send)
             return
-        body = bytearray()
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return
-            body += message.get("body", b"")
-            if len(body) > self.max_bytes:
-                await self._too_large(send)
-                return
-            if not message.get("more_body", False):
-                break
+        body = await self._read(receive)
+        if body is _GONE:
+            return  # the client left mid-body: nothing it half-sent is acted on
+        if body is None:
+            await self._too_large(send)
+            return
         if body and b"json" in headers.get(b"content-type", b"json"):
-            try:
-                strict_json_loads(bytes(body))
-            except _NonFinite as exc:
-                await _answer(send, 422, "request.invalid", f"the body carries {exc}, which is not JSON: numbers must "
-                              "be finite")
+            refused = _why_not_strict(body)
+            if refused:
+                await _answer(send, 422, "request.invalid", refused)
                 return
-            except RecursionError:
-                await _answer(send, 422, "request.invalid", "the body is nested too deeply")
-                return
-            except ValueError:
-                pass  # malformed JSON: the route's own validation answers with the position
-
         delivered = False
 
         async def replay() -> dict:
             nonlocal delivered
             if not delivered:
                 delivered = True
-                return {"type": "http.request", "body": bytes(body), "more_body": False}
+                return {"type": "http.request", "body": body, "more_body": False}
             return await receive()
 
         await self.app(scope, replay, send)
+
+    async def _read(self, receive: Any) -> bytes | None:
+        """The whole body; None as soon as it passes ``max_bytes``; ``_GONE`` if the client disconnected."""
+        body = bytearray()
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return _GONE
+            body += message.get("body", b"")
+            if len(body) > self.max_bytes:
+                return None
+            if not message.get("more_body", False):
+                return bytes(body)
 
     async def _too_large(self, send: Any) -> None:
         await _answer(send, 413, "request.too_large", f"the request body is larger than {self.max_bytes} bytes "

@@ -66,10 +66,8 @@ def fleet_processes(home: Path) -> list[psutil.Process]:
 
 
 def client_for(api: str, home: Path) -> Client:
-    """A client of the fleet under ``home``, with its admin key when it has one (the API asks for it)."""
-    key_file = home / "admin.key"
-    key = key_file.read_text().strip() if key_file.is_file() else None
-    return Client(api, **({"api_key": key} if key else {}))
+    """A client of the fleet under ``home`` with the admin key ``cogo up`` keeps there (the API asks for one)."""
+    return Client(api, api_key=(home / "admin.key").read_text().strip())
 
 
 def test_cogo_up_serves_a_workflow_and_stops_cleanly_on_sigterm(tmp_path):

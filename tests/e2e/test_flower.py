@@ -39,8 +39,7 @@ CELERY_PROCESSES = [p for p in PROCESSES if p.kind == "celery"]
 
 
 def _client(fleet: Fleet) -> Client:
-    key = fleet.api_key  # the API asks for one once auth is on; the fleet's admin key is in its home
-    return Client(fleet.api_url, **({"api_key": key} if key else {}))
+    return Client(fleet.api_url, api_key=fleet.api_key)  # the launcher keeps the fleet's admin key in its home
 
 
 @pytest.fixture(scope="module")
@@ -51,6 +50,7 @@ def fleet(tmp_path_factory):
     console = io.StringIO()
     with Fleet(settings, free_ports=True, cwd=ROOT, console=Console(file=console, width=200),
                show_logs=False, ready_timeout_s=120, env={"PYTHONUNBUFFERED": "1"}) as running:
+        assert running.api_key
         running.console_text = console  # what the launcher printed, for the secrets test
         yield running
 

@@ -174,7 +174,7 @@ def forget_earlier_examples(engine) -> None:
             conn.execute(table.delete())
 
 
-@settings(max_examples=25, deadline=None, derandomize=True,
+@settings(max_examples=40, deadline=None, derandomize=True,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
                                  HealthCheck.data_too_large, HealthCheck.large_base_example])
 @given(body=tree, seed=st.integers(0, 2**16), cancel_at=st.none() | st.integers(1, 40),

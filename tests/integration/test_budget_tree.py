@@ -116,17 +116,9 @@ def test_the_roots_own_assignments_count_what_its_children_spent(engine):
 
 
 def test_a_malformed_budget_is_refused_at_ingress(engine):
-    from fastapi.testclient import TestClient
+    from tests.support.api import app_of, http, make_key
 
-    from bus.settings import Settings
-    from coordinator.api.deps import Services
-    from coordinator.api.server import create_app
-    from coordinator.definitions import Registry
-    from tests.support.harness import Clock, RecordingPublisher
-
-    app = create_app(Services(engine, RecordingPublisher(Clock()), Registry.builtin(),
-                              Settings(broker_url="memory://").checked()))
-    client = TestClient(app)
+    client = http(app_of(Fleet(engine, {})), make_key(engine, "t"))
     for budget in ([1, 2], {"maxCostUsd": -5}, "abc", {"maxCostUsd": 1, "colour": "red"}):
         answer = client.post("/api/intents", json={"tenant": "t", "intent": "echo", "budget": budget})
         assert answer.status_code == 422, budget
