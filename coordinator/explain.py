@@ -86,6 +86,10 @@ def _task(conn: Connection, _run_id: str, token, _active) -> dict[str, Any]:
         detail["retry_at"] = row.retry_at
         summary = (f"{token.node_id}: attempt {row.attempts} of {row.max_attempts} failed ({row.last_error}); "
                    f"retry backoff until {iso(row.retry_at)}")
+    elif row.status == "queued" and row.retry_at is not None:
+        deferred = _deferral(conn, _run_id, token.id, row.id)
+        detail.update(retry_at=row.retry_at, deferred=deferred)
+        summary = f"{token.node_id}: {_budget_wait(row.id, deferred, row.retry_at)}"
     elif row.status == "running":
         detail["lease_until"] = row.lease_until
         summary = (f"{token.node_id}: attempt {row.attempts} of {row.max_attempts} running on {route} "
@@ -93,6 +97,26 @@ def _task(conn: Connection, _run_id: str, token, _active) -> dict[str, Any]:
     else:
         summary = f"{token.node_id}: {_ASSIGNMENT_WAITS.get(row.status, f'assignment {row.status}')} on {route}"
     return {**detail, "summary": summary}
+
+
+def _deferral(conn: Connection, run_id: str, token_id: str, assignment_id: str) -> dict[str, Any]:
+    """What the dispatcher said when it deferred the assignment (``dispatch.assignment.deferred``)."""
+    found = conn.execute(select(ie.c.data).where(ie.c.run_id == run_id, ie.c.token_id == token_id,
+                                                 ie.c.type == "dispatch.assignment.deferred")
+                         .order_by(ie.c.id.desc()).limit(1)).scalar()
+    return found if isinstance(found, dict) and found.get("assignment_id") == assignment_id else {}
+
+
+def _budget_wait(assignment_id: str, deferred: dict[str, Any], retry_at: float) -> str:
+    """Why an admitted-later assignment waits, in words: whose budget, what is spent, held and asked."""
+    held = deferred.get("waiting_for") or []
+    limit = deferred.get("limit") or "its"
+    budget = f" of {deferred['run_budget']:g}" if isinstance(deferred.get("run_budget"), int | float) else ""
+    return (f"assignment {assignment_id} waits for budget: run {deferred.get('run_id', '?')}'s {limit} "
+            f"budget{budget} has {deferred.get('spent', '?')} spent and {deferred.get('reserved', '?')} reserved by "
+            f"{len(held)} assignment(s) in flight ({', '.join(map(str, held[:5]))}{'…' if len(held) > 5 else ''}); "
+            f"it asks {deferred.get('asked', '?')}; asked again at {iso(retry_at)} or as soon as one of them "
+            f"settles")
 
 
 _ASSIGNMENT_WAITS = {

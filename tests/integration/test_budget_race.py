@@ -20,6 +20,7 @@ from bus.schema import agent_messages as m
 from bus.schema import bus_events
 from coordinator.brain import Brain
 from coordinator.dispatcher import Dispatcher
+from coordinator.explain import explain
 from tests.support.harness import Fleet, events, overspent, registry_of, run_row, submit, take
 from workers.handler import WorkResult
 
@@ -101,6 +102,11 @@ def test_a_sibling_done_but_not_settled_still_counts(engine):
     assert denied[0]["detail"]["spent"] == 1840 and denied[0]["detail"]["would_need"] == 2840
 
 
+def _flat(items: list) -> list:
+    """Every explained item, with those under a join's missing branches."""
+    return [x for i in items for x in [i, *_flat([w for b in i.get("missing", []) for w in b["waiting_for"]])]]
+
+
 def test_a_sibling_still_running_holds_its_whole_budget_and_the_next_task_waits(engine):
     fleet = Fleet(engine, {("rag", "embed"): metering({})}, registry=registry_of(CHAINS))
     run_id = start_both_chains(fleet, run_b1=False)
@@ -112,6 +118,11 @@ def test_a_sibling_still_running_holds_its_whole_budget_and_the_next_task_waits(
     assert status(fleet, a2) == ledger.QUEUED
     [deferred] = events(fleet, run_id, "dispatch.assignment.deferred")
     assert deferred["data"]["reason"] == "budget" and deferred["data"]["waiting_for"] == [b1]
+    with engine.connect() as conn:  # a person asking "why is this run waiting?" hears it in words
+        why = [w for w in _flat(explain(conn, run_id)["waiting_for"]) if w.get("assignment_id") == a2][0]
+    assert why["deferred"]["waiting_for"] == [b1]
+    assert f"assignment {a2} waits for budget" in why["summary"] and b1 in why["summary"]
+    assert "1000" in why["summary"] or "1,000" in why["summary"]
     fleet.drain()  # b1 spends 920; its settlement wakes a2, which is now refused for good
     run = run_row(fleet, run_id)
     assert run["status"] == "failed" and run["spent_tokens"] == 1840
