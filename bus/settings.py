@@ -118,12 +118,12 @@ class Settings:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"COGO_{name.upper()} must be a positive number, got {getattr(self, name)}")
         if self.broker_url and not self.broker_url.startswith(_BROKER_SCHEMES):
-            raise ConfigError(
-                f"COGO_BROKER_URL must start with one of {', '.join(_BROKER_SCHEMES)}, got {self.broker_url!r}")
+            raise ConfigError(f"COGO_BROKER_URL must start with one of {', '.join(_BROKER_SCHEMES)}, got "
+                              f"{_scheme_only(self.broker_url)!r}")
         database_url = self.database_url or f"sqlite:///{(self.home / 'cogo.db').resolve()}"
         if not database_url.startswith(_DATABASE_SCHEMES):
-            raise ConfigError(
-                f"COGO_DATABASE_URL must start with one of {', '.join(_DATABASE_SCHEMES)}, got {database_url!r}")
+            raise ConfigError(f"COGO_DATABASE_URL must start with one of {', '.join(_DATABASE_SCHEMES)}, got "
+                              f"{_scheme_only(database_url)!r}")
         artifacts = self.artifacts_dir if str(self.artifacts_dir) not in ("", ".") else self.home / "artifacts"
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             raise ConfigError(f"COGO_LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR, got {self.log_level!r}")
@@ -152,6 +152,12 @@ class Settings:
             value = getattr(self, f.name)
             out[f"COGO_{f.name.upper()}"] = ("1" if value else "0") if isinstance(value, bool) else str(value)
         return out
+
+
+def _scheme_only(url: str) -> str:
+    """What an error may show of a URL that may carry a password: its scheme, and no more."""
+    scheme, sep, _rest = url.partition("://")
+    return f"{scheme}://…" if sep else "(no scheme)"
 
 
 def _parse(var: str, raw: str, kind: object) -> object:

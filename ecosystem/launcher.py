@@ -39,6 +39,7 @@ from ecosystem.processes import PROCESSES, Process
 SECRETS: Mapping[str, frozenset[str]] = {
     "COGO_LLM_API_KEY": frozenset({"cogo-codegen-service"}),
     "COGO_FLOWER_PASSWORD": frozenset({"flower"}),
+    "COGO_JWT_HS256_SECRET": frozenset({"orchestrator-chat", "cogo-metrics-server"}),
 }
 """Secret variables and the only processes of the table whose environment may carry them."""
 

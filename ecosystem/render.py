@@ -88,10 +88,9 @@ def fleet_summary(fleet: Fleet) -> RenderableType:
     if "orchestrator-chat" in names:
         rows.append(("API", fleet.api_url))
     if "flower" in names:
-        rows.append(("Flower", fleet.flower_url))
         auth = getattr(fleet, "flower_auth", None)
-        if isinstance(auth, tuple) and len(auth) == 2:
-            rows.append(("Flower login", f"{auth[0]} / {auth[1]}"))
+        login = f"  (user {auth[0]}; its password is printed above)" if isinstance(auth, tuple) else ""
+        rows.append(("Flower", fleet.flower_url + login))
     if "cogo-metrics-server" in names:
         rows.append(("Metrics", fleet.metrics_url + "/metrics"))
     rows += [("Ledger", redact(settings.database_url)),

@@ -23,7 +23,7 @@ TRACE = [
 
 
 def run_embed(fleet: Fleet) -> tuple[dict, list[str], list[str]]:
-    with Client(fleet.api_url) as client:
+    with Client(fleet.api_url, api_key=fleet.api_key) as client:
         run_id = client.submit("embed", tenant="acme", payload={"documents": [{"id": "d1", "text": "Cogo Runs Here"}]})
         run = client.wait(run_id, timeout_s=60)
         return run, [e["type"] for e in client.events(run_id)], [b["kind"] for b in client.bus_events(run_id)]

@@ -23,14 +23,14 @@ def test_worker_killed_mid_assignment_completes_exactly_once(tmp_path):
     quiet = {"console": Console(quiet=True), "show_logs": False, "processes": TABLE}
     with Fleet(settings, only=CORE, free_ports=True, **quiet) as fleet:
         with Fleet(fleet.settings, only=["test-slow-worker"], **quiet) as doomed:
-            with Client(fleet.api_url) as client:
+            with Client(fleet.api_url, api_key=fleet.api_key) as client:
                 run_id = client.submit("slow", tenant="acme", payload={"marks_dir": str(marks), "sleep_s": 60})
                 wait_until(lambda: (marks / "starts").exists(), timeout=30, message="the first attempt to start")
                 worker = doomed.children[0]
                 worker.signal_group(signal.SIGKILL)
                 wait_until(lambda: worker.poll() is not None, timeout=10, message="the worker to die")
         with Fleet(replace(fleet.settings), only=["test-slow-worker"], **quiet):
-            with Client(fleet.api_url) as client:
+            with Client(fleet.api_url, api_key=fleet.api_key) as client:
                 run = client.wait(run_id, timeout_s=60)
                 audit = [b["kind"] for b in client.bus_events(run_id)]
                 completed = client.events(run_id, type="decision.task.completed")
