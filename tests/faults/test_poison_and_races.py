@@ -140,7 +140,11 @@ def test_a_node_timeout_stops_the_retries_of_its_assignment(engine):
         row = conn.execute(select(agent_messages).where(agent_messages.c.run_id == run_id,
                                                         agent_messages.c.kind == "assignment")).one()
     assert run["error"]["code"] == "node.timeout"
-    assert row.status == "dead" and calls == [1]
+    # Abandoned between attempts (no attempt in flight holds it): dead, and settled by the brain at once.
+    assert row.status == "settled" and row.lease_until is None and calls == [1]
+    with engine.connect() as conn:
+        kinds = [r.kind for r in conn.execute(select(bus_events.c.kind).where(bus_events.c.run_id == run_id))]
+    assert "execute_cancelled" in kinds and "execute_done" not in kinds
 
 
 @pytest.mark.parametrize("attempt", range(3))
