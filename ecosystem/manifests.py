@@ -43,6 +43,7 @@ CONTAINER_ENV = {
 SECRET_ENV = {
     "COGO_LLM_API_KEY": "${COGO_LLM_API_KEY:-}",
     "COGO_FLOWER_PASSWORD": required("COGO_FLOWER_PASSWORD"),
+    "COGO_JWT_HS256_SECRET": "${COGO_JWT_HS256_SECRET:-}",
 }
 """Each secret of ``ecosystem.launcher.SECRETS``, given only to the containers that process list names."""
 PROCESS_ENV = {
