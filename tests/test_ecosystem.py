@@ -67,7 +67,7 @@ def test_procfile_runs_every_process_of_the_table_and_nothing_else():
 
 def _compose_variables(text: str) -> dict[str, str]:
     """Every ``${NAME…}`` compose interpolates, with what follows the name (``:?…`` required, ``:-…`` default)."""
-    return dict(re.findall(r"(?<!\$)\$\{([A-Z_]+)([^}]*)\}", text))
+    return dict(re.findall(r"(?<!\$)\$\{([A-Z][A-Z0-9_]*)([^}]*)\}", text))
 
 
 def test_compose_sets_no_default_credential_and_takes_each_from_the_env_file():
@@ -82,7 +82,7 @@ def test_compose_sets_no_default_credential_and_takes_each_from_the_env_file():
     assert "requirepass" in services["redis"]["command"][-1]
     assert "REDIS_PASSWORD" not in " ".join(services["redis"]["command"])  # never on redis-server's command line
     example = (ROOT / manifests.ENV_EXAMPLE).read_text()
-    documented = dict(re.findall(r"^#? ?([A-Z_]+)=(.*)$", example, re.MULTILINE))
+    documented = dict(re.findall(r"^#? ?([A-Z][A-Z0-9_]*)=(.*)$", example, re.MULTILINE))
     assert set(variables) <= set(documented), "document every variable of docker-compose.yml in cogo.env.example"
     assert all(documented[name] == "" for name in variables if variables[name].startswith(":?")), \
         "cogo.env.example must hold no secret, only empty required values"
