@@ -11,7 +11,6 @@ import os
 import re
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import pytest
@@ -23,6 +22,7 @@ from ecosystem.launcher import Fleet
 from ecosystem.processes import PROCESSES
 from tests.e2e.conftest import CORE, TABLE, fleet_settings
 from tests.support.api import make_key
+from tests.support.running import Running
 from tests.support.services import unique
 from tests.support.waiting import wait_until
 
@@ -60,33 +60,9 @@ class Ops:
                           message=f"an approval of tenant {tenant}")
 
 
-class Background:
-    """A ``cogo`` command left running, its output collected by a thread (so it never blocks)."""
-
-    def __init__(self, args: list[str], env: dict[str, str]):
-        self.proc = subprocess.Popen([COGO, *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                     text=True)
-        self.lines: list[str] = []
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        for line in self.proc.stdout:
-            self.lines.append(line.rstrip("\n"))
-
-    @property
-    def output(self) -> str:
-        return "\n".join(self.lines)
-
-    def wait(self, timeout_s: float) -> int:
-        code = self.proc.wait(timeout=timeout_s)
-        self._reader.join(timeout=10)
-        return code
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
+def Background(args: list[str], env: dict[str, str]) -> Running:  # noqa: N802 - reads as what it starts
+    """``cogo <args>`` left running in the background."""
+    return Running([COGO, *args], env)
 
 
 @pytest.fixture(scope="module")

@@ -5,9 +5,7 @@ from __future__ import annotations
 import os
 import re
 import signal
-import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import httpx
@@ -15,6 +13,7 @@ import psutil
 import pytest
 
 from coordinator.client import Client
+from tests.support.running import Running
 from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.e2e
@@ -22,35 +21,11 @@ pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[2]
 
 
-class Cli:
-    """A ``cogo`` command run as its own process, its output collected by a thread (so it never blocks)."""
-
-    def __init__(self, args: list[str], home: Path):
-        env = {k: v for k, v in os.environ.items() if not k.startswith("COGO_")}
-        env.update(COGO_HOME=str(home), COLUMNS="200", PYTHONUNBUFFERED="1")
-        self.proc = subprocess.Popen([sys.executable, "-m", "ecosystem.cli", *args], cwd=ROOT, env=env,
-                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        self.lines: list[str] = []
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        for line in self.proc.stdout:
-            self.lines.append(line.rstrip("\n"))
-
-    @property
-    def output(self) -> str:
-        return "\n".join(self.lines)
-
-    def wait(self, timeout_s: float) -> int:
-        code = self.proc.wait(timeout=timeout_s)
-        self._reader.join(timeout=10)
-        return code
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
+def Cli(args: list[str], home: Path) -> Running:  # noqa: N802 - reads as the command it starts
+    """``cogo <args>`` as its own process under ``home``, with no COGO_* variable of the caller."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("COGO_")}
+    env.update(COGO_HOME=str(home), COLUMNS="200", PYTHONUNBUFFERED="1")
+    return Running([sys.executable, "-m", "ecosystem.cli", *args], env, cwd=ROOT)
 
 
 def fleet_processes(home: Path) -> list[psutil.Process]:
