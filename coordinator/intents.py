@@ -113,16 +113,21 @@ def create_run(conn: Connection, intent: Intent, definition: WorkflowDefinition,
     return run_id, delivery_for(start, shards=shards, now=now)
 
 
-def check_ceiling(budget: Budget | None, *, max_cost_usd: float, max_tokens: int) -> None:
-    """Refuse a run budget above the operator's ceilings (``COGO_MAX_RUN_COST_USD``, ``COGO_MAX_RUN_TOKENS``).
+def bounded(intent: Intent, definition: WorkflowDefinition, *, max_cost_usd: float, max_tokens: int) -> Intent:
+    """``intent`` with a run budget under the operator's ceilings (``COGO_MAX_RUN_COST_USD``, ``…_TOKENS``).
+
+    A run with no budget of its own (none in the intent, none in its definition) gets the ceilings as its
+    budget: no run is unbounded.
 
     Raises:
         InvalidRequest: code ``budget.over_ceiling``, naming the field and the ceiling.
     """
+    budget = intent.budget or definition.budget
     if budget is None:
-        return
+        return intent.model_copy(update={"budget": Budget(max_cost_usd=max_cost_usd, max_tokens=max_tokens)})
     for field, value, ceiling in (("maxCostUsd", budget.max_cost_usd, max_cost_usd),
                                   ("maxTokens", budget.max_tokens, max_tokens)):
         if value > ceiling:
             raise InvalidRequest(f"budget.{field} is {value:g}; this deployment allows at most {ceiling:g}",
                                  code="budget.over_ceiling", details={"field": f"budget.{field}", "max": ceiling})
+    return intent

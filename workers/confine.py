@@ -304,6 +304,9 @@ def run_bounded(cmd: list[str], *, cwd: Path, env: dict[str, str], timeout_s: fl
         OSError: when the command cannot be started.
     """
     started = time.monotonic()
+    setpriv = shutil.which("setpriv")
+    if setpriv:  # if the worker dies (kill -9 too), the kernel kills what it started: the sandbox goes with it
+        cmd = [setpriv, "--pdeathsig", "KILL", "--", *cmd]
     with log.open("wb") as out:
         # A new session makes the child a group leader, so its group dies with it on timeout; the
         # namespaced modes also kill everything in the sandbox's PID namespace when its first process ends.

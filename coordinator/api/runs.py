@@ -47,8 +47,8 @@ def accept(body: Intent, s: Services, who: Principal) -> dict[str, str]:
     if not who.sees(body.tenant):
         raise Forbidden(f"this key acts for tenant {who.tenant!r}, not {body.tenant!r}", code="auth.tenant")
     definition = intents.admit(body, s.registry)
-    intents.check_ceiling(body.budget or definition.budget, max_cost_usd=s.settings.max_run_cost_usd,
-                          max_tokens=s.settings.max_run_tokens)
+    body = intents.bounded(body, definition, max_cost_usd=s.settings.max_run_cost_usd,
+                           max_tokens=s.settings.max_run_tokens)
     now = time.time()
     with s.engine.begin() as conn:
         ratelimit.take(conn, body.tenant, now=now, rate_per_s=s.settings.rate_per_s, burst=s.settings.rate_burst)

@@ -6,6 +6,7 @@ import json
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 
+import httpx
 from sqlalchemy import select
 
 from bus.schema import agent_messages
@@ -51,11 +52,17 @@ def test_a_body_past_the_limit_answers_413_and_stores_nothing(engine):
 def test_nan_and_infinity_are_refused_wherever_json_enters(engine):
     fleet = _fleet(engine)
     client = http(app_of(fleet), make_key(engine, "acme", ["admin"]))
-    for text in ('{"tenant":"acme","intent":"one","payload":{},"budget":{"maxCostUsd":Infinity}}',
-                 '{"tenant":"acme","intent":"one","payload":{"x":NaN}}',
-                 '{"tenant":"acme","intent":"one","payload":{"x":[-Infinity]}}'):
-        answer = client.post("/api/intents", content=text, headers={"content-type": "application/json"})
-        assert answer.status_code == 422 and answer.json()["error"]["code"] == "request.invalid", text
+    bodies = ('{"tenant":"acme","intent":"one","payload":{},"budget":{"maxCostUsd":Infinity}}',
+              '{"tenant":"acme","intent":"one","payload":{"x":NaN}}',
+              '{"tenant":"acme","intent":"one","payload":{"x":[-Infinity]}}')
+    for text in bodies:
+        for content_type in ("application/json", "Application/JSON; charset=utf-8", "application/vnd.x+json"):
+            answer = client.post("/api/intents", content=text, headers={"content-type": content_type})
+            assert answer.status_code == 422 and answer.json()["error"]["code"] == "request.invalid", text
+    two_types = client.build_request("POST", "/api/intents", content=bodies[1])
+    two_types.headers = httpx.Headers([("content-type", "application/json"), ("content-type", "text/plain"),
+                                       *((k, v) for k, v in two_types.headers.items() if k != "content-type")])
+    assert client.send(two_types).status_code == 422
     with engine.connect() as conn:
         assert conn.execute(select(runs.c.id)).all() == []
 
@@ -69,6 +76,10 @@ def test_budgets_must_be_finite_and_under_the_operators_ceiling(engine):
         assert answer.json()["error"]["code"] in ("budget.over_ceiling", "request.invalid")
     assert client.post("/api/intents", json=_intent(budget={"maxCostUsd": 10.0, "maxTokens": 1000})).status_code \
         == 202
+    unbudgeted = client.post("/api/intents", json=_intent()).json()["id"]  # no budget anywhere: the ceilings
+    with engine.connect() as conn:
+        budget = conn.execute(select(runs.c.budget).where(runs.c.id == unbudgeted)).scalar_one()
+    assert budget == {"maxCostUsd": 10.0, "maxTokens": 1000}
 
 
 def test_the_rate_limit_is_shared_by_every_api_process_and_says_when_to_retry(engine):
