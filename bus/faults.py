@@ -55,6 +55,33 @@ def _driver_types() -> tuple[type[BaseException], ...]:
 _DRIVER = _driver_types()
 
 
+_SQLITE_OUTAGES = ("locked", "busy", "disk i/o", "unable to open", "readonly", "database or disk is full")
+"""What a SQLite ``OperationalError`` says when the file, not the statement, is the problem."""
+
+
+def _statement_errors() -> tuple[type[BaseException], ...]:
+    """Driver ``OperationalError`` subclasses that the statement itself causes: they would fail every retry."""
+    try:
+        import psycopg.errors as pg
+    except ImportError:
+        return ()
+    return (pg.QueryCanceled, pg.ProgramLimitExceeded)
+
+
+_STATEMENT = _statement_errors()
+
+
+def _caused_by_the_statement(exc: BaseException) -> bool:
+    """An error dressed as operational that comes from what is being written (too big, too slow, bad SQL)."""
+    orig = getattr(exc, "orig", None) or exc
+    if isinstance(orig, _STATEMENT):
+        return True
+    import sqlite3
+    if isinstance(orig, sqlite3.OperationalError):
+        return not any(word in str(orig).lower() for word in _SQLITE_OUTAGES)
+    return False
+
+
 def is_infrastructure(exc: BaseException) -> bool:
     """Whether ``exc`` (or what it was raised from) is an infrastructure fault rather than the message's own.
 
@@ -65,6 +92,8 @@ def is_infrastructure(exc: BaseException) -> bool:
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
         seen.add(id(current))
+        if _caused_by_the_statement(current):
+            return False
         if isinstance(current, _SQLALCHEMY) or isinstance(current, _DRIVER):
             return True
         if isinstance(current, sa_exc.DBAPIError) and current.connection_invalidated:

@@ -65,6 +65,12 @@ def test_infrastructure_faults_are_recognised(exc):
     sa_exc.DataError("INSERT", {}, psycopg.errors.NumericValueOutOfRange("out of range")),
     sa_exc.DBAPIError("SELECT 1", {}, psycopg.errors.SyntaxError("syntax"), connection_invalidated=False),
     KeyError("tokens"),
+    # Dressed as operational, caused by the statement: retrying would fail for ever.
+    sa_exc.OperationalError("SELECT 1", {}, psycopg.errors.QueryCanceled("canceling statement due to timeout")),
+    sa_exc.OperationalError("INSERT", {}, psycopg.errors.ProgramLimitExceeded("index row size exceeds")),
+    psycopg.errors.ProgramLimitExceeded("number of parameters must be between 0 and 65535"),
+    sa_exc.OperationalError("SELECT", {}, sqlite3.OperationalError("no such column: nope")),
+    sa_exc.OperationalError("INSERT", {}, sqlite3.OperationalError("too many SQL variables")),
 ], ids=lambda e: type(e).__name__)
 def test_errors_of_the_message_itself_are_not_infrastructure(exc):
     assert not faults.is_infrastructure(exc)
