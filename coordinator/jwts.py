@@ -8,14 +8,17 @@ recorded as deciding), ``exp`` (required). No other algorithm is accepted, so a 
 from __future__ import annotations
 
 import json
+import logging
 import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from bus.errors import ConfigError, Unauthenticated
+from bus.errors import CogoError, ConfigError, Unauthenticated
 from bus.settings import Settings
 from coordinator.keys import SCOPES, TENANT_PATTERN, Principal
+
+log = logging.getLogger(__name__)
 
 
 def looks_like_jwt(token: str) -> bool:
@@ -32,7 +35,12 @@ def jwt_principal(token: str, settings: Settings) -> Principal:
     """
     import jwt
 
-    keys = _verification_keys(settings)
+    try:
+        keys = _verification_keys(settings)
+    except ConfigError as exc:  # the operator's key file: say so in the log, not to the caller
+        log.error("JWTs cannot be verified: %s", exc)
+        raise CogoError("JWTs cannot be verified right now (the operator's key file is unusable)",
+                        code="auth.unavailable") from None
     if not keys:
         raise Unauthenticated("JWTs are not accepted here (no COGO_JWT_HS256_SECRET or COGO_JWT_PUBLIC_KEY_FILE)",
                               code="auth.jwt_disabled")
@@ -54,7 +62,7 @@ def jwt_principal(token: str, settings: Settings) -> Principal:
 
 def _principal(claims: dict[str, Any]) -> Principal:
     tenant = claims.get("tenant")
-    if not isinstance(tenant, str) or not re.match(TENANT_PATTERN, tenant):
+    if not isinstance(tenant, str) or not re.fullmatch(TENANT_PATTERN, tenant):
         raise Unauthenticated("the token's tenant claim is malformed", code="auth.invalid")
     raw = claims.get("scopes", claims.get("scope", ""))
     scopes = raw.split() if isinstance(raw, str) else raw
@@ -91,7 +99,7 @@ def _public_keys(path: str, _mtime_ns: int) -> tuple[tuple[str, Any, str | None]
             doc = json.loads(text)
             return tuple(("RS256", RSAAlgorithm.from_jwk(json.dumps(jwk)), jwk.get("kid"))
                          for jwk in doc.get("keys", [doc]) if jwk.get("kty") == "RSA")
-        except (ValueError, KeyError, TypeError) as exc:
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise ConfigError(f"COGO_JWT_PUBLIC_KEY_FILE {path} is not a valid JWKS: {exc}") from exc
     from cryptography.hazmat.primitives.serialization import load_pem_public_key
     try:

@@ -96,7 +96,7 @@ def create_key(conn: Connection, *, tenant: str, scopes: Iterable[str], name: st
     Raises:
         InvalidRequest: a malformed tenant or an unknown scope.
     """
-    if not re.match(TENANT_PATTERN, tenant):
+    if not re.fullmatch(TENANT_PATTERN, tenant):
         raise InvalidRequest(f"tenant must match {TENANT_PATTERN}, got {tenant!r}", code="tenant.invalid")
     scopes = check_scopes(scopes)
     key_id = "k" + secrets.token_hex(_ID_HEX // 2)

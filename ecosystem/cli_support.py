@@ -66,13 +66,30 @@ def _key_file() -> Path:
     return Settings.from_env().home.resolve() / ADMIN_KEY_FILE
 
 
-def api_key_for(api_key: str | None) -> str | None:
-    """``--api-key`` (or ``COGO_API_KEY``), else the embedded default's ``<home>/admin.key``, else none."""
+def api_key_for(api_key: str | None, url: str) -> str | None:
+    """``--api-key`` (or ``COGO_API_KEY``); else, for an API on this machine only, the embedded default's
+    ``<home>/admin.key`` — the local admin key is never sent to another host; else none."""
     from coordinator.keys import read_key_file
 
     if api_key and api_key.strip():
         return api_key.strip()
+    if not _on_this_machine(url):
+        return None
     return read_key_file(Settings.from_env().home.resolve())
+
+
+def _on_this_machine(url: str) -> bool:
+    """Whether ``url`` names a loopback address (``127.0.0.0/8``, ``::1``, ``localhost``)."""
+    import ipaddress
+    from urllib.parse import urlsplit
+
+    host = (urlsplit(url).hostname or "").lower()
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _auth_hint() -> str:
@@ -88,7 +105,8 @@ def _auth_hint() -> str:
 def client_for(api: str | None, api_key: str | None) -> Any:
     from coordinator.client import Client
 
-    return Client(api_url(api), api_key=api_key_for(api_key))
+    url = api_url(api)
+    return Client(url, api_key=api_key_for(api_key, url))
 
 
 def api_suffix(api: str | None) -> str:

@@ -67,6 +67,12 @@ def _cogo_service(command: list[str], depends_on: dict, environment: dict | None
     }
 
 
+CONFINES_CODE = {"cogo-build-test-worker": ("seccomp=unconfined", "apparmor=unconfined")}
+"""Processes that build their own sandbox (user, mount and PID namespaces) inside the container; Docker's
+default seccomp and AppArmor profiles forbid creating namespaces, and the sandbox fails closed without them
+(``sandbox.unavailable``). The container itself stays unprivileged (uid 1000, no added capability)."""
+
+
 def process_environment(process: Process) -> dict[str, str]:
     """The variables one process's container gets beyond ``CONTAINER_ENV``: its own settings and secrets."""
     env = dict(PROCESS_ENV.get(process.name, {}))
@@ -80,6 +86,8 @@ def _process_service(process: Process) -> dict:
         "migrate": {"condition": "service_completed_successfully"},
     }, process_environment(process))
     service["restart"] = "unless-stopped"
+    if process.name in CONFINES_CODE:
+        service["security_opt"] = list(CONFINES_CODE[process.name])
     if process.port_setting:
         port = getattr(Settings(), process.port_setting)
         service["ports"] = [f"{port}:{port}"]

@@ -421,3 +421,10 @@ def test_without_a_broker_url_the_fleet_runs_on_the_embedded_redis(tmp_path):
         assert fleet.settings.broker_url == f"redis://:{fleet.broker.password}@127.0.0.1:{fleet.broker.port}/0"
         assert redis.Redis.from_url(fleet.settings.broker_url).ping()
     assert not _alive(redis_pid)
+
+
+def test_only_the_build_test_container_may_make_namespaces_for_its_sandbox():
+    services = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
+    allowed = {name: s["security_opt"] for name, s in services.items() if "security_opt" in s}
+    assert allowed == {"cogo-build-test-worker": ["seccomp=unconfined", "apparmor=unconfined"]}
+    assert not any(s.get("privileged") or s.get("cap_add") for s in services.values())

@@ -76,7 +76,7 @@ _WHY = {
 }
 _CODES = {400: ["request.invalid"], 401: ["auth.required", "auth.invalid", "auth.jwt_disabled"],
           403: ["auth.scope"], 413: ["request.too_large"],
-          422: ["request.invalid"], 429: ["rate.limited"], 503: ["ledger.unavailable"]}
+          422: ["request.invalid"], 429: ["rate.limited"], 503: ["ledger.unavailable", "auth.unavailable"]}
 """The codes every answer of a status may carry; ``_PATH_IDS`` and ``_DECLARED`` add per-operation ones."""
 _PATH_IDS = {"run_id": "run.unknown", "approval_id": "approval.unknown", "key_id": "key.unknown"}
 """The 404 code of a path parameter that names something that may not exist."""

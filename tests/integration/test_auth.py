@@ -257,3 +257,17 @@ def test_metrics_cards_show_a_tenant_only_its_own_runs(world):
     for bad in ("inf", "nan", "-1", "0", "1e400", "abc", str(10 ** 9)):
         answer = acme.get("/api/metrics/bus/latency", params={"window_s": bad})
         assert answer.status_code == 422 and answer.json()["error"]["code"] == "request.invalid", bad
+
+
+@pytest.mark.parametrize("content", [None, '{"keys": ["not an object"]}', "not a key"])
+def test_an_unusable_jwt_key_file_is_a_503_that_names_no_path(world, tmp_path, content):
+    fleet, _app, runs = world
+    path = tmp_path / "secret-dir" / "jwks.json"
+    if content is not None:
+        path.parent.mkdir()
+        path.write_text(content)
+    fleet.settings = replace(fleet.settings, jwt_public_key_file=path)
+    token = _token("s" * 32, {"tenant": "acme", "scopes": ["runs:read"]})
+    answer = http(app_of(fleet), token).get(f"/api/runs/{runs['acme']}")
+    assert answer.status_code == 503 and answer.json()["error"]["code"] == "auth.unavailable"
+    assert "secret-dir" not in answer.text
