@@ -212,20 +212,25 @@ class Sandbox:
                 broken by this run).
         """
         mode = self.mode
+        ready_r, ready_w = os.pipe() if mode == "unshare" else (None, None)
         try:
             done = self._run(mode, program, args, layout=layout, log=log_path, timeout_s=timeout_s,
-                             pass_fds=pass_fds)
+                             pass_fds=pass_fds, ready_fd=ready_w)
         except OSError as exc:
             self.forget()
             raise unavailable(f"cannot start the sandbox: {exc}", self.requested) from exc
-        broken = _setup_failed(log_path, mode, done.returncode)
+        finally:
+            if ready_w is not None:
+                os.close(ready_w)
+        ready = _said_ready(ready_r)
+        broken = "" if ready else _setup_failed(log_path, mode, done.returncode)
         if broken:
             self.forget()
             raise unavailable(broken, self.requested)
         return done
 
     def _run(self, mode: str, program: str, args: list[str], *, layout: Layout, log: Path, timeout_s: float,
-             pass_fds: tuple[int, ...] = ()) -> Completed:
+             pass_fds: tuple[int, ...] = (), ready_fd: int | None = None) -> Completed:
         python = [sys.executable, "-I", "-B", "-c", BOOT, self.limits.boot_arg(), program, *args]
         if mode == "unconfined":
             cmd, cwd = python, layout.workspace
@@ -234,9 +239,13 @@ class Sandbox:
             uid = _sandbox_uid()
             _own(layout.workspace, uid)
             binds = host_binds()
-            builder = unshare_command if mode == "unshare" else bwrap_command
-            cmd = builder(python, layout=layout, binds=binds, masks=self.masks, uid=uid,
-                          tmp_mb=max(16, self.limits.file_mb * 2))
+            tmp_mb = max(16, self.limits.file_mb * 2)
+            if mode == "unshare":
+                cmd = unshare_command(python, layout=layout, binds=binds, masks=self.masks, uid=uid, tmp_mb=tmp_mb,
+                                      ready_fd=ready_fd)
+                pass_fds = (*pass_fds, ready_fd) if ready_fd is not None else pass_fds
+            else:
+                cmd = bwrap_command(python, layout=layout, binds=binds, masks=self.masks, uid=uid, tmp_mb=tmp_mb)
             cwd, env = layout.scratch, sandbox_env("/tmp")
         return run_bounded(cmd, cwd=cwd, env=env, timeout_s=timeout_s, log=log, pass_fds=pass_fds)
 
@@ -255,6 +264,19 @@ def _judge(seen: dict[str, Any], mode: str) -> str | None:
                 "root_writable": seen.get("root_writable") is not False}
     failed = [name for name, bad in problems.items() if bad]
     return f"{mode} ran the probe unconfined ({', '.join(failed)}: {seen})" if failed else None
+
+
+def _said_ready(fd: int | None) -> bool:
+    """Whether the trusted setup wrote ``ok`` on its descriptor (before any sandboxed code ran)."""
+    if fd is None:
+        return False
+    try:
+        os.set_blocking(fd, False)
+        return os.read(fd, 2) == b"ok"
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)
 
 
 def _setup_failed(log_path: Path, mode: str, returncode: int | None) -> str:

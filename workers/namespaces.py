@@ -88,8 +88,12 @@ def _drop(uid: int) -> list[str]:
 
 
 def unshare_command(python: list[str], *, layout: Layout, binds: tuple[list[Path], dict[str, str]],
-                    masks: tuple[Path, ...], uid: int, tmp_mb: int) -> list[str]:
-    """``unshare`` running a setup shell that builds the view, pivots into it and drops to ``uid``."""
+                    masks: tuple[Path, ...], uid: int, tmp_mb: int, ready_fd: int | None = None) -> list[str]:
+    """``unshare`` running a setup shell that builds the view, pivots into it and drops to ``uid``.
+
+    With ``ready_fd``, the shell writes ``ok`` there once the view is built, before the sandboxed program
+    starts: only the trusted setup can say that it succeeded.
+    """
     q = shlex.quote
     tool = {name: q(shutil.which(name) or name) for name in TOOLS["unshare"]}
     lines = ['fail() { echo "cogo-sandbox: cannot confine: $1" >&2; exit ' + str(SETUP_FAILED) + '; }',
@@ -104,6 +108,9 @@ def unshare_command(python: list[str], *, layout: Layout, binds: tuple[list[Path
              'mount -o remount,bind,ro,nosuid,nodev "$R" || fail "read-only root"',
              f'cd "$R" && {tool["pivot_root"]} . .oldroot && {tool["umount"]} -l /.oldroot || fail "pivot_root"',
              "cd /workspace && unset OLDPWD || fail workspace",
+             # (by path: sh redirects only descriptors 0-9; the sandbox's code starts only after this line,
+             # so whatever it could write there comes after the setup's own "ok")
+             *([f'printf ok > /proc/self/fd/{ready_fd} || fail "ready"'] if ready_fd is not None else []),
              f"{tool['setpriv']} {' '.join(_drop(uid))} -- {shlex.join(python)}",
              "exit $?"]
     user = [] if os.geteuid() == 0 else ["--user", "--map-root-user"]

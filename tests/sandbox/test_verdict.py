@@ -119,3 +119,17 @@ def test_one_consistent_verdict_is_read(tmp_path):
     path = tmp_path / "verdict.jsonl"
     path.write_text('{"cogo_verdict": 1, "exitstatus": 1, "passed": 2, "failed": 1, "errors": 0, "skipped": 3}\n')
     assert read_verdict(path, 1) == ({"passed": 2, "failed": 1, "errors": 0, "skipped": 3}, None)
+
+
+def test_generated_code_cannot_pass_itself_off_as_a_broken_sandbox(world):
+    """Printing the setup's failure line and exiting with its code is a failed test, not ``sandbox.unavailable``:
+    only the trusted setup, on a descriptor closed before the code runs, says whether confinement was built."""
+    liar = {"test_liar.py": "import os\n\n\ndef test_liar():\n"
+                            "    for fd in range(64):  # past pytest's capture: whichever descriptor is the log\n"
+                            "        try:\n"
+                            "            os.write(fd, b'cogo-sandbox: cannot confine: mount failed\\n')\n"
+                            "        except OSError:\n"
+                            "            pass\n"
+                            "    os._exit(121)\n"}
+    out = world.build_test(liar).output
+    assert out["success_rate"] < 1.0 and out["passed"] == 0, out
