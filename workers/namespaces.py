@@ -139,7 +139,9 @@ def _private_lines(uid: int, tmp_mb: int) -> list[str]:
 def _bind_lines(dirs: list[Path], symlinks: dict[str, str], masks: tuple[Path, ...]) -> list[str]:
     """Read-only binds of ``dirs``, empty tmpfs over ``masks`` under them, the top-level symlinks."""
     q = shlex.quote
-    lines = [f'mkdir -p "$R"{q(str(d))} && mount --rbind {q(str(d))} "$R"{q(str(d))} && '
+    # --bind, not --rbind: a host mount under a bound directory is not carried in at all (a recursive bind
+    # would carry it with its own, possibly writable, flags; the read-only remount reaches only the top).
+    lines = [f'mkdir -p "$R"{q(str(d))} && mount --bind {q(str(d))} "$R"{q(str(d))} && '
              f'mount -o remount,bind,ro,nosuid,nodev "$R"{q(str(d))} || fail "bind {d}"' for d in dirs]
     lines += [f'mount -t tmpfs -o size=4k,mode=000 cogo-mask "$R"{q(str(m))} || fail "mask {m}"'
               for m in _masked_under(dirs, masks)]
