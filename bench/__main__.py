@@ -78,8 +78,11 @@ def task_events(args: argparse.Namespace) -> int:
 
 
 def _local_only(broker: str) -> None:
-    if not broker.startswith(("redis://127.0.0.1", "redis://localhost")):
-        raise SystemExit("the bench only loads a local Redis (redis://127.0.0.1…)")
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(broker)
+    if parts.scheme != "redis" or parts.hostname not in ("127.0.0.1", "localhost"):
+        raise SystemExit("the bench only loads a local Redis (redis://[:password@]127.0.0.1…)")
 
 
 def main(argv: list[str]) -> int:

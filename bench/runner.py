@@ -15,7 +15,7 @@ import redis
 from bench import celery_side, cogo_side, fleet
 from bench.stats import latency_ms, ratio
 from bus.db import make_engine
-from ecosystem.launcher import Fleet
+from ecosystem.launcher import Fleet, redact
 
 
 @dataclass(frozen=True)
@@ -225,4 +225,4 @@ def run(*, ledgers: list[str], quick: bool, workers: int, broker_url: str, workd
         broker.close()
     return {"mode": "quick" if quick else "full", "started_at": started, "duration_s": round(time.time() - started, 1),
             "load_avg": {"before": [round(x, 2) for x in load_before], "after": [round(x, 2) for x in os.getloadavg()]},
-            "config": {"worker_processes": workers, "broker": broker_url, **asdict(sizes)}, "ledgers": results}
+            "config": {"worker_processes": workers, "broker": redact(broker_url), **asdict(sizes)}, "ledgers": results}
