@@ -110,7 +110,8 @@ def test_submit_wait_says_it_waits_for_a_person_and_approve_lets_the_run_finish(
         assert f"run {run_id} waiting" in shown.stdout
         assert "workflow  gated v1 · intent gated" in shown.stdout
         assert "position  step ask waits for a person (approval" in shown.stdout
-        assert re.search(r"spend +0 tokens · \$0\.0000", shown.stdout), shown.stdout
+        # No budget in the intent or its definition: the operator's ceilings are the run's budget.
+        assert re.search(r"spend +0 / 100,000,000 tokens · \$0\.0000 / \$1,000\.0000", shown.stdout), shown.stdout
         assert re.search(rf"ask: waits for a person \('Ship it\?'\): approval {approval_id} pending since "
                          rf"(just now|\d+ s ago), answer due in (59 min|1 h)", shown.stdout), shown.stdout
 
