@@ -19,16 +19,9 @@ from bus.db import make_engine
 from bus.migrate import upgrade
 from coordinator.api.deps import Services
 from coordinator.api.server import create_app
+from tests.integration.test_openapi import ASK
 from tests.support.api import make_key
 from tests.support.harness import Fleet, registry_of
-
-ASK = """
-name: ask
-start: gate
-nodes:
-  gate: {kind: approval, prompt: "ship?", approve: done, reject: done}
-  done: {kind: end}
-"""
 
 
 def _free_port() -> int:
