@@ -7,6 +7,7 @@ from collections.abc import Iterable
 from celery import Celery
 from kombu import Exchange, Queue
 
+from bus.errors import ConfigError
 from bus.settings import Settings
 
 TASK_DECIDE = "cogo.decide"
@@ -25,7 +26,15 @@ def declare(queue: str) -> Queue:
 
 
 def make_celery(settings: Settings, *, name: str, queues: Iterable[str] = ()) -> Celery:
-    """A Celery app for one cogo process, consuming ``queues`` (none for a pure producer)."""
+    """A Celery app for one cogo process, consuming ``queues`` (none for a pure producer).
+
+    Raises:
+        ConfigError: no broker URL — never Celery's default ``amqp://guest@localhost``, a broker nobody chose.
+    """
+    if not settings.broker_url:
+        raise ConfigError("COGO_BROKER_URL is empty and no `cogo up` runs under COGO_HOME to join: set "
+                          "COGO_BROKER_URL to the fleet's broker, or start the fleet with `cogo up`",
+                          details={"variable": "COGO_BROKER_URL"})
     app = Celery(name, broker=settings.broker_url, set_as_current=False)
     declared = [declare(q) for q in queues]
     app.conf.update(

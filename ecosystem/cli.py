@@ -73,7 +73,9 @@ def process(name: Annotated[str, typer.Argument(help="A process of the table (se
             entry = by_name(name).entry
         except ConfigError as exc:
             raise UsageError(str(exc), code=exc.code) from None
-    settings = Settings.from_env()
+    from ecosystem.launcher import recorded_broker
+
+    settings = recorded_broker(Settings.from_env())
     fn = load_entry(entry)
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     fn(settings, name)

@@ -69,6 +69,30 @@ def migrate_ledger(settings: Settings) -> None:
         engine.dispose()
 
 
+BROKER_URL_FILE = "broker.url"
+"""Where a running ``cogo up`` records its embedded broker's URL (mode 0600; removed when it stops)."""
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` readable by its owner only (0600 from the first byte)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text + "\n")
+    os.chmod(path, 0o600)
+
+
+def recorded_broker(settings: Settings) -> Settings:
+    """``settings`` with the broker of the ``cogo up`` running under the same home, when none is configured
+    (unchanged when there is none: a process that needs a broker then refuses to start, ``make_celery``)."""
+    if settings.broker_url:
+        return settings
+    try:
+        url = (settings.home.resolve() / BROKER_URL_FILE).read_text(encoding="utf-8").strip()
+    except OSError:
+        return settings
+    return replace(settings, broker_url=url).checked() if url else settings
+
+
 def ensure_admin_key(settings: Settings) -> Path:
     """Keep a valid admin API key in ``<home>/admin.key`` (mode 0600), made on first start and reused.
 
@@ -225,6 +249,7 @@ class Fleet:
                 child.drain()
                 child.ready_file.unlink(missing_ok=True)
             if self.broker is not None:
+                (self.settings.home / BROKER_URL_FILE).unlink(missing_ok=True)
                 self.broker.stop()
                 self.broker = None
 
@@ -305,6 +330,7 @@ class Fleet:
         if not settings.broker_url:
             self.broker = EmbeddedRedis(home).start()
             settings = replace(settings, broker_url=self.broker.url)
+            write_private(home / BROKER_URL_FILE, self.broker.url)  # for `cogo process <name>` run by hand
         settings = settings.checked()
         if any(p.kind == "flower" for p in self.selected):
             self._flower_auth = flower.credentials(settings)  # generated here, before Flower reads the file
