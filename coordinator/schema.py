@@ -128,3 +128,14 @@ rate_buckets = Table(
     Column("updated_at", Double, nullable=False),
 )
 """One token bucket per tenant for ingress, shared by every API process."""
+
+idempotency_keys = Table(
+    "idempotency_keys", metadata,
+    Column("tenant", String(128), primary_key=True),
+    Column("key", String(200), primary_key=True),
+    Column("run_id", ID, nullable=False),
+    Column("request_sha256", String(64), nullable=False),
+    Column("created_at", Double, nullable=False),
+    Index(None, "run_id"),
+)
+"""``Idempotency-Key`` of an accepted intent: the same key from the same tenant answers the same run."""

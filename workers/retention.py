@@ -15,7 +15,7 @@ from bus import ledger
 from bus.schema import agent_messages as m
 from bus.schema import bus_events, introspection_events
 from bus.settings import Settings
-from coordinator.schema import approvals, branch_scopes, fan_ins, runs, tokens
+from coordinator.schema import approvals, branch_scopes, fan_ins, idempotency_keys, runs, tokens
 from coordinator.state import RUN_TERMINAL
 
 log = logging.getLogger(__name__)
@@ -43,7 +43,8 @@ def prune(engine: Engine, *, retention_days: float, clock: Callable[[], float] =
         for table, column in ((introspection_events, introspection_events.c.run_id),
                               (bus_events, bus_events.c.run_id), (m, m.c.run_id), (tokens, tokens.c.run_id),
                               (fan_ins, fan_ins.c.run_id), (branch_scopes, branch_scopes.c.run_id),
-                              (approvals, approvals.c.run_id), (runs, runs.c.id)):
+                              (approvals, approvals.c.run_id), (idempotency_keys, idempotency_keys.c.run_id),
+                              (runs, runs.c.id)):
             if ids:
                 conn.execute(delete(table).where(column.in_(ids)))
         orphans = conn.execute(delete(m).where(m.c.run_id.is_(None), m.c.status.in_((ledger.SETTLED, ledger.DONE)),

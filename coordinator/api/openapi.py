@@ -82,8 +82,8 @@ _PATH_IDS = {"run_id": "run.unknown", "approval_id": "approval.unknown", "key_id
 """The 404 code of a path parameter that names something that may not exist."""
 _INGRESS = {403: ["auth.tenant"], 404: ["intent.unknown"], 422: ["payload.invalid", "budget.over_ceiling"]}
 _DECLARED: dict[tuple[str, str], dict[int, list[str]]] = {
-    ("post", "/api/intents"): {**_INGRESS, 429: []},
-    ("post", "/api/orchestrator/execute"): {**_INGRESS, 429: []},
+    ("post", "/api/intents"): {**_INGRESS, 409: ["idempotency.mismatch"], 429: []},
+    ("post", "/api/orchestrator/execute"): {**_INGRESS, 409: ["idempotency.mismatch"], 429: []},
     ("post", "/api/orchestrator/plan"): _INGRESS,
     ("get", "/api/orchestrator/state"): {404: ["run.unknown"]},
     ("post", "/api/approvals/{approval_id}/approve"): {409: ["approval.not_pending"]},

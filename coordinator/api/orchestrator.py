@@ -14,7 +14,7 @@ from coordinator import events as ev
 from coordinator import intents
 from coordinator.api.auth import owned_run, scoped
 from coordinator.api.deps import Services, services
-from coordinator.api.runs import Accepted, accept
+from coordinator.api.runs import Accepted, IdempotencyKey, accept
 from coordinator.explain import explain
 from coordinator.keys import Principal
 from coordinator.planning import plan
@@ -48,10 +48,10 @@ def plan_intent(body: Intent, s: Services = Depends(services),
 
 
 @router.post("/api/orchestrator/execute", status_code=202, response_model=Accepted)
-def execute_intent(body: Intent, s: Services = Depends(services),
-                   who: Principal = Depends(scoped("intents:write"))) -> dict[str, str]:
+def execute_intent(body: Intent, s: Services = Depends(services), who: Principal = Depends(scoped("intents:write")),
+                   idempotency_key: str | None = IdempotencyKey) -> dict[str, str]:
     """Start the intent: the same as ``POST /api/intents``."""
-    return accept(body, s, who)
+    return accept(body, s, who, idempotency_key)
 
 
 @router.get("/api/orchestrator/state")

@@ -5,17 +5,19 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Depends, Header, Query
 from pydantic import BaseModel
 from sqlalchemy import ColumnElement, Table, select
+from sqlalchemy.exc import IntegrityError
 
 from bus import introspection
 from bus.envelope import Intent
 from bus.errors import CogoError, Forbidden
 from bus.schema import agent_messages, bus_events
-from coordinator import intents, ratelimit
+from coordinator import idempotency, intents, ratelimit
 from coordinator.api.auth import owned_run, scoped, tenant_filter
 from coordinator.api.deps import Services, services
+from coordinator.idempotency import KEY_PATTERN
 from coordinator.keys import Principal
 from coordinator.schema import runs
 from coordinator.store import run_view, token_rows
@@ -30,29 +32,50 @@ class Accepted(BaseModel):
     id: str
 
 
+IdempotencyKey = Header(None, alias="Idempotency-Key", min_length=1, max_length=200, pattern=KEY_PATTERN,
+                        description="Retrying with the same key returns the run the first request started "
+                                    "(per tenant, durable); the same key with a different body is a 409.")
+
+
 @router.post("/api/intents", status_code=202, response_model=Accepted)
-def post_intent(body: Intent, s: Services = Depends(services),
-                who: Principal = Depends(scoped("intents:write"))) -> dict[str, str]:
+def post_intent(body: Intent, s: Services = Depends(services), who: Principal = Depends(scoped("intents:write")),
+                idempotency_key: str | None = IdempotencyKey) -> dict[str, str]:
     """Accept an intent: the run and its start event are committed before the answer.
 
     The payload is checked against the intent's input schema first (``GET /api/intents``): a payload
     that does not match is refused with 422 ``payload.invalid`` and nothing is written. The tenant must
     be the caller's; the tenant's rate limit is taken in the same transaction as the run.
     """
-    return accept(body, s, who)
+    return accept(body, s, who, idempotency_key)
 
 
-def accept(body: Intent, s: Services, who: Principal) -> dict[str, str]:
+def accept(body: Intent, s: Services, who: Principal, idempotency_key: str | None = None) -> dict[str, str]:
     """Admit and record one intent for ``who`` (``POST /api/intents`` and ``/api/orchestrator/execute``)."""
     if not who.sees(body.tenant):
         raise Forbidden(f"this key acts for tenant {who.tenant!r}, not {body.tenant!r}", code="auth.tenant")
     definition = intents.admit(body, s.registry)
+    asked = body
     body = intents.bounded(body, definition, max_cost_usd=s.settings.max_run_cost_usd,
                            max_tokens=s.settings.max_run_tokens)
     now = time.time()
-    with s.engine.begin() as conn:
-        ratelimit.take(conn, body.tenant, now=now, rate_per_s=s.settings.rate_per_s, burst=s.settings.rate_burst)
-        run_id, delivery = intents.create_run(conn, body, definition, now=now, shards=s.settings.shards)
+    try:
+        with s.engine.begin() as conn:
+            if idempotency_key is not None:
+                earlier = idempotency.earlier_run(conn, body.tenant, idempotency_key, asked)
+                if earlier is not None:
+                    return {"id": earlier}
+            ratelimit.take(conn, body.tenant, now=now, rate_per_s=s.settings.rate_per_s, burst=s.settings.rate_burst)
+            run_id, delivery = intents.create_run(conn, body, definition, now=now, shards=s.settings.shards)
+            if idempotency_key is not None:
+                idempotency.record(conn, body.tenant, idempotency_key, asked, run_id, now=now)
+    except IntegrityError:
+        if idempotency_key is None:
+            raise
+        with s.engine.connect() as conn:  # a concurrent request with the same key won: answer its run
+            earlier = idempotency.earlier_run(conn, body.tenant, idempotency_key, asked)
+        if earlier is None:
+            raise
+        return {"id": earlier}
     try:
         s.publisher.send([delivery])
     except CogoError:
