@@ -83,6 +83,8 @@ class Child:
     def spawn(self, argv: Sequence[str], env: Mapping[str, str], cwd: Path, sink: LogSink,
               http_probe: tuple[str, int] | None) -> None:
         """Start it in its own process group, with output pumped to ``sink`` and its log file."""
+        self._spawned_with = (argv, env, cwd, sink, http_probe)
+        self._ready = False
         self.ready_file.parent.mkdir(parents=True, exist_ok=True)
         self.ready_file.unlink(missing_ok=True)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -97,6 +99,11 @@ class Child:
         self._pump = threading.Thread(target=self._pump_lines, args=(self._popen.stdout, log, sink),
                                       name=f"log-{self.label}", daemon=True)
         self._pump.start()
+
+    def respawn(self) -> None:
+        """Start it again as it was first started (after it died); the old output is drained first."""
+        self.drain()
+        self.spawn(*self._spawned_with)
 
     def is_ready(self) -> bool:
         """Whether it has said it is ready: ``/healthz`` answers 200 (http), else its ready file exists."""

@@ -35,6 +35,7 @@ from ecosystem.child import COLOURS, Child, LogSink
 from ecosystem.embedded import EmbeddedRedis
 from ecosystem.net import free_port, probe_host
 from ecosystem.processes import PROCESSES, Process
+from ecosystem.supervision import RestartPolicy, restart_delay
 
 SECRETS: Mapping[str, frozenset[str]] = {
     "COGO_LLM_API_KEY": frozenset({"cogo-codegen-service"}),
@@ -191,12 +192,14 @@ class Fleet:
         show_logs: print the children's output (it always goes to ``<home>/logs/``).
         env: extra environment variables for every child.
         cwd: the children's working directory (default: the current one).
+        restart_policy: when ``supervise`` restarts a child that died, and when it gives up.
     """
 
     def __init__(self, settings: Settings, *, only: Sequence[str] = (), processes: Sequence[Process] = PROCESSES,
                  shards: int | None = None, ready_timeout_s: float = 60.0, stop_timeout_s: float = 10.0,
                  free_ports: bool = False, console: Console | None = None, env: Mapping[str, str] | None = None,
-                 cwd: Path | None = None, show_logs: bool = True):
+                 cwd: Path | None = None, show_logs: bool = True,
+                 restart_policy: RestartPolicy = RestartPolicy()):
         self.selected = select(processes, only)
         self.settings = settings if shards is None else replace(settings, shards=shards).checked()
         self.ready_timeout_s = ready_timeout_s
@@ -209,6 +212,10 @@ class Fleet:
         self.children: list[Child] = []
         self._flower_auth: tuple[str, str] | None = None
         self._reported: set[int] = set()
+        self.restart_policy = restart_policy
+        self.crash_looping: set[str] = set()
+        self._deaths: dict[str, list[float]] = {}
+        self._due: dict[str, tuple[Child, float]] = {}
         self._sink = LogSink(self.console, max((len(_label(p, i)) for p in self.selected
                                                for i in range(p.replicas)), default=8), echo=show_logs)
 
@@ -274,16 +281,37 @@ class Fleet:
                              details={"exited": [c.label for c in dead]})
 
     def supervise(self, poll_s: float = 0.5) -> None:
-        """Block until Ctrl-C or SIGTERM, reporting any child that dies (the others keep running)."""
+        """Block until Ctrl-C or SIGTERM, restarting any child that dies (``tend``); the others keep running."""
         try:
             while True:
-                for child in self.newly_dead():
-                    self._sink.note(f"{child.label} exited with code {child.poll()}; the others keep running",
-                                    "bold red")
-                    self._show_tail(child)
+                self.tend()
                 time.sleep(poll_s)
         except KeyboardInterrupt:
             self._sink.note("stopping the fleet…")
+
+    def tend(self, now: float | None = None) -> None:
+        """Notice children that died and restart each after its backoff; leave a crash-looping one stopped."""
+        now = time.monotonic() if now is None else now
+        for child in self.newly_dead():
+            deaths = self._deaths.setdefault(child.label, [])
+            deaths.append(now)
+            delay = restart_delay(deaths, now, self.restart_policy)
+            code = child.poll()
+            self._show_tail(child)
+            if delay is None:
+                self.crash_looping.add(child.label)
+                self._sink.note(f"{child.label} exited with code {code}: it died {len(deaths)} times within "
+                                f"{self.restart_policy.window_s:g}s, so it is crash-looping and stays stopped; "
+                                f"see {child.log_path}", "bold red")
+                continue
+            self._sink.note(f"{child.label} exited with code {code}; restarting it in {delay:g}s", "bold red")
+            self._due[child.label] = (child, now + delay)
+        for label, (child, due) in list(self._due.items()):
+            if now >= due:
+                del self._due[label]
+                child.respawn()
+                self._reported.discard(id(child))
+                self._sink.note(f"{label} restarted (pid {child.pid})", "yellow")
 
     # -- where things are -------------------------------------------------------------------------------
     @property

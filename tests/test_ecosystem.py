@@ -428,3 +428,49 @@ def test_only_the_build_test_container_may_make_namespaces_for_its_sandbox():
     allowed = {name: s["security_opt"] for name, s in services.items() if "security_opt" in s}
     assert allowed == {"cogo-build-test-worker": ["seccomp=unconfined", "apparmor=unconfined"]}
     assert not any(s.get("privileged") or s.get("cap_add") for s in services.values())
+
+
+def test_restart_backoff_doubles_and_a_crash_loop_stops_it():
+    from ecosystem.supervision import RestartPolicy, restart_delay
+
+    policy = RestartPolicy(initial_s=0.5, max_s=4, window_s=60, crash_loop_deaths=5)
+    assert [restart_delay([100.0] * n, 100.0, policy) for n in (1, 2, 3, 4)] == [0.5, 1.0, 2.0, 4.0]
+    assert restart_delay([100.0] * 5, 100.0, policy) is None
+    assert restart_delay([0.0] * 4 + [100.0], 100.0, policy) == 0.5  # deaths long ago are forgiven
+
+
+def test_a_killed_child_is_restarted_and_the_others_keep_running(tmp_path):
+    from ecosystem.supervision import RestartPolicy
+
+    fleet, buffer = _fleet(tmp_path, [toy("toy-a", "loop_main"), toy("toy-b", "loop_main")],
+                           restart_policy=RestartPolicy(initial_s=0.1))
+    with fleet:
+        victim, survivor = fleet.children
+        old, other = victim.pid, survivor.pid
+        os.kill(old, signal.SIGKILL)
+
+        def back() -> bool:
+            fleet.tend()
+            return victim.pid != old and victim.poll() is None and victim.is_ready()
+
+        wait_until(back, timeout=30, message="the killed child to be restarted and ready")
+        assert not _alive(old) and survivor.pid == other and _alive(other)
+        assert "toy-a exited with code -9; restarting it in 0.1s" in buffer.getvalue()
+        assert f"toy-a restarted (pid {victim.pid})" in buffer.getvalue()
+
+
+def test_a_crash_looping_child_is_reported_and_left_stopped(tmp_path):
+    from ecosystem.supervision import RestartPolicy
+
+    fleet, buffer = _fleet(tmp_path, [toy("toy-short", "short_main"), toy("toy-b", "loop_main")],
+                           restart_policy=RestartPolicy(initial_s=0.05, max_s=0.05, crash_loop_deaths=3))
+    with fleet:
+        def given_up() -> bool:
+            fleet.tend()
+            return "toy-short" in fleet.crash_looping
+
+        wait_until(given_up, timeout=30, message="the crash loop to be noticed")
+        assert "toy-short exited with code 3: it died 3 times" in buffer.getvalue()
+        assert buffer.getvalue().count("toy-short restarted") == 2
+        fleet.tend()
+        assert fleet.children[0].poll() is not None and _alive(fleet.children[1].pid)

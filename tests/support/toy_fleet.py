@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -36,6 +37,14 @@ def loop_main(settings: Settings, name: str) -> None:
     mark_ready()
     _until_sigterm()
     print(f"toy {name} stopping", flush=True)
+
+
+def short_main(settings: Settings, name: str) -> None:
+    """Ready, then dies soon after: a process that crash-loops."""
+    mark_ready()
+    time.sleep(0.3)
+    print(f"toy {name} crashing", flush=True)
+    sys.exit(3)
 
 
 def spawner_main(settings: Settings, name: str) -> None:
