@@ -19,23 +19,36 @@ def take(conn: Connection, tenant: str, *, now: float, rate_per_s: float, burst:
     Raises:
         RateLimited: the bucket is empty; ``details.retry_after_s`` says when one token will be there.
     """
+    for _ in range(_RACES):
+        if _spend(conn, tenant, now=now, rate_per_s=rate_per_s, burst=burst):
+            return
+        row = conn.execute(select(rb.c.tokens, rb.c.updated_at).where(rb.c.tenant == tenant)).first()
+        if row is None:
+            try:
+                with conn.begin_nested():
+                    conn.execute(insert(rb).values(tenant=tenant, tokens=float(burst) - 1.0, updated_at=now))
+                return
+            except IntegrityError:  # another API process created it first: take from the row it made
+                continue
+        have = min(float(burst), row.tokens + max(0.0, now - row.updated_at) * rate_per_s)
+        if have < 1.0:
+            wait_s = max(0.001, (1.0 - have) / rate_per_s)
+            raise RateLimited(f"tenant {tenant!r} is over its rate of {rate_per_s:g} intents/s (burst {burst}); "
+                              f"retry in {wait_s:.2f}s", details={"retry_after_s": round(wait_s, 3)})
+        # The row appeared or changed after our UPDATE looked (another process committed): take again.
+    raise RateLimited(f"tenant {tenant!r} is sending too many intents at once; retry", details={"retry_after_s": 1})
+
+
+_RACES = 5
+"""How many times one take re-reads a bucket that other API processes keep changing under it."""
+
+
+def _spend(conn: Connection, tenant: str, *, now: float, rate_per_s: float, burst: int) -> bool:
+    """One conditional UPDATE: refill by elapsed time (capped at ``burst``) and take a token if one is there."""
     elapsed = case((rb.c.updated_at < now, literal(now) - rb.c.updated_at), else_=literal(0.0))
     refilled = rb.c.tokens + elapsed * rate_per_s
     level = case((refilled > burst, literal(float(burst))), else_=refilled)
     done = conn.execute(update(rb).where(rb.c.tenant == tenant, level >= 1.0)
                         .values(tokens=level - 1.0, updated_at=case((rb.c.updated_at < now, literal(now)),
                                                                      else_=rb.c.updated_at)))
-    if done.rowcount == 1:
-        return
-    row = conn.execute(select(rb.c.tokens, rb.c.updated_at).where(rb.c.tenant == tenant)).first()
-    if row is None:
-        try:
-            with conn.begin_nested():
-                conn.execute(insert(rb).values(tenant=tenant, tokens=float(burst) - 1.0, updated_at=now))
-            return
-        except IntegrityError:  # another API process created it first: take from the row it made
-            return take(conn, tenant, now=now, rate_per_s=rate_per_s, burst=burst)
-    have = min(float(burst), row.tokens + max(0.0, now - row.updated_at) * rate_per_s)
-    wait_s = max(0.001, (1.0 - have) / rate_per_s)
-    raise RateLimited(f"tenant {tenant!r} is over its rate of {rate_per_s:g} intents/s (burst {burst}); "
-                      f"retry in {wait_s:.2f}s", details={"retry_after_s": round(wait_s, 3)})
+    return done.rowcount == 1
