@@ -10,7 +10,6 @@ from pathlib import Path
 
 from bench import chart, fleet, report, runner
 
-DEFAULT_BROKER = "redis://127.0.0.1:6379/9"
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
@@ -23,8 +22,6 @@ def parse(argv: list[str]) -> argparse.Namespace:
     run.add_argument("--ledger", choices=["sqlite", "postgres", "both"], default="both")
     run.add_argument("--out", type=Path, default=RESULTS)
     run.add_argument("--workers", type=int, default=2, help="worker processes on each side (default 2)")
-    run.add_argument("--broker", default=DEFAULT_BROKER,
-                     help="Redis URL; use a database of its own: the bench flushes it (default db 9)")
     costs = sub.add_parser("handlers", help="each handler's cost and SQL statements per call, in one process")
     costs.add_argument("--ledger", choices=["sqlite", "postgres", "both"], default="both")
     costs.add_argument("--runs", type=int, default=200)
@@ -32,7 +29,6 @@ def parse(argv: list[str]) -> argparse.Namespace:
     prof.add_argument("--ledger", choices=["sqlite", "postgres"], default="sqlite")
     prof.add_argument("--runs", type=int, default=1000)
     prof.add_argument("--workers", type=int, default=2)
-    prof.add_argument("--broker", default=DEFAULT_BROKER)
     prof.add_argument("--out", type=Path, default=RESULTS)
     events = sub.add_parser("events", help="step latency and throughput with task events on and off, interleaved")
     events.add_argument("--quick", action="store_true", help="tiny counts: a smoke run")
@@ -40,8 +36,6 @@ def parse(argv: list[str]) -> argparse.Namespace:
     events.add_argument("--workers", type=int, default=2)
     events.add_argument("--throughput-runs", type=int, default=None,
                         help="runs per side in the throughput scenario (default: as in `run`)")
-    events.add_argument("--broker", default=DEFAULT_BROKER,
-                        help="Redis URL; the bench flushes that database and the next one (default db 9 and 10)")
     events.add_argument("--out", type=Path, default=RESULTS)
     table = sub.add_parser("table", help="print a result's tables as Markdown (for the README)")
     table.add_argument("path", type=Path, nargs="?", default=RESULTS / "latest.json")
@@ -64,9 +58,8 @@ def task_events(args: argparse.Namespace) -> int:
     """Print (and write to ``<out>/events.json``) the cost of task events."""
     from bench import events
 
-    _local_only(args.broker)
-    with tempfile.TemporaryDirectory(prefix="cogo-bench-") as tmp:
-        result = events.run(ledger=args.ledger, quick=args.quick, workers=args.workers, broker_url=args.broker,
+    with tempfile.TemporaryDirectory(prefix="cogo-bench-") as tmp, fleet.own_redis(Path(tmp)) as broker:
+        result = events.run(ledger=args.ledger, quick=args.quick, workers=args.workers, broker_url=broker,
                             workdir=Path(tmp), throughput_runs=args.throughput_runs,
                             log=lambda line: print(line, file=sys.stderr, flush=True))
     result["machine"] = report.machine()
@@ -75,14 +68,6 @@ def task_events(args: argparse.Namespace) -> int:
         (args.out / "events.json").write_text(json.dumps(result, indent=1) + "\n")
     print(json.dumps(result, indent=1))
     return 0
-
-
-def _local_only(broker: str) -> None:
-    from urllib.parse import urlsplit
-
-    parts = urlsplit(broker)
-    if parts.scheme != "redis" or parts.hostname not in ("127.0.0.1", "localhost"):
-        raise SystemExit("the bench only loads a local Redis (redis://[:password@]127.0.0.1…)")
 
 
 def main(argv: list[str]) -> int:
@@ -100,16 +85,16 @@ def main(argv: list[str]) -> int:
     if args.command == "profile":
         from bench.profile import profile
 
-        _local_only(args.broker)
-        print(json.dumps(profile(kind=args.ledger, runs=args.runs, workers=args.workers, broker_url=args.broker,
-                                 out=args.out), indent=1))
+        with tempfile.TemporaryDirectory(prefix="cogo-bench-") as tmp, fleet.own_redis(Path(tmp)) as broker:
+            measured = profile(kind=args.ledger, runs=args.runs, workers=args.workers, broker_url=broker,
+                               out=args.out)
+        print(json.dumps(measured, indent=1))
         return 0
-    _local_only(args.broker)
     ledgers = ["sqlite", "postgres"] if args.ledger == "both" else [args.ledger]
-    with tempfile.TemporaryDirectory(prefix="cogo-bench-") as tmp:
-        result = runner.run(ledgers=ledgers, quick=args.quick, workers=args.workers, broker_url=args.broker,
+    with tempfile.TemporaryDirectory(prefix="cogo-bench-") as tmp, fleet.own_redis(Path(tmp)) as broker:
+        result = runner.run(ledgers=ledgers, quick=args.quick, workers=args.workers, broker_url=broker,
                             workdir=Path(tmp), log=lambda line: print(line, file=sys.stderr, flush=True))
-    result["versions"] = report.versions(args.broker, fleet.POSTGRES_URL if "postgres" in ledgers else None)
+        result["versions"] = report.versions(broker, fleet.POSTGRES_URL if "postgres" in ledgers else None)
     result["machine"] = report.machine()
     result["targets"] = report.targets(result["ledgers"])
     args.out.mkdir(parents=True, exist_ok=True)

@@ -32,7 +32,7 @@ def make_app(broker_url: str) -> Celery:
     return app
 
 
-app = make_app(os.environ.get("BENCH_BROKER_URL", "redis://127.0.0.1:6379/9"))
+app = make_app(os.environ.get("BENCH_BROKER_URL", "memory://"))  # the bench names its own server; no default one
 _seen: dict[str, float] = {"count": 0, "first": 0.0, "last": 0.0}
 _clients: list[Any] = []
 

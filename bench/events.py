@@ -16,8 +16,6 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
-import redis
-
 from bench import cogo_side, fleet
 from bench.runner import FULL, QUICK, rounds
 from bench.stats import latency_ms, ratio
@@ -39,29 +37,21 @@ def run(*, ledger: str, quick: bool, workers: int, broker_url: str, workdir: Pat
     if throughput_runs:
         sizes = replace(sizes, throughput_runs=throughput_runs)
     brokers = {"on": broker_url, "off": other_database(broker_url)}
-    for url in brokers.values():
-        with redis.Redis.from_url(url) as r:
-            r.flushdb()
-    try:
-        with contextlib.ExitStack() as stack:
-            sides = {}
-            for mode, events in MODES.items():
-                url = stack.enter_context(fleet.ledger(ledger, workdir / mode))
-                running = stack.enter_context(fleet.cogo_fleet(broker_url=brokers[mode], database_url=url,
-                                                               workdir=workdir / mode, workers=workers,
-                                                               task_events=events))
-                engine = make_engine(url)
-                stack.callback(engine.dispose)
-                sides[mode] = cogo_side.Cogo(running.api_url, engine, api_key=running.api_key)
-                stack.callback(sides[mode].close)
-            log(f"[{ledger}] step latency, events on/off …")
-            latency = _latency(sides, sizes.latency_runs, sizes.latency_round)
-            log(f"[{ledger}] throughput, events on/off …")
-            speed = _throughput(sides, sizes.throughput_runs, sizes.throughput_rounds)
-    finally:
-        for url in brokers.values():
-            with redis.Redis.from_url(url) as r:
-                r.flushdb()
+    with contextlib.ExitStack() as stack:
+        sides = {}
+        for mode, events in MODES.items():
+            url = stack.enter_context(fleet.ledger(ledger, workdir / mode))
+            running = stack.enter_context(fleet.cogo_fleet(broker_url=brokers[mode], database_url=url,
+                                                           workdir=workdir / mode, workers=workers,
+                                                           task_events=events))
+            engine = make_engine(url)
+            stack.callback(engine.dispose)
+            sides[mode] = cogo_side.Cogo(running.api_url, engine, api_key=running.api_key)
+            stack.callback(sides[mode].close)
+        log(f"[{ledger}] step latency, events on/off …")
+        latency = _latency(sides, sizes.latency_runs, sizes.latency_round)
+        log(f"[{ledger}] throughput, events on/off …")
+        speed = _throughput(sides, sizes.throughput_runs, sizes.throughput_rounds)
     return {"mode": "quick" if quick else "full", "ledger": ledger, "worker_processes": workers,
             "latency_runs": sizes.latency_runs, "throughput_runs": sizes.throughput_runs,
             "load_avg_after": [round(x, 2) for x in os.getloadavg()], "finished_at": time.time(),

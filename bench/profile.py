@@ -13,8 +13,6 @@ import shutil
 import tempfile
 from pathlib import Path
 
-import redis
-
 from bench import cogo_side, fleet
 from bus.db import make_engine
 
@@ -23,22 +21,16 @@ def profile(*, kind: str, runs: int, workers: int, broker_url: str, out: Path) -
     """Run ``runs`` one-step runs on a profiled fleet over a ``kind`` ledger; summarize the profiles."""
     target = out / "profile" / kind
     shutil.rmtree(target, ignore_errors=True)
-    broker = redis.Redis.from_url(broker_url)
-    broker.flushdb()
-    try:
-        with tempfile.TemporaryDirectory(prefix="cogo-bench-") as tmp, fleet.ledger(kind, Path(tmp)) as url, \
-                fleet.cogo_fleet(broker_url=broker_url, database_url=url, workdir=Path(tmp), workers=workers,
-                                 profile_dir=target) as cogo:
-            engine = make_engine(url)
-            client = cogo_side.Cogo(cogo.api_url, engine, api_key=cogo.api_key)
-            try:
-                measured = cogo_side.throughput(client, runs)
-            finally:
-                client.close()
-                engine.dispose()
-    finally:
-        broker.flushdb()
-        broker.close()
+    with tempfile.TemporaryDirectory(prefix="cogo-bench-") as tmp, fleet.ledger(kind, Path(tmp)) as url, \
+            fleet.cogo_fleet(broker_url=broker_url, database_url=url, workdir=Path(tmp), workers=workers,
+                             profile_dir=target) as cogo:
+        engine = make_engine(url)
+        client = cogo_side.Cogo(cogo.api_url, engine, api_key=cogo.api_key)
+        try:
+            measured = cogo_side.throughput(client, runs)
+        finally:
+            client.close()
+            engine.dispose()
     return {"ledger": kind, "throughput": measured, "processes": summarize(target)}
 
 

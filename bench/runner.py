@@ -10,7 +10,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import psutil
-import redis
 
 from bench import celery_side, cogo_side, fleet
 from bench.stats import latency_ms, ratio
@@ -207,22 +206,16 @@ def run(*, ledgers: list[str], quick: bool, workers: int, broker_url: str, workd
         log: Callable[[str], None]) -> dict:
     """The whole bench: plain-Celery workers for the whole run, a cogo fleet per ledger."""
     sizes = QUICK if quick else FULL
-    broker = redis.Redis.from_url(broker_url)
-    broker.flushdb()
     started, load_before = time.time(), os.getloadavg()
-    try:
-        with fleet.Processes(workdir) as procs:
-            fleet.start_celery(procs, broker_url=broker_url, workers=workers)
-            plain = celery_side.Plain(broker_url, workers)
-            try:
-                plain.reports(reset=True, timeout_s=60)
-                results = {kind: run_ledger(kind, broker_url=broker_url, plain=plain, workdir=workdir, sizes=sizes,
-                                            workers=workers, log=log) for kind in ledgers}
-            finally:
-                plain.close()
-    finally:
-        broker.flushdb()  # the bench's database holds nothing worth keeping: leave it empty
-        broker.close()
+    with fleet.Processes(workdir) as procs:
+        fleet.start_celery(procs, broker_url=broker_url, workers=workers)
+        plain = celery_side.Plain(broker_url, workers)
+        try:
+            plain.reports(reset=True, timeout_s=60)
+            results = {kind: run_ledger(kind, broker_url=broker_url, plain=plain, workdir=workdir, sizes=sizes,
+                                        workers=workers, log=log) for kind in ledgers}
+        finally:
+            plain.close()
     return {"mode": "quick" if quick else "full", "started_at": started, "duration_s": round(time.time() - started, 1),
             "load_avg": {"before": [round(x, 2) for x in load_before], "after": [round(x, 2) for x in os.getloadavg()]},
             "config": {"worker_processes": workers, "broker": redact(broker_url), **asdict(sizes)}, "ledgers": results}
