@@ -9,6 +9,9 @@ from bus.db import make_engine
 from bus.migrate import upgrade
 from tests.support.services import POSTGRES_URL, require, unique
 
+# ``owned_redis`` and ``owned_postgres``: servers a test starts itself, so that it may flush, restart or cut them.
+pytest_plugins = ["tests.support.owned"]
+
 
 def _postgres_engine():
     require("PostgreSQL", "127.0.0.1", 5432)

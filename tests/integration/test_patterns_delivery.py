@@ -12,6 +12,7 @@ from bus.schema import agent_messages
 from coordinator import brain as brain_module
 from coordinator.store import load_state
 from tests.support.harness import Fleet, drain_chaotically, registry_of, run_row, submit, types
+from tests.support.invariants import assert_ledger_held
 from workers.handler import WorkResult
 
 FLOW = """
@@ -67,6 +68,7 @@ def test_shuffled_and_duplicated_deliveries_end_the_same_way(engine, seed):
     trace = types(fleet, run_id)
     assert trace.count("operation.fan_in.fire") == 1
     assert trace.count("operation.context.branch_table.create") == trace.count("operation.context.branch_table.drop")
+    assert_ledger_held(engine, expect_runs=1)
 
 
 def test_completions_racing_for_the_join_fire_it_once(engine, monkeypatch):

@@ -21,12 +21,17 @@ def _reachable(host: str, port: int) -> bool:
         return False
 
 
+def in_ci() -> bool:
+    """Whether the suite runs under ``CI=true`` (where a missing service is a failure, not a skip)."""
+    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
 def require(name: str, host: str, port: int) -> None:
     """Skip (locally) or fail (under CI=true) when the service is not listening."""
     if _reachable(host, port):
         return
     message = f"{name} is not reachable at {host}:{port}"
-    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+    if in_ci():
         pytest.fail(message + " (CI=true: services are required)")
     pytest.skip(message)
 
