@@ -6,8 +6,11 @@ Its duties, every ``reclaim_interval_s``:
    (``retry_wait``, due now) if it has attempts left, else ``dead`` with its failure reported to the brain.
 2. **Undelivered rows.** ``queued``, ``dispatched`` or due ``retry_wait`` rows that nobody took for
    ``stale_s`` were lost if their queue holds fewer messages than there are such rows (a consumer that is
-   merely behind still holds them all): they are sent again. Sending twice is harmless; every consumer's
-   first write is conditional. No write lock is held while the broker is asked.
+   merely behind still holds them all): they are sent again. The queue's depth is read before the stale rows
+   are counted (a draining backlog then never looks lossy), and a row is re-sent only when two sweeps in a
+   row judge it lost (a message a consumer took but has not written yet is in neither place for a moment).
+   Sending twice is harmless; every consumer's first write is conditional. No write lock is held while the
+   broker is asked.
 3. **Abandoned attempts that never reported.** An assignment abandoned (``dead``) while an attempt ran keeps
    its lease, and its budget stays reserved, until that attempt ends. If its lease runs out first (the worker
    died), it is closed here and reported to the brain, which settles it and so releases the reservation.
@@ -55,6 +58,7 @@ class Reclaimer:
                  depth: Callable[[str], int | None] | None = None, clock: Callable[[], float] = time.time):
         self.engine, self.publisher, self.settings, self.clock = engine, publisher, settings, clock
         self.depth = depth or (lambda q: queue_depth(publisher.app, q))
+        self._suspects: set[str] = set()  # rows the last sweep judged lost; re-sent if this sweep agrees
 
     def sweep(self) -> Sweep:
         """Expire leases, then re-send stale rows whose queues are empty."""
@@ -116,22 +120,30 @@ class Reclaimer:
     def _resend_stale(self, result: Sweep) -> None:
         now = self.clock()
         cutoff = now - self.settings.stale_s
-        not_recent = or_(m.c.published_at.is_(None), m.c.published_at < cutoff)
-        due = or_(and_(m.c.retry_at.is_(None), m.c.updated_at < cutoff), m.c.retry_at < cutoff)
-        with self.engine.connect() as conn:  # a read: no write lock is held while the broker is asked
-            rows = conn.execute(select(m.c.id, m.c.service, m.c.role, m.c.shard, m.c.tenant, m.c.run_id, m.c.status)
-                                .where(m.c.status.in_(RESENDABLE), due, not_recent)
-                                .order_by(m.c.updated_at).limit(BATCH)).all()
-        groups: dict[tuple[str, str, str], list[str]] = defaultdict(list)
-        for row in rows:
-            task, queue = destination(route=Route(row.service, row.role, row.shard, row.tenant), status=row.status,
-                                      run_id=row.run_id, shards=self.settings.shards)
-            groups[(task, queue, row.status)].append(row.id)
-        lost = {key: ids for key, ids in groups.items() if self._probably_lost(key[1], len(ids))}
-        if not lost:
+        stale = self._stale(cutoff)
+        if not stale:
+            self._suspects = set()
             return
+        # The depth is measured before the stale rows are counted again: a consumer draining a backlog meanwhile
+        # only shrinks the count, never the other way round, so a busy queue is not mistaken for a lossy one.
+        depth = {queue: self.depth(queue) for queue in {queue for _, queue, _ in stale.values()}}
+        still = self._stale(cutoff, among=list(stale))
+        per_queue: dict[str, list[str]] = defaultdict(list)
+        for message_id, (_, queue, _) in still.items():
+            per_queue[queue].append(message_id)
+        judged = {message_id for queue, ids in per_queue.items()
+                  if depth[queue] is not None and depth[queue] < len(ids) for message_id in ids}
+        # A message a consumer has taken but not yet written is neither queued nor moved on; it moves on within a
+        # sweep. Only a row judged lost by two sweeps in a row is re-sent.
+        confirmed, self._suspects = judged & self._suspects, judged - self._suspects
+        if not confirmed:
+            return
+        groups: dict[tuple[str, str, str], list[str]] = defaultdict(list)
+        for message_id in confirmed:
+            groups[still[message_id]].append(message_id)
+        not_recent = or_(m.c.published_at.is_(None), m.c.published_at < cutoff)
         with self.engine.begin() as conn:
-            for (task, queue, status), ids in lost.items():
+            for (task, queue, status), ids in groups.items():
                 # Stamp only rows still in the status they were read in: a row that moved on meanwhile is not lost.
                 stamped = conn.execute(update(m).where(m.c.id.in_(ids), m.c.status == status, not_recent)
                                        .values(published_at=now).returning(m.c.id, m.c.run_id, m.c.tenant)).all()
@@ -140,12 +152,22 @@ class Reclaimer:
                 result.deliveries.extend(Delivery(task, queue, r.id) for r in stamped)
                 result.resent += len(stamped)
 
-    def _probably_lost(self, queue: str, stale: int) -> bool:
-        """Whether some of ``stale`` rows bound for ``queue`` must have lost their messages: the queue holds
-        fewer messages than there are stale rows for it. A consumer that is merely behind still holds them all.
-        Re-sending a row whose message was not lost is harmless: its consumer's first write is conditional."""
-        depth = self.depth(queue)
-        return depth is not None and depth < stale
+    def _stale(self, cutoff: float, *, among: list[str] | None = None) -> dict[str, tuple[str, str, str]]:
+        """Rows nobody took for ``stale_s`` (of ``among``, if given): id → (task, queue, status). A read: no
+        write lock is held while the broker is asked."""
+        not_recent = or_(m.c.published_at.is_(None), m.c.published_at < cutoff)
+        due = or_(and_(m.c.retry_at.is_(None), m.c.updated_at < cutoff), m.c.retry_at < cutoff)
+        query = (select(m.c.id, m.c.service, m.c.role, m.c.shard, m.c.tenant, m.c.run_id, m.c.status)
+                 .where(m.c.status.in_(RESENDABLE), due, not_recent))
+        query = query.where(m.c.id.in_(among)) if among is not None else query.order_by(m.c.updated_at).limit(BATCH)
+        with self.engine.connect() as conn:
+            rows = conn.execute(query).all()
+        found = {}
+        for row in rows:
+            task, queue = destination(route=Route(row.service, row.role, row.shard, row.tenant), status=row.status,
+                                      run_id=row.run_id, shards=self.settings.shards)
+            found[row.id] = (task, queue, row.status)
+        return found
 
     def _delivery(self, row, status: str) -> Delivery:
         task, queue = destination(route=Route(row.service, row.role, row.shard, row.tenant), status=status,

@@ -170,7 +170,8 @@ class Outcome:
 
     def _move(self, conn, to: str, values: dict[str, Any]) -> bool:
         """The fenced move; when it is refused because the assignment was abandoned while this attempt ran,
-        record what the attempt spent on the abandoned row and report it, so the brain settles it."""
+        record what the attempt spent on the abandoned row and report it, so the brain settles it. Any other
+        refusal is a late write (this attempt lost its lease and another took over): audited, then dropped."""
         if ledger.move(conn, self.claim.id, from_=(ledger.RUNNING,), to=to, now=self.now,
                        attempt=self.claim.attempt, values={**values, **self.usage_values}):
             return True
@@ -179,6 +180,10 @@ class Outcome:
             self._audit(conn, [("execute_abandoned", {"usage": self.usage})])
             self._report(conn, outcomes.TASK_FAILED, {"error": {
                 "code": "execute.abandoned", "message": "its token ended while the attempt ran", "retryable": False}})
+        else:
+            log.warning("attempt %d of %s ended after it lost its lease: its outcome (%s) is dropped",
+                        self.claim.attempt, self.claim.id, to)
+            self._audit(conn, [("execute_fenced", {"to": to})])
         return False
 
     def _audit(self, conn, kinds: list[tuple[str, dict]]) -> None:
