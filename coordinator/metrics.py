@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 from fastapi import Depends, FastAPI, Query, Request, Response
@@ -15,6 +16,7 @@ from sqlalchemy import Engine, Select, func, select
 from bus.schema import agent_messages as m
 from bus.schema import bus_events, introspection_events
 from bus.settings import Settings
+from coordinator import supervision_report
 from coordinator.keys import Principal
 from coordinator.schema import runs
 
@@ -87,10 +89,10 @@ def workflow_summary(engine: Engine, *, window_s: float, now: float, tenant: str
 
 
 class LedgerCollector:
-    """Prometheus collector that reads the ledger on every scrape."""
+    """Prometheus collector that reads the ledger (and the supervisor's report, under ``home``) on every scrape."""
 
-    def __init__(self, engine: Engine):
-        self.engine = engine
+    def __init__(self, engine: Engine, home: Path | None = None):
+        self.engine, self.home = engine, home
 
     def collect(self) -> Iterator[Any]:
         """Gauges of bus rows and runs by status; counters of audit events by kind."""
@@ -112,6 +114,24 @@ class LedgerCollector:
         for kind, n in audit:
             c.add_metric([kind], n)
         yield c
+        yield from self._supervision()
+
+    def _supervision(self) -> Iterator[Any]:
+        """Restarts and crash loops as ``cogo up`` reports them; nothing when no supervisor here reports."""
+        report = supervision_report.read(self.home) if self.home is not None else None
+        if report is None:
+            return
+        restarts = CounterMetricFamily("cogo_process_restarts", "Restarts by the supervisor, per process copy",
+                                       labels=["process", "copy"])
+        looping = GaugeMetricFamily("cogo_process_crash_looping",
+                                    "1 when the supervisor gave up on a crash-looping process (it stays stopped)",
+                                    labels=["process", "copy"])
+        for label, entry in sorted((report.get("processes") or {}).items()):
+            restarts.add_metric([str(entry.get("process")), label], int(entry.get("restarts") or 0))
+            looping.add_metric([str(entry.get("process")), label],
+                               1 if entry.get("state") == supervision_report.CRASH_LOOPING else 0)
+        yield restarts
+        yield looping
 
 
 MAX_WINDOW_S = 30 * 86400.0
@@ -127,7 +147,7 @@ def create_app(engine: Engine, settings: Settings) -> FastAPI:
     app = FastAPI(title="cogo metrics")
     install_error_handlers(app)
     registry = CollectorRegistry()
-    registry.register(LedgerCollector(engine))
+    registry.register(LedgerCollector(engine, settings.home))
 
     def caller(request: Request) -> Principal:
         who = authenticate_request(request, engine, settings)

@@ -30,6 +30,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from bus.errors import CogoError, ConfigError, LedgerUnavailable
 from bus.settings import Settings
+from coordinator import supervision_report
 from ecosystem import flower
 from ecosystem.child import COLOURS, Child, LogSink
 from ecosystem.embedded import EmbeddedRedis
@@ -215,6 +216,8 @@ class Fleet:
         self.restart_policy = restart_policy
         self.crash_looping: set[str] = set()
         self._deaths: dict[str, list[float]] = {}
+        self._exits: dict[str, tuple[int | None, float]] = {}  # label -> (last exit code, wall time)
+        self.restarts: dict[str, int] = {}
         self._due: dict[str, tuple[Child, float]] = {}
         self._sink = LogSink(self.console, max((len(_label(p, i)) for p in self.selected
                                                for i in range(p.replicas)), default=8), echo=show_logs)
@@ -234,6 +237,7 @@ class Fleet:
             self._spawn_all()
             self._await_ready()
             self._announce_flower()
+            self._report()
         except BaseException:
             self.stop()
             raise
@@ -255,6 +259,7 @@ class Fleet:
             for child in self.children:
                 child.drain()
                 child.ready_file.unlink(missing_ok=True)
+            supervision_report.remove(self.settings.home)
             if self.broker is not None:
                 (self.settings.home / BROKER_URL_FILE).unlink(missing_ok=True)
                 self.broker.stop()
@@ -292,11 +297,14 @@ class Fleet:
     def tend(self, now: float | None = None) -> None:
         """Notice children that died and restart each after its backoff; leave a crash-looping one stopped."""
         now = time.monotonic() if now is None else now
+        changed = False
         for child in self.newly_dead():
+            changed = True
             deaths = self._deaths.setdefault(child.label, [])
             deaths.append(now)
             delay = restart_delay(deaths, now, self.restart_policy)
             code = child.poll()
+            self._exits[child.label] = (code, time.time())
             self._show_tail(child)
             if delay is None:
                 self.crash_looping.add(child.label)
@@ -311,7 +319,26 @@ class Fleet:
                 del self._due[label]
                 child.respawn()
                 self._reported.discard(id(child))
+                self.restarts[label] = self.restarts.get(label, 0) + 1
+                changed = True
                 self._sink.note(f"{label} restarted (pid {child.pid})", "yellow")
+        if changed:
+            self._report()
+
+    def _report(self) -> None:
+        """Write what supervision knows for the API, the metrics and ``cogo status`` (``supervision_report``)."""
+        processes = {}
+        for child in self.children:
+            code, exited_at = self._exits.get(child.label, (None, None))
+            state = (supervision_report.CRASH_LOOPING if child.label in self.crash_looping else
+                     supervision_report.RESTARTING if child.label in self._due else supervision_report.RUNNING)
+            processes[child.label] = {"process": child.process.name, "state": state, "pid": child.pid,
+                                      "restarts": self.restarts.get(child.label, 0), "last_exit_code": code,
+                                      "last_exit_at": exited_at, "log": str(child.log_path)}
+        supervision_report.write(self.settings.home, {
+            "supervisor_pid": os.getpid(), "updated_at": time.time(), "processes": processes,
+            "policy": {"crash_loop_deaths": self.restart_policy.crash_loop_deaths,
+                       "window_s": self.restart_policy.window_s}})
 
     # -- where things are -------------------------------------------------------------------------------
     @property

@@ -273,7 +273,8 @@ def fleet_status(fleet: Mapping[str, Any], processes: Sequence[Any], *, now: flo
         procs.add_column(name, no_wrap=name != "how we know", overflow="fold")
     for process in processes:
         state, why = process_state(process, fleet)
-        style = {"up": "bold green", "down": "bold red", "busy": "bold yellow"}.get(state.split()[0], "dim")
+        style = {"up": "bold green", "down": "bold red", "crash-looping": "bold red", "busy": "bold yellow",
+                 "restarting": "bold yellow"}.get(state.split()[0], "dim")
         procs.add_row(process.name, process.kind, Text(state, style=style), why)
     known = {p.name for p in processes}
     for name in sorted({str(c.get("name")) for c in fleet.get("consumers") or []} - known):
@@ -301,7 +302,11 @@ def fleet_status(fleet: Mapping[str, Any], processes: Sequence[Any], *, now: flo
 
 
 def process_state(process: Any, fleet: Mapping[str, Any]) -> tuple[str, str]:
-    """``(state, how we know)`` of one process of the table from ``GET /api/fleet``'s answer."""
+    """``(state, how we know)`` of one process of the table from ``GET /api/fleet``'s answer. The supervisor's
+    word comes first when it has given up on a copy or is restarting one; else what the fleet answers."""
+    supervised = supervision_of(process, fleet)
+    if supervised is not None:
+        return supervised
     if process.kind == "celery":
         replies = [c for c in fleet.get("consumers") or [] if c.get("name") == process.name]
         if replies:
@@ -320,7 +325,32 @@ def process_state(process: Any, fleet: Mapping[str, Any]) -> tuple[str, str]:
     probe = (fleet.get("http") or {}).get(process.port_setting or "")
     if probe:
         return str(probe.get("state", "unknown")), str(probe.get("detail", ""))
+    copies = _supervised_copies(process, fleet)
+    if copies:
+        restarts = sum(int(c.get("restarts") or 0) for c in copies)
+        return "up", f"cogo up runs it (pid {', '.join(str(c.get('pid')) for c in copies)}; {restarts} restart(s))"
     return "unknown", "a loop process has no signal the API can observe"
+
+
+def _supervised_copies(process: Any, fleet: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    report = fleet.get("supervision") or {}
+    return [c for c in (report.get("processes") or {}).values() if c.get("process") == process.name]
+
+
+def supervision_of(process: Any, fleet: Mapping[str, Any]) -> tuple[str, str] | None:
+    """``(state, why)`` when ``cogo up`` reports a copy of ``process`` crash-looping or being restarted."""
+    copies = _supervised_copies(process, fleet)
+    looping = [c for c in copies if c.get("state") == "crash_looping"]
+    if looping:
+        c = looping[0]
+        return "crash-looping", (f"cogo up gave up after {c.get('restarts')} restart(s): last exit code "
+                                 f"{c.get('last_exit_code')}; it stays stopped: fix the cause, then restart cogo up; "
+                                 f"see {c.get('log')}")
+    restarting = [c for c in copies if c.get("state") == "restarting"]
+    if restarting:
+        c = restarting[0]
+        return "restarting", f"exited with code {c.get('last_exit_code')}; cogo up restarts it after its backoff"
+    return None
 
 
 def intents_table(intents: Sequence[Mapping[str, Any]]) -> Table:

@@ -7,6 +7,9 @@
   consumes. A solo-pool consumer busy with a long task cannot reply: ``running`` on its route says so.
 - HTTP processes other than the API (metrics, Flower): an HTTP answer on their configured port at the
   API's host. No answer there is not proof that they are down (they may run on another host).
+- Supervision: what ``cogo up`` on the API's host knows (``coordinator/supervision_report.py``): each
+  process copy running, restarting or crash-looping (given up on, left stopped), its restarts and last exit.
+  ``null`` when no supervisor on this host writes a report.
 - Queues: for every routed queue (the brain's and dispatcher's per shard, every task route of the
   loaded workflows per shard, and any queue seen in a reply or in the ledger), the broker's depth
   and the ledger's untaken rows (queued, dispatched, due retry_wait) with the oldest one's times.
@@ -30,6 +33,7 @@ from bus.broker import queue_depth
 from bus.routing import DECIDE, EXECUTE, ORCHESTRATOR, queue_name
 from bus.schema import agent_messages as m
 from bus.settings import Settings
+from coordinator import supervision_report
 from coordinator.api.auth import scoped
 from coordinator.api.deps import Services, services
 from coordinator.definitions import Registry, TaskNode
@@ -76,6 +80,7 @@ def get_fleet(s: Services = Depends(services), _who: Principal = Depends(scoped(
         "consumer_source": f"replies to one broadcast within {REPLY_TIMEOUT_S:g} s",
         "http": {setting: probe_http(s.settings, setting) for setting in HTTP_PROCESSES},
         "queues": queues,
+        "supervision": supervision_report.read(s.settings.home),
     })
 
 
