@@ -83,6 +83,25 @@ def process(name: Annotated[str, typer.Argument(help="A process of the table (se
 
 @app.command()
 @handled
+def health(name: Annotated[str, typer.Argument(help="A process of the table (see ecosystem/processes.py)")]) -> None:
+    """Exit 0 when that process answers on this host, else 1 saying why (a container's health check)."""
+    from ecosystem.health import check
+    from ecosystem.launcher import recorded_broker
+    from ecosystem.processes import by_name
+
+    try:
+        process = by_name(name)
+    except ConfigError as exc:
+        raise UsageError(str(exc), code=exc.code) from None
+    problem = check(process, recorded_broker(Settings.from_env()))
+    if problem:
+        err.print(f"{name}: unhealthy: {problem}")
+        raise typer.Exit(1)
+    out.print(f"{name}: healthy")
+
+
+@app.command()
+@handled
 def migrate() -> None:
     """Bring the ledger (COGO_DATABASE_URL) to the newest migration."""
     from ecosystem.launcher import migrate_ledger, redact

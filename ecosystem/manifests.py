@@ -15,6 +15,7 @@ import yaml
 from bus.settings import Settings
 from ecosystem.launcher import SECRETS
 from ecosystem.processes import PROCESSES, Process
+from ecosystem.readiness import READY_ENV
 
 HEADER = ("# Generated from ecosystem/processes.py by `cogo manifests`; do not edit by hand.\n"
           "# Run `cogo manifests` after changing the process table.\n"
@@ -73,9 +74,17 @@ default seccomp and AppArmor profiles forbid creating namespaces, and the sandbo
 (``sandbox.unavailable``). The container itself stays unprivileged (uid 1000, no added capability)."""
 
 
+HEALTH_FILE = "/tmp/cogo.ready"
+"""Where a loop process in a container touches its file on every good tick (``cogo health`` reads its age)."""
+HEALTHCHECK = {"interval": "15s", "timeout": "15s", "retries": 3, "start_period": "60s"}
+"""How often compose runs ``cogo health <process>`` and how many failures make a container unhealthy."""
+
+
 def process_environment(process: Process) -> dict[str, str]:
     """The variables one process's container gets beyond ``CONTAINER_ENV``: its own settings and secrets."""
     env = dict(PROCESS_ENV.get(process.name, {}))
+    if process.kind == "loop":
+        env[READY_ENV] = HEALTH_FILE
     env.update({var: SECRET_ENV[var] for var, holders in SECRETS.items() if process.name in holders})
     return env
 
@@ -86,6 +95,7 @@ def _process_service(process: Process) -> dict:
         "migrate": {"condition": "service_completed_successfully"},
     }, process_environment(process))
     service["restart"] = "unless-stopped"
+    service["healthcheck"] = {"test": ["CMD", "cogo", "health", process.name], **HEALTHCHECK}
     if process.name in CONFINES_CODE:
         service["security_opt"] = list(CONFINES_CODE[process.name])
     if process.port_setting:

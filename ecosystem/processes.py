@@ -25,6 +25,7 @@ class Process:
         entry: ``module:function`` that runs it; called with the settings and the process name.
         routes: ``(service, role)`` pairs it consumes; one queue per shard each.
         port_setting: for ``http`` and ``flower``, the Settings field holding its port.
+        interval_setting: for ``loop``, the Settings field holding its tick interval (its health check's clock).
         replicas: how many copies ``cogo up`` starts.
     """
 
@@ -34,6 +35,7 @@ class Process:
     description: str
     routes: tuple[tuple[str, str], ...] = ()
     port_setting: str | None = None
+    interval_setting: str | None = None
     replicas: int = 1
 
     def queues(self, shards: int) -> list[str]:
@@ -66,9 +68,9 @@ PROCESSES: tuple[Process, ...] = (
     Process("cogo-kg-builder", "celery", "workers.kg_build:main",
             "builds a knowledge graph from embedded documents", routes=(("kg", "build"),)),
     Process("cogo-bus-reclaimer", "loop", "workers.reclaimer:main",
-            "re-sends what the broker dropped, expires leases, dead-letters"),
+            "re-sends what the broker dropped, expires leases, dead-letters", interval_setting="reclaim_interval_s"),
     Process("cogo-bus-retention", "loop", "workers.retention:main",
-            "prunes settled rows and old events"),
+            "prunes settled rows and old events", interval_setting="retention_interval_s"),
     Process("cogo-metrics-server", "http", "coordinator.metrics:main",
             "Prometheus /metrics and the metrics JSON endpoints", port_setting="metrics_port"),
     Process("flower", "flower", "ecosystem.flower:main",

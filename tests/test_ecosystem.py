@@ -49,6 +49,16 @@ def test_compose_has_every_process_of_the_table_running_its_cogo_command():
     assert all(c[:2] == ["cogo", "process"] and c[2] in NAMES for c in commands if c != ["cogo", "migrate"])
 
 
+def test_compose_restarts_each_process_and_checks_its_health_with_cogo_health():
+    services = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
+    for process in PROCESSES:
+        service = services[process.name]
+        assert service["restart"] == "unless-stopped"
+        assert service["healthcheck"]["test"] == ["CMD", "cogo", "health", process.name]
+        # A loop process proves it ticks by touching the file its health check reads.
+        assert (service["environment"].get("COGO_READY_FILE") == manifests.HEALTH_FILE) == (process.kind == "loop")
+
+
 def test_compose_publishes_the_http_ports():
     services = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
     defaults = Settings()

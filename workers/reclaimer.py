@@ -176,7 +176,8 @@ class Reclaimer:
 
 
 def run_forever(tick: Callable[[], object], interval_s: float, *, name: str) -> None:
-    """Call ``tick`` every ``interval_s`` until SIGTERM or SIGINT; a failing tick is logged, not fatal."""
+    """Call ``tick`` every ``interval_s`` until SIGTERM or SIGINT; a failing tick is logged, not fatal. The ready
+    file is touched after every tick that succeeded."""
     from ecosystem.readiness import mark_ready
 
     stop = threading.Event()
@@ -188,7 +189,10 @@ def run_forever(tick: Callable[[], object], interval_s: float, *, name: str) -> 
             tick()
         except Exception as exc:  # the loop must outlive a database or broker outage
             log.warning("%s tick failed: %s", name, exc)
-        if not ready:
+        else:
+            mark_ready()  # touched on every good tick: its age is the loop's health (``cogo health``)
+            ready = True
+        if not ready:  # ready once it has tried: an outage at startup must not hold the fleet's start
             mark_ready()
             ready = True
         stop.wait(interval_s)
