@@ -144,6 +144,26 @@ def test_feedback_loop_is_bounded_by_max_loops():
     assert all_types(sim, "decision.gate").count("decision.gate.evaluate") == 4
 
 
+def test_a_gate_passes_at_exactly_its_threshold_and_fails_just_below():
+    at = Sim(GATED)
+    at.start()
+    [gate] = events(at.complete("work.1", {"rate": 0.8}), "decision.gate.evaluate")
+    assert (gate["passed"], gate["to"]) == (True, "tell")
+    below = Sim(GATED)
+    below.start()
+    [gate] = events(below.complete("work.1", {"rate": 0.7999}), "decision.gate.evaluate")
+    assert (gate["passed"], gate["to"]) == (False, "work")
+
+
+def test_a_loop_is_bounded_to_three_by_default():
+    sim = Sim(GATED.replace("max_loops: 3\n", ""))
+    sim.start()
+    while sim.dispatched():
+        sim.complete(sim.dispatched()[0], {"rate": 0.1})
+    assert len(all_decisions(sim, d.DispatchToken)) == 1 + 3
+    assert all_decisions(sim, d.FailWorkflow)[0].error["code"] == "loop.max_feedback_loops"
+
+
 def test_loops_pass_once_the_gate_holds():
     sim = Sim(GATED)
     sim.start()
