@@ -21,6 +21,7 @@ from bus.outbox import EARLY_TOLERANCE_S, Delivery, Publisher, destination
 from bus.routing import DECIDE, ORCHESTRATOR, Route, execute_queue
 from bus.schema import agent_messages as m
 from bus.settings import Settings
+from coordinator import commands
 from coordinator import events as ev
 from coordinator.apply import Effects, Phase1, phase2
 from coordinator.definitions import Registry
@@ -70,7 +71,7 @@ class Brain:
             except Exception as exc:  # a bug or a poison event: count it, dead-letter it after a few tries
                 if faults.is_infrastructure(exc):  # not the event's fault: retried, never counted
                     raise
-                return self._crashed(message_id, exc), None
+                return self._crashed(message_id, exc)
         raise Conflict(f"gave up on {message_id} after {MAX_CONFLICT_RETRIES} version conflicts")
 
     def _step(self, message_id: str) -> tuple[str, Effects | None]:
@@ -107,25 +108,50 @@ class Brain:
         return "applied", effects
 
 
-    def _crashed(self, message_id: str, exc: Exception) -> str:
-        """Count a crash on this event; after ``MAX_CRASHES`` the event is rejected and its run failed,
-        so a poison event cannot be re-sent for ever by the reclaimer."""
+    def _crashed(self, message_id: str, exc: Exception) -> tuple[str, Effects | None]:
+        """Count a crash on this event; after ``MAX_CRASHES`` the event is rejected and its run fails through the
+        planner (a ``gave_up`` event, applied at once), so a poison event cannot be re-sent for ever by the
+        reclaimer, and the run's parent, tokens and assignments hear of it like any failure."""
         log.exception("brain crashed on %s", message_id)
         now = self.clock()
         with self.engine.begin() as conn:
             row = conn.execute(update(m).where(m.c.id == message_id, m.c.status == ledger.QUEUED)
                                .values(attempts=m.c.attempts + 1, last_error=f"{type(exc).__name__}: {exc}"[:2000],
                                        last_error_at=now)
-                               .returning(m.c.attempts, m.c.run_id, m.c.tenant)).first()
-            if row is None or row.attempts < MAX_CRASHES:
-                return "crashed"
+                               .returning(m.c.attempts, m.c.run_id, m.c.tenant, m.c.kind, m.c.payload)).first()
+            if row is None:
+                return "crashed", None
+            if row.kind == ev.GaveUp.kind:  # failing the run through the planner crashed too: fail it directly
+                return "rejected", Effects(deliveries=_fail_directly(conn, message_id, row, now, self.shards))
+            if row.attempts < MAX_CRASHES:
+                return "crashed", None
             error = CogoError(f"the brain failed {row.attempts} times on this event: {type(exc).__name__}: {exc}",
                               code="brain.crashed")
             _reject(conn, message_id, row, error, now)
-            conn.execute(update(runs).where(runs.c.id == row.run_id, runs.c.status.not_in(RUN_TERMINAL))
-                         .values(status=RUN_FAILED, error=error.to_dict(), ended_at=now, updated_at=now,
-                                 version=runs.c.version + 1))
-        return "rejected"
+            gave_up = commands.enqueue_event(conn, run_id=row.run_id, tenant=row.tenant, kind=ev.GaveUp.kind,
+                                             payload={"rejected_event": message_id, "error": error.to_dict()},
+                                             now=now, shards=self.shards)
+        try:
+            return "rejected", self._handle(gave_up.message_id)[1]
+        except Exception:  # noqa: BLE001 - committed: the reclaimer sends the gave_up event again
+            log.warning("the gave_up event of run %s is left to the reclaimer", row.run_id, exc_info=True)
+            return "rejected", None
+
+
+def _fail_directly(conn, message_id: str, row: Any, now: float, shards: int) -> list[Delivery]:
+    """The last resort when the planner cannot even fail the run: fail it here and tell its parent."""
+    error = row.payload.get("error") or {"code": "brain.crashed", "message": "the brain gave up on this run"}
+    if not ledger.move(conn, message_id, from_=(ledger.QUEUED,), to=ledger.FAILED, now=now):
+        return []
+    run = conn.execute(update(runs).where(runs.c.id == row.run_id, runs.c.status.not_in(RUN_TERMINAL))
+                       .values(status=RUN_FAILED, error=error, ended_at=now, updated_at=now,
+                               version=runs.c.version + 1)
+                       .returning(runs.c.parent_run_id, runs.c.parent_token_id, runs.c.tenant)).first()
+    if run is None or not run.parent_run_id:
+        return []
+    return [commands.enqueue_event(conn, run_id=run.parent_run_id, tenant=run.tenant, kind=ev.ChildFailed.kind,
+                                   payload={"token_id": run.parent_token_id, "child_run_id": row.run_id,
+                                            "error": error}, now=now, shards=shards)]
 
 
 def _settle_outcome(conn, event: ev.Event, now: float) -> int:

@@ -21,8 +21,9 @@ from coordinator.state import RUN_TERMINAL
 from coordinator.timefmt import with_iso
 
 
-def _event(conn: Connection, *, run_id: str, tenant: str, kind: str, payload: dict[str, Any], now: float,
-           shards: int, id: str | None = None) -> Delivery:
+def enqueue_event(conn: Connection, *, run_id: str, tenant: str, kind: str, payload: dict[str, Any], now: float,
+                  shards: int, id: str | None = None) -> Delivery:
+    """Write a brain event for ``run_id`` (in the caller's transaction); returns the delivery that sends it."""
     route = Route(ORCHESTRATOR, DECIDE, shard_for(run_id, shards), tenant)
     message = ledger.NewMessage(route=route, kind=kind, payload=payload, run_id=run_id,
                                 **({"id": id} if id else {}))
@@ -47,7 +48,7 @@ def cancel(conn: Connection, run_id: str, *, reason: str, now: float, shards: in
         NotFound: no such run. Conflict: code ``run.terminal``, the run has already ended.
     """
     run = _live_run(conn, run_id)
-    return _event(conn, run_id=run_id, tenant=run.tenant, kind="cancel", payload={"reason": reason}, now=now,
+    return enqueue_event(conn, run_id=run_id, tenant=run.tenant, kind="cancel", payload={"reason": reason}, now=now,
                   shards=shards)
 
 
@@ -58,7 +59,7 @@ def signal(conn: Connection, run_id: str, name: str, data: dict[str, Any], *, no
         NotFound: no such run. Conflict: code ``run.terminal``, the run has already ended.
     """
     run = _live_run(conn, run_id)
-    return _event(conn, run_id=run_id, tenant=run.tenant, kind="signal", payload={"name": name, "data": data},
+    return enqueue_event(conn, run_id=run_id, tenant=run.tenant, kind="signal", payload={"name": name, "data": data},
                   now=now, shards=shards)
 
 
@@ -83,7 +84,7 @@ def decide_approval(conn: Connection, approval_id: str, *, approved: bool, by: s
                "comment": comment}
     try:
         with conn.begin_nested():
-            delivery = _event(conn, run_id=row["run_id"], tenant=row["tenant"], kind="approval", payload=payload,
+            delivery = enqueue_event(conn, run_id=row["run_id"], tenant=row["tenant"], kind="approval", payload=payload,
                               now=now, shards=shards, id=event_id)
     except IntegrityError:
         raise Conflict(f"approval {approval_id} has already been decided", code="approval.not_pending",

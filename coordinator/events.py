@@ -119,8 +119,19 @@ class ChildFailed(Event):
     kind = "child_failed"
 
 
+@dataclass(frozen=True)
+class GaveUp(Event):
+    """The brain gave up on an event of this run (``rejected_event``): it crashed on it too often. The run
+    fails as any failure does, through the planner, so its parent hears of it and its work is abandoned."""
+
+    rejected_event: str = ""
+    error: dict[str, Any] = field(default_factory=dict)
+
+    kind = "gave_up"
+
+
 EVENT_TYPES: dict[str, type[Event]] = {t.kind: t for t in (
-    Start, TaskCompleted, TaskFailed, Timer, Cancel, ApprovalDecided, Signal, ChildCompleted, ChildFailed)}
+    Start, TaskCompleted, TaskFailed, Timer, Cancel, ApprovalDecided, Signal, ChildCompleted, ChildFailed, GaveUp)}
 
 
 def from_row(*, id: str, run_id: str, kind: str, payload: dict[str, Any]) -> Event:

@@ -12,7 +12,7 @@ from coordinator import events as ev
 from coordinator.planning import fanout, routing, tasks  # noqa: F401  (registers entry rules)
 from coordinator.planning.builder import Plan, PlanBuilder
 from coordinator.planning.children import on_child_completed, on_child_failed
-from coordinator.planning.lifecycle import on_cancel, on_start
+from coordinator.planning.lifecycle import on_cancel, on_gave_up, on_start
 from coordinator.planning.people import on_approval
 from coordinator.planning.tasks import on_task_completed, on_task_failed
 from coordinator.planning.timers import on_signal, on_timer
@@ -29,10 +29,11 @@ PLANNERS: dict[type[ev.Event], Planner] = {
     ev.Signal: on_signal,
     ev.ChildCompleted: on_child_completed,
     ev.ChildFailed: on_child_failed,
+    ev.GaveUp: on_gave_up,
 }
 """The planner of each command."""
 
-BEFORE_START = (ev.Start, ev.Cancel)
+BEFORE_START = (ev.Start, ev.Cancel, ev.GaveUp)
 """The only commands that mean anything to a run that has not started."""
 
 

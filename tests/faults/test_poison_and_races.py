@@ -13,6 +13,7 @@ from bus.schema import agent_messages, bus_events
 from coordinator import brain as brain_module
 from coordinator.brain import MAX_CRASHES
 from coordinator.dispatcher import Dispatcher
+from coordinator.schema import runs
 from coordinator.store import run_view
 from tests.support.harness import Fleet, registry_of, submit
 from workers.handler import WorkResult
@@ -173,3 +174,54 @@ def test_two_brains_on_the_same_event_apply_it_once(engine, attempt):
         assignments = conn.execute(select(agent_messages).where(agent_messages.c.run_id == run_id,
                                                                 agent_messages.c.kind == "assignment")).all()
     assert len(starts) == 1 and len(assignments) == 1
+
+
+PARENT = """
+name: parent
+start: down
+nodes:
+  down: {kind: subworkflow, workflow: child, next: done}
+  done: {kind: end}
+"""
+CHILD = """
+name: child
+start: work
+nodes:
+  work: {kind: task, route: {service: rag, role: embed}, agent: {agent_id: w}, next: done}
+  done: {kind: end}
+"""
+
+
+def test_a_child_whose_brain_gives_up_fails_through_the_planner_and_its_parent_hears_of_it(engine, monkeypatch):
+    """The brain crashes on every outcome of the child run: the child fails (``brain.crashed``) as any failure
+    does — a planned ``decision.workflow.fail`` — and its parent ends instead of waiting for ever."""
+    fleet = Fleet(engine, {("rag", "embed"): lambda ctx, p: WorkResult(output={})},
+                  registry=registry_of(PARENT, CHILD))
+    parent_id = submit(fleet, "parent")
+    real_plan = brain_module.plan
+
+    def crashes_on_the_childs_outcome(state, event, **kwargs):
+        if event.kind == "task_completed" and state.run.parent_run_id:
+            raise RuntimeError("a bug in planning")
+        return real_plan(state, event, **kwargs)
+
+    monkeypatch.setattr(brain_module, "plan", crashes_on_the_childs_outcome)
+    outcomes = []
+    while (nxt := fleet.publisher.pop()) is not None:
+        fleet.clock.now = max(fleet.clock.now, nxt[0])
+        outcomes.append(fleet.deliver(nxt[1]))
+        if outcomes[-1] == "crashed":  # the broker redelivers it (as the reclaimer would)
+            fleet.publisher.send([nxt[1]])
+    assert outcomes.count("crashed") == MAX_CRASHES - 1 and "rejected" in outcomes
+    with engine.connect() as conn:
+        child = conn.execute(select(runs).where(runs.c.parent_run_id == parent_id)).one()
+        child_trace = [e["type"] for e in introspection.read(conn, child.id)]
+    assert (child.status, child.error["code"]) == ("failed", "brain.crashed")
+    assert "decision.workflow.fail" in child_trace  # planned, so replay and explain see it
+    parent = run_view_of(engine, parent_id)
+    assert parent["status"] == "failed" and parent["error"]["code"] == "subworkflow.failed", parent
+
+
+def run_view_of(engine, run_id: str) -> dict:
+    with engine.connect() as conn:
+        return run_view(conn, run_id)
