@@ -34,9 +34,28 @@ def make_engine(url: str, *, pool_size: int = 5) -> Engine:
     if parsed.get_backend_name() == "sqlite":
         return _sqlite_engine(url, parsed.database or "")
     if parsed.get_backend_name() == "postgresql":
-        return create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True,
-                             json_serializer=_dumps)
+        return _postgres_engine(url, pool_size)
     raise ConfigError(f"COGO_DATABASE_URL must name sqlite or postgresql, got {parsed.get_backend_name()!r}")
+
+
+IDLE_IN_TRANSACTION_MS = 10_000
+"""How long PostgreSQL keeps a session of ours that stopped in the middle of a transaction before ending it."""
+
+
+def _postgres_engine(url: str, pool_size: int) -> Engine:
+    engine = create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True,
+                           json_serializer=_dumps)
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn, _record):
+        # Our transactions last milliseconds. One whose COMMIT never comes (its host was cut off from the network)
+        # would hold its row locks until TCP gives up, hours later, and every reclaimer sweep would wait on them:
+        # the server ends such a session instead, releasing its locks (tests/e2e/test_across_hosts.py).
+        with dbapi_conn.cursor() as cur:
+            cur.execute(f"SET idle_in_transaction_session_timeout = {IDLE_IN_TRANSACTION_MS}")
+        dbapi_conn.commit()
+
+    return engine
 
 
 def _sqlite_engine(url: str, path: str) -> Engine:

@@ -5,6 +5,10 @@ fixed port so a restart keeps its URL. ``OwnedPostgres`` is a PostgreSQL cluster
 fresh directory, listening on a free port of 127.0.0.1; when ``initdb`` is missing a test skips locally and
 fails under ``CI=true``. Run as root (as CI is), the cluster runs as the ``postgres`` user, which the server
 requires.
+
+Both listen on 127.0.0.1 by default. A test that puts a server on another host of its own network
+(``tests.support.netns``) passes ``host`` (the address to listen on and to connect to) and ``prefix`` (the
+command that runs the server there, such as ``ip netns exec <ns>``).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import shutil
 import subprocess
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -25,7 +30,46 @@ from tests.support.services import in_ci
 
 
 class OwnedRedis(EmbeddedRedis):
-    """A redis-server of the test's own; ``flush`` and ``restart`` are faults a test may inject."""
+    """A redis-server of the test's own; ``flush`` and ``restart`` are faults a test may inject.
+
+    Args:
+        host: the address it binds and its URL names (default 127.0.0.1).
+        prefix: a command the server is started under (``ip netns exec <ns>``); none by default.
+    """
+
+    def __init__(self, home: Path, *, host: str = "127.0.0.1", prefix: Sequence[str] = (), **kwargs) -> None:
+        super().__init__(home, **kwargs)
+        self.host, self.prefix = host, list(prefix)
+
+    @property
+    def url(self) -> str:
+        """The broker URL of the running server (database 0), carrying its password."""
+        return f"redis://:{self.password}@{self.host}:{self.port}/0"
+
+    def _argv(self) -> list[str]:
+        return [*self.prefix, *super()._argv()]
+
+    def _config(self) -> str:
+        return super()._config().replace("bind 127.0.0.1\n", f"bind {self.host}\n")
+
+    def _await_ping(self) -> bool:
+        if self.host == "127.0.0.1":
+            return super()._await_ping()
+        import redis  # the embedded server's own wait asks 127.0.0.1: ask the address it binds
+
+        deadline = time.monotonic() + self.start_timeout_s
+        client = redis.Redis(host=self.host, port=self.port, password=self.password, socket_connect_timeout=0.5,
+                             socket_timeout=1)
+        try:
+            while time.monotonic() < deadline and self._proc is not None and self._proc.poll() is None:
+                try:
+                    if client.ping():
+                        return True
+                except redis.RedisError:
+                    time.sleep(0.05)
+            return False
+        finally:
+            client.close()
 
     def flush(self) -> None:
         """``FLUSHALL``: every queued message is gone."""
@@ -53,20 +97,29 @@ def _postgres_bin(name: str) -> str:
 
 
 class OwnedPostgres:
-    """A PostgreSQL cluster of the test's own: ``start``, ``stop``, ``restart``, ``terminate_backends``."""
+    """A PostgreSQL cluster of the test's own: ``start``, ``stop``, ``restart``, ``terminate_backends``.
 
-    def __init__(self) -> None:
+    Args:
+        host: the address it listens on and its URL names (default 127.0.0.1).
+        prefix: a command the server is started under (``ip netns exec <ns>``); none by default.
+    """
+
+    def __init__(self, *, host: str = "127.0.0.1", prefix: Sequence[str] = ()) -> None:
+        self.host, self.prefix = host, list(prefix)
         self.initdb, self.pg_ctl = _postgres_bin("initdb"), _postgres_bin("pg_ctl")
         self.root = Path(tempfile.mkdtemp(prefix="cogo-pg-"))
         self.data = self.root / "data"
         self.port = free_port()
         self._as = self._run_as()
         self._run([self.initdb, "-D", str(self.data), "-U", "postgres", "--auth=trust", "--no-sync", "-E", "UTF8"])
+        if host != "127.0.0.1":  # initdb trusts loopback only; trust the hosts of the server's own subnet too
+            with (self.data / "pg_hba.conf").open("a", encoding="utf-8") as hba:
+                hba.write("host all all samenet trust\n")
 
     @property
     def url(self) -> str:
         """The URL of its ``postgres`` database."""
-        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+        return f"postgresql://postgres@{self.host}:{self.port}/postgres"
 
     def _run_as(self) -> list[str]:
         if os.geteuid() != 0:
@@ -75,15 +128,17 @@ class OwnedPostgres:
         os.chown(self.root, user.pw_uid, user.pw_gid)
         return ["setpriv", f"--reuid={user.pw_uid}", f"--regid={user.pw_gid}", "--init-groups"]
 
-    def _run(self, argv: list[str], timeout_s: float = 120) -> None:
-        done = subprocess.run([*self._as, *argv], capture_output=True, text=True, timeout=timeout_s)
+    def _run(self, argv: list[str], timeout_s: float = 120, prefix: Sequence[str] = ()) -> None:
+        # the prefix comes first: entering a network namespace needs root, which the ``postgres`` user is not
+        done = subprocess.run([*prefix, *self._as, *argv], capture_output=True, text=True, timeout=timeout_s)
         if done.returncode != 0:
             raise RuntimeError(f"{' '.join(argv)} failed ({done.returncode}): {done.stdout}{done.stderr}")
 
     def start(self) -> OwnedPostgres:
-        options = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off"
+        options = f"-p {self.port} -k {self.root} -c listen_addresses={self.host} -c fsync=off"
+        # only the start needs the prefix: the server it forks stays where it started; stop signals it by pid
         self._run([self.pg_ctl, "-D", str(self.data), "-o", options, "-l", str(self.root / "server.log"),
-                   "-w", "-t", "60", "start"])
+                   "-w", "-t", "60", "start"], prefix=self.prefix)
         return self
 
     def stop(self, mode: str = "fast") -> None:
