@@ -19,6 +19,7 @@ from bus.errors import Conflict
 from bus.introspection import IntrospectionEvent
 from bus.outbox import Delivery, Publisher, delivery_for
 from bus.routing import DECIDE, ORCHESTRATOR, Route, shard_for
+from bus.schema import agent_messages
 from coordinator import decisions as d
 from coordinator.definitions import Registry
 from coordinator.planning.builder import Plan
@@ -239,6 +240,12 @@ def _cancel_tokens(p: Phase1, x: d.CancelActiveTokens) -> None:
 
 def _finish_run(p: Phase1, status: str, *, output: Any = None, error: Any = None) -> None:
     p.run_values.update(status=status, ended_at=p.now, output=output, error=error)
+    # A run that ended has nothing left to wake: its pending timers (a decided approval's deadline, a node
+    # timeout that never fired) are closed with it rather than left queued until they fire and are ignored.
+    p.conn.execute(update(agent_messages).where(agent_messages.c.run_id == p.run.id,
+                                                agent_messages.c.kind == "timer",
+                                                agent_messages.c.status == ledger.QUEUED)
+                   .values(status=ledger.DONE, updated_at=p.now))
     if p.run.parent_run_id:
         if status == RUN_COMPLETED:
             kind, body = "child_completed", {"output": output}

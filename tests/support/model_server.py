@@ -2,7 +2,7 @@
 
 It runs in the test process on 127.0.0.1 and answers every ``POST /v1/chat/completions`` with what
 ``answer(messages)`` returns, so a real ``cogo-codegen-service`` started with ``COGO_LLM_URL`` set to
-``server.url`` talks to it over real HTTP. Every request is recorded (path, headers, body) for the test to read.
+``server.url`` talks to it over real HTTP. Every request (path, headers, body) and every answer is recorded.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ class ModelServer(ThreadingHTTPServer):
         self.answer = answer
         self.model = model
         self.requests: list[dict[str, Any]] = []
+        self.responses: list[dict[str, Any]] = []
         self._lock = threading.Lock()
 
     @property
@@ -40,22 +41,28 @@ class ModelServer(ThreadingHTTPServer):
     def chats(self) -> list[dict[str, Any]]:
         """The bodies of the chat-completion requests received so far, in order."""
         with self._lock:
-            return [r["body"] for r in self.requests if r["path"] == "/v1/chat/completions"]
+            return [r["body"] for r in self.requests]
 
-    def completion(self, messages: Sequence[dict[str, str]]) -> dict[str, Any]:
-        """The whole response body for ``messages``, with usage counted as the client estimates it."""
+    def answered(self) -> list[dict[str, Any]]:
+        """The completions sent so far, in the order of ``chats()``."""
+        with self._lock:
+            return list(self.responses)
+
+    def complete(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Record ``request`` and answer it: ``answer(messages)``, with usage counted in words as cogo counts."""
+        messages = request["body"].get("messages") or []
         content = self.answer(messages)
         prompt = sum(count_tokens(m.get("content", "")) for m in messages)
         completion = count_tokens(content)
-        return {"id": f"chatcmpl-{len(self.requests)}", "object": "chat.completion", "model": self.model,
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": content},
-                             "finish_reason": "stop"}],
-                "usage": {"prompt_tokens": prompt, "completion_tokens": completion,
-                          "total_tokens": prompt + completion}}
-
-    def record(self, entry: dict[str, Any]) -> None:
         with self._lock:
-            self.requests.append(entry)
+            self.requests.append(request)
+            body = {"id": f"chatcmpl-{len(self.responses)}", "object": "chat.completion", "model": self.model,
+                    "choices": [{"index": 0, "message": {"role": "assistant", "content": content},
+                                 "finish_reason": "stop"}],
+                    "usage": {"prompt_tokens": prompt, "completion_tokens": completion,
+                              "total_tokens": prompt + completion}}
+            self.responses.append(body)
+        return body
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -64,11 +71,10 @@ class _Handler(BaseHTTPRequestHandler):
     def do_POST(self):  # noqa: N802 (the name http.server dispatches to)
         length = int(self.headers.get("Content-Length", 0))
         body = json.loads(self.rfile.read(length) or b"{}")
-        self.server.record({"path": self.path, "headers": dict(self.headers), "body": body})
         if self.path != "/v1/chat/completions":
             self._reply(404, {"error": {"message": f"no route {self.path}", "type": "invalid_request_error"}})
             return
-        self._reply(200, self.server.completion(body.get("messages") or []))
+        self._reply(200, self.server.complete({"path": self.path, "headers": dict(self.headers), "body": body}))
 
     def _reply(self, status: int, body: dict[str, Any]) -> None:
         raw = json.dumps(body).encode()
