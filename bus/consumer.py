@@ -14,8 +14,8 @@ from collections.abc import Callable
 from celery import signals
 
 from bus.celery_app import make_celery
+from bus.readiness import mark_ready
 from bus.settings import Settings
-from ecosystem.readiness import mark_ready
 
 log = logging.getLogger(__name__)
 

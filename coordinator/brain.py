@@ -20,7 +20,6 @@ from bus.errors import BrokerUnavailable, CogoError, Conflict
 from bus.outbox import EARLY_TOLERANCE_S, Delivery, Publisher, destination
 from bus.routing import DECIDE, ORCHESTRATOR, Route, execute_queue
 from bus.schema import agent_messages as m
-from bus.settings import Settings
 from coordinator import commands
 from coordinator import events as ev
 from coordinator.apply import Effects, Phase1, phase2
@@ -202,19 +201,3 @@ def _reject(conn, message_id: str, row: Any, exc: CogoError, now: float) -> None
         return
     ledger.record(conn, [{"message_id": message_id, "run_id": row.run_id, "tenant": row.tenant,
                           "kind": "event_rejected", "detail": exc.to_dict()}], now=now)
-
-
-def main(settings: Settings, name: str) -> None:
-    """Run the brain: consume ``orchestrator.decide.<shard>`` for every shard."""
-    from bus.celery_app import make_celery
-    from bus.consumer import run_consumer
-    from bus.db import make_engine
-    from coordinator.notify import redis_notifier
-    from ecosystem.processes import by_name
-
-    engine = make_engine(settings.database_url)
-    publisher = Publisher(make_celery(settings, name=f"{name}-producer"))
-    brain = Brain(engine=engine, publisher=publisher, registry=Registry.load(settings.workflows_dir),
-                  shards=settings.shards, notify=redis_notifier(settings))
-    run_consumer(settings, name=name, queues=by_name(name).queues(settings.shards), task_name=TASK_DECIDE,
-                 handle=brain.handle)

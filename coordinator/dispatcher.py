@@ -18,7 +18,6 @@ from bus.introspection import IntrospectionEvent, write
 from bus.outbox import EARLY_TOLERANCE_S, Delivery, Publisher
 from bus.routing import Route, execute_queue
 from bus.schema import agent_messages as m
-from bus.settings import Settings
 from coordinator.policies import RunLedger, Verdict, admit
 from coordinator.schema import runs
 
@@ -245,17 +244,3 @@ def _in_flight(conn, run_id: str, exclude: str) -> list[str]:
     return list(conn.execute(select(m.c.id).where(m.c.run_id.in_(tree), m.c.kind == "assignment", _may_spend(),
                                                   m.c.id != exclude).order_by(m.c.created_at)
                              .limit(WAITING_FOR_SHOWN)).scalars())
-
-
-def main(settings: Settings, name: str) -> None:
-    """Run the dispatcher: consume ``orchestrator.execute.<shard>`` for every shard."""
-    from bus.celery_app import make_celery
-    from bus.consumer import run_consumer
-    from bus.db import make_engine
-    from ecosystem.processes import by_name
-
-    dispatcher = Dispatcher(engine=make_engine(settings.database_url),
-                            publisher=Publisher(make_celery(settings, name=f"{name}-producer")),
-                            shards=settings.shards, allowed_models=settings.model_allow_list)
-    run_consumer(settings, name=name, queues=by_name(name).queues(settings.shards), task_name=TASK_EXECUTE,
-                 handle=dispatcher.handle)

@@ -173,16 +173,3 @@ def create_app(engine: Engine, settings: Settings) -> FastAPI:
                                 tenant=None if who.is_admin else who.tenant)
 
     return app
-
-
-def main(settings: Settings, name: str) -> None:
-    """Serve metrics on ``settings.api_host:metrics_port``."""
-    import uvicorn
-
-    from bus.db import make_engine
-    from ecosystem.readiness import mark_ready
-
-    app = create_app(make_engine(settings.database_url), settings)
-    app.router.on_startup.append(mark_ready)
-    uvicorn.run(app, host=settings.api_host, port=settings.metrics_port, log_level=settings.log_level.lower(),
-                access_log=False)

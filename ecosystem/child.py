@@ -15,9 +15,9 @@ import httpx
 from rich.console import Console
 from rich.text import Text
 
+from bus.readiness import READY_ENV
 from ecosystem.net import probe_host
 from ecosystem.processes import Process
-from ecosystem.readiness import READY_ENV
 
 COLOURS = ("cyan", "magenta", "green", "yellow", "blue", "bright_red", "bright_cyan", "bright_magenta",
            "bright_green", "bright_yellow", "bright_blue")

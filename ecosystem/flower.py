@@ -20,11 +20,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from bus.errors import ConfigError
+from bus.readiness import mark_ready
 from bus.settings import Settings
 from ecosystem.embedded import stored_secret
 from ecosystem.net import probe_host
 from ecosystem.processes import PROCESSES, Process
-from ecosystem.readiness import mark_ready
 
 PASSWORD_FILE = "flower.password"
 """The generated Flower password, under ``COGO_HOME`` (mode 0600)."""

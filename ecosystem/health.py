@@ -19,9 +19,9 @@ from pathlib import Path
 
 import httpx
 
+from bus.readiness import READY_ENV
 from bus.settings import Settings
 from ecosystem.processes import Process
-from ecosystem.readiness import READY_ENV
 
 TIMEOUT_S = 5.0
 

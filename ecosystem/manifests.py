@@ -12,10 +12,10 @@ from pathlib import Path
 
 import yaml
 
+from bus.readiness import READY_ENV
 from bus.settings import Settings
 from ecosystem.launcher import SECRETS
 from ecosystem.processes import PROCESSES, Process
-from ecosystem.readiness import READY_ENV
 
 HEADER = ("# Generated from ecosystem/processes.py by `cogo manifests`; do not edit by hand.\n"
           "# Run `cogo manifests` after changing the process table.\n"

@@ -10,7 +10,8 @@ from dataclasses import dataclass
 from typing import Literal
 
 from bus.errors import ConfigError
-from bus.routing import queue_name
+from bus.routing import DECIDE, EXECUTE, ORCHESTRATOR, queue_name
+from workers import build_test, codegen, kg_build, rag_embed
 
 Kind = Literal["celery", "http", "loop", "flower"]
 
@@ -49,29 +50,29 @@ class Process:
 
 
 PROCESSES: tuple[Process, ...] = (
-    Process("orchestrator-chat", "http", "coordinator.api.server:main",
+    Process("orchestrator-chat", "http", "ecosystem.entrypoints:api",
             "HTTP ingress and the API: intents, runs, events, approvals, plan/execute/state",
             port_setting="api_port"),
-    Process("cogo-orchestrator-brain", "celery", "coordinator.brain:main",
+    Process("cogo-orchestrator-brain", "celery", "ecosystem.entrypoints:brain",
             "loads a run's state, plans purely, applies decisions in two phases",
-            routes=(("orchestrator", "decide"),)),
-    Process("cogo-executor-dispatcher", "celery", "coordinator.dispatcher:main",
+            routes=((ORCHESTRATOR, DECIDE),)),
+    Process("cogo-executor-dispatcher", "celery", "ecosystem.entrypoints:dispatcher",
             "admits assignments (model allow-list, run and root budgets) and routes them; re-admits retries",
-            routes=(("orchestrator", "execute"),)),
-    Process("cogo-codegen-service", "celery", "workers.codegen:main",
-            "spec → artifacts/<taskId>/edits.json", routes=(("codegen", "generate"),)),
-    Process("cogo-build-test-worker", "celery", "workers.build_test:main",
+            routes=((ORCHESTRATOR, EXECUTE),)),
+    Process("cogo-codegen-service", "celery", "ecosystem.entrypoints:codegen",
+            "spec → artifacts/<taskId>/edits.json", routes=(codegen.ROUTE,)),
+    Process("cogo-build-test-worker", "celery", "ecosystem.entrypoints:build_test",
             "applies edits in a sandbox, builds and tests → artifacts/<taskId>/build-test/report.json",
-            routes=(("code", "build-test"),)),
-    Process("cogo-rag-embed", "celery", "workers.rag_embed:main",
-            "embeds documents for the indexing flow", routes=(("rag", "embed"),)),
-    Process("cogo-kg-builder", "celery", "workers.kg_build:main",
-            "builds a knowledge graph from embedded documents", routes=(("kg", "build"),)),
-    Process("cogo-bus-reclaimer", "loop", "workers.reclaimer:main",
+            routes=(build_test.ROUTE,)),
+    Process("cogo-rag-embed", "celery", "ecosystem.entrypoints:rag_embed",
+            "embeds documents for the indexing flow", routes=(rag_embed.ROUTE,)),
+    Process("cogo-kg-builder", "celery", "ecosystem.entrypoints:kg_build",
+            "builds a knowledge graph from embedded documents", routes=(kg_build.ROUTE,)),
+    Process("cogo-bus-reclaimer", "loop", "ecosystem.entrypoints:reclaimer",
             "re-sends what the broker dropped, expires leases, dead-letters", interval_setting="reclaim_interval_s"),
-    Process("cogo-bus-retention", "loop", "workers.retention:main",
+    Process("cogo-bus-retention", "loop", "ecosystem.entrypoints:retention",
             "prunes settled rows and old events", interval_setting="retention_interval_s"),
-    Process("cogo-metrics-server", "http", "coordinator.metrics:main",
+    Process("cogo-metrics-server", "http", "ecosystem.entrypoints:metrics",
             "Prometheus /metrics and the metrics JSON endpoints", port_setting="metrics_port"),
     Process("flower", "flower", "ecosystem.flower:main",
             "live view of workers and queues", port_setting="flower_port"),

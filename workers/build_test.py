@@ -11,7 +11,6 @@ worker opened outside the sandbox — never from pytest's output or a file the w
 
 from __future__ import annotations
 
-import functools
 import importlib.util
 import json
 import logging
@@ -220,15 +219,3 @@ def _raise_if_expired(ctx: WorkContext, done: Completed, step: str) -> None:
 
 
 HANDLERS = {ROUTE: build_test}
-
-
-def main(settings: Any, name: str) -> None:
-    """Run ``cogo-build-test-worker``: serve ``code.build-test`` with this module's handler."""
-    from workers.runtime import serve
-
-    sandbox = Sandbox.from_settings(settings)
-    try:
-        log.info("build-test sandbox: %s", sandbox.mode)  # probe once at start
-    except WorkFailed as exc:
-        log.error("every build-test will be refused: %s", exc)
-    serve(settings, name=name, handlers={ROUTE: functools.partial(build_test, sandbox=sandbox)})

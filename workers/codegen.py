@@ -105,10 +105,3 @@ def _read_input(input: dict[str, Any]) -> tuple[str, dict[str, str], str]:
 
 
 HANDLERS = {ROUTE: generate}
-
-
-def main(settings: Any, name: str) -> None:
-    """Run ``cogo-codegen-service``: serve ``codegen.generate`` with this module's handler."""
-    from workers.runtime import serve
-
-    serve(settings, name=name, handlers=HANDLERS)

@@ -138,10 +138,3 @@ def _read_chunks(ctx: WorkContext, input: dict[str, Any]) -> list[str]:
 
 
 HANDLERS = {ROUTE: build_graph}
-
-
-def main(settings: Any, name: str) -> None:
-    """Run ``cogo-kg-builder``: serve ``kg.build`` with this module's handler."""
-    from workers.runtime import serve
-
-    serve(settings, name=name, handlers=HANDLERS)

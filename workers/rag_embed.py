@@ -125,10 +125,3 @@ def cosine(a: list[float], b: list[float]) -> float:
 
 
 HANDLERS = {ROUTE: embed}
-
-
-def main(settings: Any, name: str) -> None:
-    """Run ``cogo-rag-embed``: serve ``rag.embed`` with this module's handler."""
-    from workers.runtime import serve
-
-    serve(settings, name=name, handlers=HANDLERS)

@@ -1,9 +1,15 @@
-"""Alembic environment: runs on the connection that ``bus.migrate.upgrade`` hands it."""
+"""Alembic environment: runs on the connection that ``bus.migrate.upgrade`` hands it.
+
+The migrations are explicit scripts; the metadata matters only to ``alembic revision --autogenerate``, which
+must be handed the whole schema (``cfg.attributes["target_metadata"] = metadata`` after importing
+``coordinator.schema``, which registers its tables on it): the bus does not import the layers above it.
+"""
 
 from alembic import context
 
-import coordinator.schema  # noqa: F401  (registers the coordinator's tables on the shared metadata)
-from bus.schema import metadata
+from bus.schema import metadata as bus_metadata
+
+metadata = context.config.attributes.get("target_metadata", bus_metadata)
 
 connection = context.config.attributes.get("connection")
 if connection is None:  # plain `alembic` CLI use: build an engine from the URL in the config

@@ -7,7 +7,6 @@ from typing import Any
 from fastapi import FastAPI
 from sqlalchemy import select
 
-from bus.settings import Settings
 from coordinator.api import fleet, intents, keys, openapi, orchestrator, people, runs
 from coordinator.api.deps import Services
 from coordinator.api.errors import install_error_handlers
@@ -40,21 +39,3 @@ def create_app(services: Services) -> FastAPI:
         app.include_router(router)
     openapi.install(app)
     return app
-
-
-def main(settings: Settings, name: str) -> None:
-    """Serve the API on ``settings.api_host:api_port``."""
-    import uvicorn
-
-    from bus.celery_app import make_celery
-    from bus.db import make_engine
-    from bus.outbox import Publisher
-    from coordinator.definitions import Registry
-    from ecosystem.readiness import mark_ready
-
-    app = create_app(Services(engine=make_engine(settings.database_url, pool_size=10),
-                              publisher=Publisher(make_celery(settings, name=name)),
-                              registry=Registry.load(settings.workflows_dir), settings=settings))
-    app.router.on_startup.append(mark_ready)
-    uvicorn.run(app, host=settings.api_host, port=settings.api_port, log_level=settings.log_level.lower(),
-                access_log=False)

@@ -14,6 +14,7 @@ from bus.db import make_engine
 from bus.envelope import Intent
 from bus.migrate import upgrade
 from bus.outbox import Publisher
+from bus.reclaimer import Reclaimer
 from bus.schema import bus_events
 from coordinator import intents
 from coordinator.definitions import Registry
@@ -22,7 +23,6 @@ from ecosystem.launcher import Fleet
 from tests.e2e.conftest import WORKFLOWS, fleet_settings
 from tests.support.invariants import assert_ledger_held
 from tests.support.waiting import wait_until
-from workers.reclaimer import Reclaimer
 
 pytestmark = pytest.mark.e2e
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 from sqlalchemy import func, select
 
 from bus.schema import agent_messages, bus_events, introspection_events
+from coordinator.retention import prune
 from coordinator.schema import runs, tokens
 from tests.integration.test_budget_tree import CHILD
 from tests.support.harness import Fleet, registry_of, submit
 from workers.handler import WorkResult
-from workers.retention import prune
 
 PARENT = """
 name: parent-keeps

@@ -16,12 +16,12 @@ from sqlalchemy import Engine
 
 from bus.celery_app import TASK_DECIDE, TASK_EXECUTE, TASK_WORK
 from bus.outbox import Delivery
+from bus.reclaimer import Reclaimer
 from bus.settings import Settings
 from coordinator.brain import Brain
 from coordinator.definitions import Registry
 from coordinator.dispatcher import Dispatcher
 from workers.handler import Handler
-from workers.reclaimer import Reclaimer
 from workers.runtime import Runtime
 
 

@@ -16,9 +16,9 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+from bus.readiness import mark_ready
 from bus.settings import Settings
 from ecosystem.processes import Process
-from ecosystem.readiness import mark_ready
 
 MODULE = "tests.support.toy_fleet"
 

@@ -19,8 +19,6 @@ Its duties, every ``reclaim_interval_s``:
 from __future__ import annotations
 
 import logging
-import signal
-import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable
@@ -173,44 +171,3 @@ class Reclaimer:
         task, queue = destination(route=Route(row.service, row.role, row.shard, row.tenant), status=status,
                                   run_id=row.run_id, shards=self.settings.shards)
         return Delivery(task, queue, row.id)
-
-
-def run_forever(tick: Callable[[], object], interval_s: float, *, name: str) -> None:
-    """Call ``tick`` every ``interval_s`` until SIGTERM or SIGINT; a failing tick is logged, not fatal. The ready
-    file is touched after every tick that succeeded."""
-    from ecosystem.readiness import mark_ready
-
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
-    ready = False
-    while not stop.is_set():
-        try:
-            tick()
-        except Exception as exc:  # the loop must outlive a database or broker outage
-            log.warning("%s tick failed: %s", name, exc)
-        else:
-            mark_ready()  # touched on every good tick: its age is the loop's health (``cogo health``)
-            ready = True
-        if not ready:  # ready once it has tried: an outage at startup must not hold the fleet's start
-            mark_ready()
-            ready = True
-        stop.wait(interval_s)
-
-
-def main(settings: Settings, name: str) -> None:
-    """Run the reclaimer loop."""
-    from bus.celery_app import make_celery
-    from bus.db import make_engine
-
-    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    reclaimer = Reclaimer(engine=make_engine(settings.database_url),
-                          publisher=Publisher(make_celery(settings, name=name)), settings=settings)
-
-    def tick() -> None:
-        swept = reclaimer.sweep()
-        if swept.expired or swept.dead or swept.resent or swept.abandoned:
-            log.info("reclaimed: %d leases expired, %d dead, %d re-sent, %d abandoned closed", swept.expired,
-                     swept.dead, swept.resent, swept.abandoned)
-
-    run_forever(tick, settings.reclaim_interval_s, name=name)

@@ -14,7 +14,6 @@ from sqlalchemy import Engine, delete, select
 from bus import ledger
 from bus.schema import agent_messages as m
 from bus.schema import bus_events, introspection_events
-from bus.settings import Settings
 from coordinator.schema import approvals, branch_scopes, fan_ins, idempotency_keys, runs, tokens
 from coordinator.state import RUN_TERMINAL
 
@@ -50,19 +49,3 @@ def prune(engine: Engine, *, retention_days: float, clock: Callable[[], float] =
         orphans = conn.execute(delete(m).where(m.c.run_id.is_(None), m.c.status.in_((ledger.SETTLED, ledger.DONE)),
                                                m.c.updated_at < cutoff)).rowcount
     return Pruned(len(ids), orphans)
-
-
-def main(settings: Settings, name: str) -> None:
-    """Run the retention loop."""
-    from bus.db import make_engine
-    from workers.reclaimer import run_forever
-
-    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    engine = make_engine(settings.database_url)
-
-    def tick() -> None:
-        pruned = prune(engine, retention_days=settings.retention_days)
-        if pruned.runs or pruned.messages:
-            log.info("pruned %d runs and %d orphan messages", pruned.runs, pruned.messages)
-
-    run_forever(tick, settings.retention_interval_s, name=name)
