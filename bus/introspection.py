@@ -48,30 +48,6 @@ class IntrospectionEvent:
                 "data": dict(self.data), "created_at": now}
 
 
-class IntrospectionEmitter:
-    """Collects the events of one step; ``flush`` writes them in the caller's transaction."""
-
-    def __init__(self) -> None:
-        self.events: list[IntrospectionEvent] = []
-
-    def emit(self, type_: str, run_id: str, *, token_id: str | None = None, node_id: str | None = None,
-             parent_run_id: str | None = None, **data: Any) -> IntrospectionEvent:
-        """Record one event and return it."""
-        event = IntrospectionEvent(type_, run_id, data, token_id, node_id, parent_run_id)
-        self.events.append(event)
-        return event
-
-    def extend(self, events: Sequence[IntrospectionEvent]) -> None:
-        """Add events that planning already built."""
-        self.events.extend(events)
-
-    def flush(self, conn: Connection, *, now: float) -> int:
-        """Write and forget the collected events; returns how many."""
-        n = write(conn, self.events, now=now)
-        self.events = []
-        return n
-
-
 _INSERT = insert(ie)
 
 

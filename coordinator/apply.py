@@ -51,7 +51,6 @@ class Effects:
 
     deliveries: list[Delivery] = field(default_factory=list)
     notifications: list[tuple[str, Any]] = field(default_factory=list)
-    run_status: str = ""
 
 
 class Phase1:
@@ -146,7 +145,6 @@ class Phase1:
             active = [s for s in self.statuses.values() if s in TOKEN_ACTIVE]
             status = RUN_WAITING if active and all(s == WAITING for s in active) else RUN_RUNNING
             self.run_values["status"] = status
-        self.effects.run_status = status
         stmt = (update(runs).where(runs.c.id == self.run.id, runs.c.version == self.run.version)
                 .values(context=self.context, visits=self.visits, token_seq=self.token_seq,
                         version=runs.c.version + 1, updated_at=self.now, **self.run_values))

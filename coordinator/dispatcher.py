@@ -18,7 +18,7 @@ from bus.introspection import IntrospectionEvent, write
 from bus.outbox import EARLY_TOLERANCE_S, Delivery, Publisher
 from bus.routing import Route, execute_queue
 from bus.schema import agent_messages as m
-from coordinator.policies import RunLedger, Verdict, admit
+from coordinator.policies import BudgetSnapshot, Verdict, admit
 from coordinator.schema import runs
 
 log = logging.getLogger(__name__)
@@ -109,7 +109,7 @@ class Dispatcher:
         if row.status != ledger.QUEUED:
             return Verdict(True)
         verdict = Verdict(True)
-        for limit in _budgets(conn, row.run_id, exclude=row.id) or [RunLedger(budget=None)]:
+        for limit in _budgets(conn, row.run_id, exclude=row.id) or [BudgetSnapshot(budget=None)]:
             answer = admit(assignment, limit, allowed_models=self.allowed_models)
             if not answer.admitted and not answer.deferred:
                 return answer  # a denial wins over a deferral: waiting would not help
@@ -170,7 +170,7 @@ def _headroom(budget_key: str, usage, default: float):
     return case((and_(_may_spend(), budget > usage), budget - usage), else_=0)
 
 
-def _budgets(conn, run_id: str | None, *, exclude: str) -> list[RunLedger]:
+def _budgets(conn, run_id: str | None, *, exclude: str) -> list[BudgetSnapshot]:
     """Every budget an assignment of ``run_id`` must fit: its run's, each ancestor's that has one, its root's,
     each over the runs under it (so a child draws from every budget above it).
 
@@ -193,7 +193,7 @@ def _budgets(conn, run_id: str | None, *, exclude: str) -> list[RunLedger]:
     found, node = [], rows.get(run_id)
     while node is not None:
         if node.budget:
-            found.append(_ledger_of(node.id, node.budget, _subtree(node.id, children), rows))
+            found.append(_snapshot_of(node.id, node.budget, _subtree(node.id, children), rows))
         node = rows.get(node.parent_run_id) if node.id != root_id else None
     return found
 
@@ -227,11 +227,11 @@ def _subtree(run_id: str, children: dict[str, list[str]]) -> list[str]:
     return found
 
 
-def _ledger_of(run_id: str, budget: dict, members: list[str], rows: dict[str, Any]) -> RunLedger:
+def _snapshot_of(run_id: str, budget: dict, members: list[str], rows: dict[str, Any]) -> BudgetSnapshot:
     def total(field: str) -> float:
         return sum(float(getattr(rows[r], field) or 0) for r in members)
 
-    return RunLedger(budget, spent_tokens=int(total("spent_tokens")), spent_cost_usd=total("spent_cost_usd"),
+    return BudgetSnapshot(budget, spent_tokens=int(total("spent_tokens")), spent_cost_usd=total("spent_cost_usd"),
                      reserved_tokens=int(total("head_tokens")), reserved_cost_usd=total("head_cost_usd"),
                      unsettled_tokens=int(total("usage_tokens")), unsettled_cost_usd=total("usage_cost_usd"),
                      run_id=run_id, in_flight=int(total("in_flight")))

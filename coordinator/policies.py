@@ -39,7 +39,7 @@ ADMIT = Verdict(True)
 
 
 @dataclass(frozen=True)
-class RunLedger:
+class BudgetSnapshot:
     """One budget of the tree and what is held against it, summed over the runs under it.
 
     Attributes:
@@ -72,7 +72,7 @@ class RunLedger:
         return self.spent_cost_usd + self.unsettled_cost_usd
 
 
-def admit(assignment: Assignment, run: RunLedger, *, allowed_models: frozenset[str] | None = None) -> Verdict:
+def admit(assignment: Assignment, run: BudgetSnapshot, *, allowed_models: frozenset[str] | None = None) -> Verdict:
     """Check the model, then the budget; the first broken rule is the verdict."""
     if allowed_models is not None and assignment.model not in allowed_models:
         return Verdict(False, "policy.model_denied", f"model {assignment.model!r} is not allowed",
@@ -80,7 +80,7 @@ def admit(assignment: Assignment, run: RunLedger, *, allowed_models: frozenset[s
     return fits(assignment, run)
 
 
-def fits(assignment: Assignment, run: RunLedger) -> Verdict:
+def fits(assignment: Assignment, run: BudgetSnapshot) -> Verdict:
     """Whether ``assignment``'s whole budget fits in ``run``'s budget on top of what is committed to it."""
     if not run.budget:
         return ADMIT

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from coordinator import events as ev
-from coordinator.planning import fanout, routing, tasks  # noqa: F401  (registers entry rules)
+from coordinator.planning import fanout, tasks, transitions  # noqa: F401  (registers entry rules)
 from coordinator.planning.builder import Plan, PlanBuilder
 from coordinator.planning.children import on_child_completed, on_child_failed
 from coordinator.planning.lifecycle import on_cancel, on_gave_up, on_start

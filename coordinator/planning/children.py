@@ -12,7 +12,7 @@ from coordinator import events as ev
 from coordinator.definitions import SubworkflowNode
 from coordinator.expressions import render
 from coordinator.planning.builder import PlanBuilder
-from coordinator.planning.routing import (
+from coordinator.planning.transitions import (
     FAILED_EXPRESSION,
     advance,
     computed,

@@ -14,7 +14,8 @@ from coordinator import decisions as d
 from coordinator.definitions import ForeachNode, JoinNode, ParallelNode
 from coordinator.expressions import evaluate
 from coordinator.planning.builder import PlanBuilder
-from coordinator.planning.routing import (
+from coordinator.planning.scopes import branch_of, drop_fan, fan_id_for, required, scope_id
+from coordinator.planning.transitions import (
     FAILED_EXPRESSION,
     advance,
     cancel_tokens,
@@ -25,7 +26,6 @@ from coordinator.planning.routing import (
     finish_token,
     place,
 )
-from coordinator.planning.scopes import branch_of, drop_fan, fan_id_for, required, scope_id
 from coordinator.state import COMPLETED, RUN_TERMINAL, FanIn, Token
 
 FOREACH_CEILING = 10_000

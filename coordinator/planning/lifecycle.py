@@ -5,7 +5,7 @@ from __future__ import annotations
 from coordinator import decisions as d
 from coordinator import events as ev
 from coordinator.planning.builder import PlanBuilder
-from coordinator.planning.routing import cancel_others, enter, fail_workflow
+from coordinator.planning.transitions import cancel_others, enter, fail_workflow
 from coordinator.state import RUN_PENDING, RUN_TERMINAL
 
 

@@ -8,7 +8,7 @@ from coordinator import decisions as d
 from coordinator import events as ev
 from coordinator.definitions import ApprovalNode
 from coordinator.planning.builder import PlanBuilder
-from coordinator.planning.routing import enter, entry_rule, fail_workflow, finish_token
+from coordinator.planning.transitions import enter, entry_rule, fail_workflow, finish_token
 from coordinator.state import FAILED, WAITING, Token
 
 APPROVALS_CHANNEL = "cogo:approvals"

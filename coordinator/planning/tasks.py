@@ -6,7 +6,7 @@ from coordinator import decisions as d
 from coordinator import events as ev
 from coordinator.definitions import TaskNode
 from coordinator.planning.builder import PlanBuilder
-from coordinator.planning.routing import advance, enter, fail_workflow, finish_token
+from coordinator.planning.transitions import advance, enter, fail_workflow, finish_token
 from coordinator.state import FAILED, TOKEN_ACTIVE, Token
 
 

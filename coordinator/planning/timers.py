@@ -8,8 +8,8 @@ from coordinator import events as ev
 from coordinator.definitions import SubworkflowNode, WaitNode
 from coordinator.planning.builder import PlanBuilder
 from coordinator.planning.people import on_approval_timeout
-from coordinator.planning.routing import advance, cancel_tokens, enter, entry_rule, fail_workflow, finish_token
 from coordinator.planning.tasks import on_task_timeout
+from coordinator.planning.transitions import advance, cancel_tokens, enter, entry_rule, fail_workflow, finish_token
 from coordinator.state import TOKEN_ACTIVE, WAITING, Token
 
 
