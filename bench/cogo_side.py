@@ -187,7 +187,7 @@ def run_loadgen(args: list[str], *, count: int, seconds: float, concurrency: int
 def fanout_supported() -> str | None:
     """None when the planner knows ``foreach`` and ``join``; otherwise why the scenario cannot run."""
     import coordinator.planning  # noqa: F401  (registers the entry rules)
-    from coordinator.planning.routing import ENTRY_RULES
+    from coordinator.planning.transitions import ENTRY_RULES
 
     missing = [k for k in ("foreach", "join") if k not in ENTRY_RULES]
     if missing:
