@@ -67,6 +67,15 @@ class Step:
         """The types of the plan's introspection events."""
         return [e.type for e in self.plan.events]
 
+    def introspection(self) -> list[dict[str, Any]]:
+        """The plan's introspection events whole: type, token, node and data (for golden histories)."""
+        return [event_json(e) for e in self.plan.events]
+
+
+def event_json(event: Any) -> dict[str, Any]:
+    """One planned introspection event as JSON: its type, token, node and data."""
+    return as_json({"type": event.type, "token_id": event.token_id, "node_id": event.node_id, "data": event.data})
+
 
 def as_json(value: Any) -> Any:
     """JSON-shaped (tuples become lists), exactly as it would read back from a file or the ledger."""

@@ -66,6 +66,33 @@ def _signal(fleet: Fleet, run_id: str) -> None:
     fleet.publisher.send([delivery])
 
 
+def _decide(approved: bool):
+    def act(fleet: Fleet, run_id: str) -> None:
+        from coordinator import commands
+
+        settle(fleet)
+        with fleet.engine.begin() as conn:
+            [approval] = commands.list_approvals(conn, run_id=run_id)
+            _, delivery = commands.decide_approval(conn, approval["id"], approved=approved, by="ana",
+                                                   comment="no" if not approved else "ok", now=fleet.clock(),
+                                                   shards=1)
+        fleet.publisher.send([delivery])
+    return act
+
+
+def _cancel(fleet: Fleet, run_id: str) -> None:
+    from coordinator import commands
+
+    settle(fleet)
+    with fleet.engine.begin() as conn:
+        delivery = commands.cancel(conn, run_id, reason="changed my mind", now=fleet.clock(), shards=1)
+    fleet.publisher.send([delivery])
+
+
+def _never_done(ctx, payload):
+    raise WorkFailed(f"attempt {ctx.attempt} failed", retryable=True)
+
+
 def _flaky(ctx, payload):
     if ctx.attempt < 3:
         raise WorkFailed(f"attempt {ctx.attempt} failed", retryable=True)
@@ -75,6 +102,15 @@ def _flaky(ctx, payload):
 def _broken(ctx, payload):
     raise WorkFailed("permanently broken", retryable=False, code="work.broken")
 
+
+GATEKEEPER = """
+name: gatekeeper
+start: ask
+nodes:
+  ask: {kind: approval, prompt: "Ship it?", timeout_ms: 600000, approve: ship, reject: drop, on_timeout: drop}
+  ship: {kind: end, output: {shipped: "`true`", by: context.ask.by}}
+  drop: {kind: end, output: {shipped: "`false`"}}
+"""
 
 SCENARIOS = [
     Scenario("codegen-feedback-loop", "codegen → build-test → gate fails once, loops with feedback, passes, promotes",
@@ -110,14 +146,7 @@ nodes:
              {("t", "fast"): lambda ctx, p: WorkResult(output={"speed": "fast"}),
               ("t", "slow"): lambda ctx, p: WorkResult(output={"speed": "slow"})}),
     Scenario("approval-approved", "a run waits for a person, who approves through the API",
-             "gatekeeper", ("""
-name: gatekeeper
-start: ask
-nodes:
-  ask: {kind: approval, prompt: "Ship it?", timeout_ms: 600000, approve: ship, reject: drop, on_timeout: drop}
-  ship: {kind: end, output: {shipped: "`true`", by: context.ask.by}}
-  drop: {kind: end, output: {shipped: "`false`"}}
-""",), {}, act=_approve),
+             "gatekeeper", (GATEKEEPER,), {}, act=_approve),
     Scenario("wait-then-signal", "a durable timer, then a named external event",
              "waits", ("""
 name: waits
@@ -138,6 +167,58 @@ nodes:
   rescued: {kind: end, output: {rescued: "`true`", attempts: context.flaky.attempt}}
   done: {kind: end}
 """,), {("t", "flaky"): _flaky, ("t", "broken"): _broken}),
+    Scenario("m-of-n-join", "parallel of 3 joined on 2 of 3: the second arrival fires the join, the third is cancelled",
+             "quorum", ("""
+name: quorum
+start: split
+nodes:
+  split: {kind: parallel, branches: [a, b, c], join: two}
+  a: {kind: task, route: {service: t, role: vote}, agent: {agent_id: w}, output: vote, next: two}
+  b: {kind: task, route: {service: t, role: vote}, agent: {agent_id: w}, output: vote, next: two}
+  c: {kind: task, route: {service: t, role: late}, agent: {agent_id: w}, output: vote, next: two}
+  two: {kind: join, mode: m_of_n, m: 2, output: votes, next: done}
+  done: {kind: end, output: {votes: "length(context.votes)"}}
+""",),
+             {("t", "vote"): lambda ctx, p: WorkResult(output={"yes": True}),
+              ("t", "late"): lambda ctx, p: WorkResult(output={"yes": False})}),
+    Scenario("subworkflow", "a parent starts a child run, waits for it and maps its output",
+             "parent", ("""
+name: parent
+start: down
+nodes:
+  down: {kind: subworkflow, workflow: child, input_mapping: {n: input.n}, output_mapping: {got: output}, next: done}
+  done: {kind: end, output: {got: context.got}}
+""", """
+name: child
+start: work
+nodes:
+  work: {kind: task, route: {service: t, role: work}, agent: {agent_id: w}, input: {n: input.n}, output: out,
+         next: done}
+  done: {kind: end, output: {n: context.out.n}}
+"""), {("t", "work"): lambda ctx, p: WorkResult(output={"n": p["n"] * 2})}, {"n": 21}),
+    Scenario("cancel", "a run waiting on a person is cancelled: its tokens and approval go with it",
+             "cancellable", ("""
+name: cancellable
+start: ask
+nodes:
+  ask: {kind: approval, prompt: "Go?", timeout_ms: 600000, approve: done, reject: done, on_timeout: done}
+  done: {kind: end}
+""",), {}, act=_cancel),
+    Scenario("task-timeout", "a task whose retries outlast its node timeout: the timeout fails it to on_failure",
+             "slowpoke", ("""
+name: slowpoke
+start: work
+nodes:
+  work: {kind: task, route: {service: t, role: never}, agent: {agent_id: w}, timeout_ms: 1000,
+         retry: {maximum_attempts: 5, initial_interval_ms: 60000, maximum_interval_ms: 60000}, on_failure: gave_up,
+         next: done}
+  gave_up: {kind: end, output: {timed_out: "`true`"}}
+  done: {kind: end}
+""",), {("t", "never"): _never_done}),
+    Scenario("approval-rejected", "a person rejects: the run takes the reject path",
+             "gatekeeper", (GATEKEEPER,), {}, act=_decide(False)),
+    Scenario("approval-timeout", "nobody answers: the approval times out and the run takes on_timeout",
+             "gatekeeper", (GATEKEEPER,), {}),
 ]
 
 
@@ -168,14 +249,16 @@ def golden_document(scenario: Scenario, engine, registry: Registry, run_id: str)
         check = fidelity(conn, run_id, steps)
     if not check["faithful"]:
         raise AssertionError(f"{scenario.name}: replay does not reproduce the recorded trace: {check}")
+    source = {"definition_yaml": next(d for d in scenario.definitions if f"name: {row['workflow']}\n" in d)} \
+        if scenario.definitions else {"definition_file": f"{row['workflow']}.yaml"}
     return {
         "name": scenario.name, "description": scenario.description, "status": row["status"],
-        "definition": definition.model_dump(mode="json", by_alias=True, exclude_none=True),
+        **source,
         "catalog": {k: list(v) for k, v in catalog.items()},
         "run": {k: row[k] for k in ("id", "tenant", "intent", "workflow", "workflow_version", "input",
                                     "parent_run_id", "parent_token_id", "root_run_id", "depth", "budget")},
         "steps": [{"event": s.recorded.describe(), "now": s.recorded.now, "decisions": s.decisions(),
-                   "events": s.event_types()} for s in steps],
+                   "events": s.introspection()} for s in steps],
     }
 
 

@@ -1,6 +1,8 @@
 """Golden histories (``tests/golden/*.json``): recorded events replayed through the planner must still
-produce the recorded decisions. A change that alters a decision fails here, loudly, with the first
-difference. Re-record with ``python -m tests.golden.record`` only when the change is intended."""
+produce the recorded decisions and the recorded introspection events, whole (data included). A built-in
+flow is read from its YAML on disk and a test flow from its YAML text, so a change to either, or to a default
+the parser fills in, shows up here. Re-record with ``python -m tests.golden.record`` only when the change
+is intended, and review the diff."""
 
 from __future__ import annotations
 
@@ -8,12 +10,13 @@ import json
 from pathlib import Path
 
 import pytest
+import yaml
 
 from coordinator import events as ev
-from coordinator.definitions import parse_definition
+from coordinator.definitions import BUILTIN_DIR, load_yaml, parse_definition
 from coordinator.planning import plan
 from coordinator.planning.working import apply_to_state
-from coordinator.replay import as_json
+from coordinator.replay import as_json, event_json
 from coordinator.state import RunInfo, WorkflowState
 
 GOLDEN = sorted((Path(__file__).parent.parent / "golden").glob("*.json"))
@@ -25,12 +28,16 @@ def initial(doc: dict) -> WorkflowState:
                    workflow_version=run["workflow_version"], status="pending", input=run["input"],
                    parent_run_id=run["parent_run_id"], parent_token_id=run["parent_token_id"],
                    root_run_id=run["root_run_id"], depth=run["depth"], budget=run["budget"])
-    return WorkflowState(run=info, definition=parse_definition(doc["definition"]),
+    if "definition_file" in doc:
+        definition = load_yaml(BUILTIN_DIR / doc["definition_file"])
+    else:
+        definition = parse_definition(yaml.safe_load(doc["definition_yaml"]))
+    return WorkflowState(run=info, definition=definition,
                          catalog={k: tuple(v) for k, v in doc["catalog"].items()})
 
 
 def test_there_are_golden_histories():
-    assert len(GOLDEN) >= 6
+    assert len(GOLDEN) >= 12
 
 
 @pytest.mark.parametrize("path", GOLDEN, ids=[p.stem for p in GOLDEN])
@@ -43,6 +50,7 @@ def test_golden_history_replays_to_the_same_decisions(path):
         planned = plan(state, event, now=step["now"])
         got = [as_json(x.describe()) for x in planned.decisions]
         assert got == step["decisions"], f"{path.name}: event {index} ({raw['kind']}) now decides differently"
-        assert [e.type for e in planned.events] == step["events"], f"{path.name}: event {index} trace changed"
+        trace = [event_json(e) for e in planned.events]
+        assert trace == step["events"], f"{path.name}: event {index} ({raw['kind']}) now traces differently"
         state = apply_to_state(state, planned.decisions)
     assert state.run.status == doc["status"]
