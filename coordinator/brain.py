@@ -40,9 +40,10 @@ class Brain:
 
     def __init__(self, *, engine: Engine, publisher: Publisher, registry: Registry, shards: int,
                  notify: Callable[[str, Any], None] | None = None, clock: Callable[[], float] = time.time,
-                 sleep: Callable[[float], None] = time.sleep):
+                 sleep: Callable[[float], None] = time.sleep, fail_fast: bool = False):
         self.engine, self.publisher, self.registry, self.shards = engine, publisher, registry, shards
         self.notify, self.clock, self.sleep = notify, clock, sleep
+        self.fail_fast = fail_fast  # tests: a planner bug raises in the test instead of crashing the run
 
     def handle(self, message_id: str) -> str:
         """Apply one decide row; returns what happened (``applied``, ``duplicate``, ``early``, ``crashed``,
@@ -68,7 +69,7 @@ class Brain:
             except Conflict:
                 log.info("version conflict on %s; planning again", message_id)
             except Exception as exc:  # a bug or a poison event: count it, dead-letter it after a few tries
-                if faults.is_infrastructure(exc):  # not the event's fault: retried, never counted
+                if faults.is_infrastructure(exc) or self.fail_fast:  # infrastructure: retried, never counted
                     raise
                 return self._crashed(message_id, exc)
         raise Conflict(f"gave up on {message_id} after {MAX_CONFLICT_RETRIES} version conflicts")

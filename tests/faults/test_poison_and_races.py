@@ -225,3 +225,16 @@ def test_a_child_whose_brain_gives_up_fails_through_the_planner_and_its_parent_h
 def run_view_of(engine, run_id: str) -> dict:
     with engine.connect() as conn:
         return run_view(conn, run_id)
+
+
+def test_fail_fast_raises_a_planner_bug_in_the_test(engine, monkeypatch):
+    """The harness's ``fail_fast``: a planner exception surfaces where the test can see it, not as a crashed run."""
+    fleet = Fleet(engine, {("rag", "embed"): lambda ctx, p: WorkResult(output={})}, fail_fast=True)
+    submit(fleet, "embed")
+
+    def broken(*_args, **_kwargs):
+        raise RuntimeError("a bug in planning")
+
+    monkeypatch.setattr(brain_module, "plan", broken)
+    with pytest.raises(RuntimeError, match="a bug in planning"):
+        fleet.drain()

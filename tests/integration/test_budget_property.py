@@ -187,7 +187,7 @@ def test_no_budget_in_the_tree_is_ever_passed(engine, body, seed, cancel_at, cha
     with_budgets(compiler.definitions, name, random.Random(seed))
     registry = Registry([parse_definition(d) for d in compiler.definitions])
     box: list[Chaos] = []
-    fleet = Fleet(engine, {("t", "work"): handler(seed, lambda: box[0])}, registry=registry,
+    fleet = Fleet(engine, {("t", "work"): handler(seed, lambda: box[0])}, registry=registry, fail_fast=True,
                   settings=Settings(broker_url="memory://", lease_s=4.0).checked())
     root = submit(fleet, name, {"flag": True, "items": compiler.items},
                   run_id=str(uuid.uuid5(uuid.NAMESPACE_URL, name)))

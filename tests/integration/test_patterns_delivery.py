@@ -40,7 +40,7 @@ nodes:
 
 
 def fleet_of(engine) -> Fleet:
-    return Fleet(engine, {("t", "work"): lambda ctx, p: WorkResult(output={"y": p["x"] * 10})},
+    return Fleet(engine, {("t", "work"): lambda ctx, p: WorkResult(output={"y": p["x"] * 10})}, fail_fast=True,
                  registry=registry_of(FLOW, LEAF))
 
 

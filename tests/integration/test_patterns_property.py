@@ -142,7 +142,7 @@ def test_random_workflows_always_end_cleanly(sqlite_engine, body, flag, seed, ch
     compiler = Compiler(name)
     compiler.workflow(name, body)
     registry = Registry([parse_definition(d) for d in compiler.definitions])
-    fleet = Fleet(sqlite_engine, {("t", "work"): outcomes(seed)}, registry=registry)
+    fleet = Fleet(sqlite_engine, {("t", "work"): outcomes(seed)}, registry=registry, fail_fast=True)
     root = submit(fleet, name, {"flag": flag, "items": compiler.items})
     drain_chaotically(fleet, chaos, duplicate=0.25)
 

@@ -81,11 +81,13 @@ class Fleet:
     settings: Settings = field(default_factory=lambda: Settings(broker_url="memory://").checked())
     clock: Clock = field(default_factory=Clock)
     trace: list[tuple[str, str, str]] = field(default_factory=list)
+    fail_fast: bool = False
+    """Re-raise an exception of planning or phase 1 in the test, instead of counting it as a brain crash."""
 
     def __post_init__(self) -> None:
         self.publisher = RecordingPublisher(self.clock)
         common = {"engine": self.engine, "publisher": self.publisher, "clock": self.clock}
-        self.brain = Brain(registry=self.registry, shards=self.settings.shards, **common)
+        self.brain = Brain(registry=self.registry, shards=self.settings.shards, fail_fast=self.fail_fast, **common)
         self.dispatcher = Dispatcher(shards=self.settings.shards, **common)
         self.runtime = Runtime(settings=self.settings, handlers=self.handlers, rng=lambda: 0.5, **common)
         self.reclaimer = Reclaimer(settings=self.settings, depth=lambda _q: 0, **common)
