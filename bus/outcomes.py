@@ -9,7 +9,6 @@ from sqlalchemy import Connection
 
 from bus import ledger
 from bus.outbox import Delivery, delivery_for
-from bus.routing import DECIDE, ORCHESTRATOR, Route, shard_for
 
 TASK_COMPLETED = "task_completed"
 TASK_FAILED = "task_failed"
@@ -19,8 +18,7 @@ def report(conn: Connection, *, assignment_id: str, run_id: str, tenant: str, pa
            kind: str, body: dict[str, Any], now: float, shards: int) -> Delivery:
     """Insert the brain event for an assignment's outcome; returns its delivery for phase 2."""
     token = (payload or {}).get("__token", {})
-    route = Route(ORCHESTRATOR, DECIDE, shard_for(run_id, shards), tenant)
-    msg = ledger.NewMessage(route=route, kind=kind, run_id=run_id, causation_id=assignment_id,
-                            payload={"token_id": token.get("token_id", ""), "assignment_id": assignment_id, **body})
+    msg = ledger.brain_event(run_id=run_id, tenant=tenant, kind=kind, shards=shards, causation_id=assignment_id,
+                             payload={"token_id": token.get("token_id", ""), "assignment_id": assignment_id, **body})
     ledger.insert_messages(conn, [msg], now=now)
     return delivery_for(msg, shards=shards, now=now)

@@ -18,7 +18,7 @@ from bus import introspection, ledger
 from bus.errors import Conflict
 from bus.introspection import IntrospectionEvent
 from bus.outbox import Delivery, Publisher, delivery_for
-from bus.routing import DECIDE, ORCHESTRATOR, Route, shard_for
+from bus.routing import Route, shard_for
 from bus.schema import agent_messages
 from coordinator import decisions as d
 from coordinator.definitions import Registry
@@ -120,10 +120,8 @@ class Phase1:
     def decide_row(self, run_id: str, kind: str, payload: dict[str, Any], *, retry_at: float | None = None,
                    id: str | None = None, tenant: str | None = None) -> ledger.NewMessage:
         """An outbox row for a brain (this run's, a parent's or a child's)."""
-        route = Route(ORCHESTRATOR, DECIDE, shard_for(run_id, self.shards), tenant or self.run.tenant)
-        extra = {"id": id} if id else {}
-        return ledger.NewMessage(route=route, kind=kind, payload=payload, run_id=run_id,
-                                 causation_id=self.cause_id, retry_at=retry_at, **extra)
+        return ledger.brain_event(run_id=run_id, tenant=tenant or self.run.tenant, kind=kind, payload=payload,
+                                  shards=self.shards, causation_id=self.cause_id, retry_at=retry_at, id=id)
 
     # -- writing -------------------------------------------------------------------------------------
     def _abandon_assignments(self) -> None:

@@ -15,7 +15,6 @@ from sqlalchemy.exc import IntegrityError
 from bus import ledger
 from bus.errors import Conflict, NotFound
 from bus.outbox import Delivery, delivery_for
-from bus.routing import DECIDE, ORCHESTRATOR, Route, shard_for
 from coordinator.schema import approvals, runs
 from coordinator.state import RUN_TERMINAL
 from coordinator.timefmt import with_iso
@@ -24,9 +23,7 @@ from coordinator.timefmt import with_iso
 def enqueue_event(conn: Connection, *, run_id: str, tenant: str, kind: str, payload: dict[str, Any], now: float,
                   shards: int, id: str | None = None) -> Delivery:
     """Write a brain event for ``run_id`` (in the caller's transaction); returns the delivery that sends it."""
-    route = Route(ORCHESTRATOR, DECIDE, shard_for(run_id, shards), tenant)
-    message = ledger.NewMessage(route=route, kind=kind, payload=payload, run_id=run_id,
-                                **({"id": id} if id else {}))
+    message = ledger.brain_event(run_id=run_id, tenant=tenant, kind=kind, payload=payload, shards=shards, id=id)
     ledger.insert_messages(conn, [message], now=now)
     return delivery_for(message, shards=shards, now=now)
 

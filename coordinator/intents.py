@@ -17,7 +17,6 @@ from bus import ledger
 from bus.envelope import Budget, Intent
 from bus.errors import InvalidRequest, NotFound
 from bus.outbox import Delivery, delivery_for
-from bus.routing import DECIDE, ORCHESTRATOR, Route, shard_for
 from coordinator.definitions import Registry, WorkflowDefinition
 from coordinator.inputs import check_payload
 from coordinator.schema import runs
@@ -107,8 +106,7 @@ def create_run(conn: Connection, intent: Intent, definition: WorkflowDefinition,
         parent_token_id=parent.get("token_id"), root_run_id=parent.get("root_run_id", run_id),
         depth=parent.get("depth", 0), input=intent.payload, context={}, budget=budget, visits={},
         token_seq=0, version=0, spent_tokens=0, spent_cost_usd=0.0, created_at=now, updated_at=now))
-    start = ledger.NewMessage(route=Route(ORCHESTRATOR, DECIDE, shard_for(run_id, shards), intent.tenant),
-                              kind="start", payload={}, run_id=run_id)
+    start = ledger.brain_event(run_id=run_id, tenant=intent.tenant, kind="start", payload={}, shards=shards)
     ledger.insert_messages(conn, [start], now=now)
     return run_id, delivery_for(start, shards=shards, now=now)
 
