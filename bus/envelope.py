@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from bus.errors import ContractError
+from bus.introspection import IntrospectionEvent
 
 ASSIGNMENT_KEY = "__assignment"
+TOKEN_KEY = "__token"
+RETRY_KEY = "__retry"
 
 
 class _Wire(BaseModel):
@@ -83,6 +87,38 @@ def check_json(value: Any, *, where: str, max_bytes: int = MAX_OUTPUT_BYTES) -> 
     if size > max_bytes:
         raise ContractError(f"{where} is {size} bytes of JSON; at most {max_bytes} are accepted",
                             code="output.invalid", details={"field": where, "bytes": size})
+
+
+@dataclass(frozen=True, slots=True)
+class TokenRef:
+    """``payload.__token``: the token of the run an assignment works for; every trace of it names the token."""
+
+    token_id: str | None = None
+    node_id: str | None = None
+    parent_run_id: str | None = None
+
+    @classmethod
+    def of(cls, payload: Any) -> TokenRef:
+        """The token an assignment's payload names (none, for a payload that names none)."""
+        raw = payload.get(TOKEN_KEY) if isinstance(payload, dict) else None
+        if not isinstance(raw, dict):
+            return cls()
+        return cls(raw.get("token_id"), raw.get("node_id"), raw.get("parent_run_id"))
+
+    def wire(self) -> dict[str, Any]:
+        """The token as it travels."""
+        return {"token_id": self.token_id, "node_id": self.node_id, "parent_run_id": self.parent_run_id}
+
+    def event(self, type_: str, run_id: str, data: dict[str, Any]) -> IntrospectionEvent:
+        """An introspection event of ``run_id`` about this token."""
+        return IntrospectionEvent(type_, run_id, data, self.token_id, self.node_id, self.parent_run_id)
+
+
+def assignment_payload(*, assignment: dict[str, Any], token: TokenRef, retry: dict[str, Any] | None,
+                       input: Any) -> dict[str, Any]:
+    """The payload of an assignment row, the one place its keys are written: the ``__assignment`` contract,
+    the token it works for, the retry policy (data, applied wherever the retry is decided) and its input."""
+    return {ASSIGNMENT_KEY: assignment, TOKEN_KEY: token.wire(), RETRY_KEY: retry, "input": input}
 
 
 def parse_assignment(payload: dict[str, Any]) -> Assignment:

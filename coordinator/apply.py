@@ -15,6 +15,7 @@ from typing import Any
 from sqlalchemy import Connection, insert, update
 
 from bus import introspection, ledger
+from bus.envelope import TokenRef, assignment_payload
 from bus.errors import Conflict
 from bus.introspection import IntrospectionEvent
 from bus.outbox import Delivery, Publisher, delivery_for
@@ -200,9 +201,8 @@ def _set_context(p: Phase1, x: d.SetContext | d.ApplyOutputMapping) -> None:
 
 def _dispatch(p: Phase1, x: d.DispatchToken) -> None:
     route = Route(x.service, x.role, shard_for(p.run.id, p.shards), p.run.tenant)
-    token = {"token_id": x.token_id, "node_id": x.node_id, "parent_run_id": p.run.parent_run_id}
-    payload = {"__assignment": x.assignment, "__token": token,
-               "__retry": x.retry, "input": x.input}
+    payload = assignment_payload(assignment=x.assignment, token=TokenRef(x.token_id, x.node_id, p.run.parent_run_id),
+                                 retry=x.retry, input=x.input)
     p.send(ledger.NewMessage(route=route, kind="assignment", payload=payload, run_id=p.run.id,
                              causation_id=p.cause_id, max_attempts=x.max_attempts, id=x.assignment_id))
     p.token_update(x.token_id, status=DISPATCHED, assignment_id=x.assignment_id)

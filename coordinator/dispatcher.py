@@ -12,9 +12,9 @@ from sqlalchemy import Engine, and_, bindparam, case, func, or_, select
 
 from bus import faults, ledger, outcomes
 from bus.celery_app import TASK_EXECUTE, TASK_WORK
-from bus.envelope import Budget, parse_assignment
+from bus.envelope import ASSIGNMENT_KEY, Budget, TokenRef, parse_assignment
 from bus.errors import BrokerUnavailable, CogoError
-from bus.introspection import IntrospectionEvent, write
+from bus.introspection import write
 from bus.outbox import EARLY_TOLERANCE_S, Delivery, Publisher
 from bus.routing import Route, execute_queue
 from bus.schema import agent_messages as m
@@ -71,7 +71,7 @@ class Dispatcher:
 
     def _admit(self, conn, row: Any, now: float, deliveries: list[Delivery]) -> str:
         route = Route(row.service, row.role, row.shard, row.tenant)
-        token = (row.payload or {}).get("__token", {})
+        token = TokenRef.of(row.payload)
         try:
             verdict = self._verdict(conn, row, now)
         except Exception as exc:  # malformed data must fail this assignment, not loop through the reclaimer
@@ -94,11 +94,9 @@ class Dispatcher:
                               "kind": "execute_enqueued", "attempt": row.attempts + 1,
                               "detail": {"queue": route.queue, "retry": retry}}], now=now)
         if row.run_id:
-            write(conn, [IntrospectionEvent("dispatch.assignment.admitted", row.run_id,
-                                            {"assignment_id": row.id, "queue": route.queue,
-                                             "attempt": row.attempts + 1, "retry": retry},
-                                            token.get("token_id"), token.get("node_id"),
-                                            token.get("parent_run_id"))], now=now)
+            write(conn, [token.event("dispatch.assignment.admitted", row.run_id,
+                                     {"assignment_id": row.id, "queue": route.queue, "attempt": row.attempts + 1,
+                                      "retry": retry})], now=now)
         deliveries.append(Delivery(TASK_WORK, route.queue, row.id))
         return "dispatched"
 
@@ -117,7 +115,7 @@ class Dispatcher:
                 verdict = answer
         return verdict
 
-    def _defer(self, conn, row: Any, verdict: Verdict, token: dict, now: float, deliveries: list[Delivery]) -> str:
+    def _defer(self, conn, row: Any, verdict: Verdict, token: TokenRef, now: float, deliveries: list[Delivery]) -> str:
         """Leave the assignment queued and ask again after a doubling delay: the budget it needs is held by
         assignments in flight, which may end having spent less than they reserved."""
         first = row.retry_at is None
@@ -130,16 +128,14 @@ class Dispatcher:
             ledger.record(conn, [{"message_id": row.id, "run_id": row.run_id, "tenant": row.tenant,
                                   "kind": "execute_deferred", "attempt": row.attempts,
                                   "detail": {"code": verdict.code, "message": verdict.reason, **detail}}], now=now)
-            write(conn, [IntrospectionEvent("dispatch.assignment.deferred", row.run_id,
-                                            {"assignment_id": row.id, "reason": "budget", "code": verdict.code,
-                                             "message": verdict.reason, "retry_in_ms": round(delay_s * 1000),
-                                             **detail},
-                                            token.get("token_id"), token.get("node_id"),
-                                            token.get("parent_run_id"))], now=now)
+            write(conn, [token.event("dispatch.assignment.deferred", row.run_id,
+                                     {"assignment_id": row.id, "reason": "budget", "code": verdict.code,
+                                      "message": verdict.reason, "retry_in_ms": round(delay_s * 1000), **detail})],
+                  now=now)
         deliveries.append(Delivery(TASK_EXECUTE, execute_queue(row.run_id or "", self.shards), row.id, delay_s))
         return "deferred"
 
-    def _deny(self, conn, row: Any, verdict: Verdict, token: dict, now: float, deliveries: list[Delivery]) -> None:
+    def _deny(self, conn, row: Any, verdict: Verdict, token: TokenRef, now: float, deliveries: list[Delivery]) -> None:
         error = {"code": verdict.code, "message": verdict.reason, **({"detail": dict(verdict.detail)}
                                                                       if verdict.detail else {})}
         if not ledger.move(conn, row.id, from_=(row.status,), to=ledger.FAILED, now=now,
@@ -149,10 +145,8 @@ class Dispatcher:
         ledger.record(conn, [{"message_id": row.id, "run_id": row.run_id, "tenant": row.tenant, "kind": kind,
                               "attempt": row.attempts, "detail": error}], now=now)
         if row.run_id:
-            write(conn, [IntrospectionEvent("dispatch.assignment.denied", row.run_id,
-                                            {"assignment_id": row.id, **error},
-                                            token.get("token_id"), token.get("node_id"),
-                                            token.get("parent_run_id"))], now=now)
+            write(conn, [token.event("dispatch.assignment.denied", row.run_id, {"assignment_id": row.id, **error})],
+                  now=now)
             deliveries.append(outcomes.report(conn, assignment_id=row.id, run_id=row.run_id, tenant=row.tenant,
                                               payload=row.payload, kind=outcomes.TASK_FAILED, now=now,
                                               shards=self.shards, body={"error": error, "attempts": row.attempts}))
@@ -166,7 +160,7 @@ def _may_spend():
 def _headroom(budget_key: str, usage, default: float):
     """What a row that may still spend could spend beyond its recorded usage: its budget (all attempts
     together) minus its usage, never below zero."""
-    budget = func.coalesce(m.c.payload[("__assignment", "budget", budget_key)].as_float(), default)
+    budget = func.coalesce(m.c.payload[(ASSIGNMENT_KEY, "budget", budget_key)].as_float(), default)
     return case((and_(_may_spend(), budget > usage), budget - usage), else_=0)
 
 

@@ -21,9 +21,9 @@ from sqlalchemy import Engine
 
 from bus import ledger, outcomes
 from bus.celery_app import TASK_EXECUTE
-from bus.envelope import Usage, check_json, parse_assignment
+from bus.envelope import RETRY_KEY, TokenRef, Usage, check_json, parse_assignment
 from bus.errors import BudgetExceeded, CogoError, TTLExpired, WorkFailed
-from bus.introspection import IntrospectionEvent, write
+from bus.introspection import write
 from bus.outbox import Delivery, Publisher
 from bus.retry import RetryPolicy, compute_backoff
 from bus.routing import execute_queue
@@ -76,24 +76,22 @@ class Runtime:
             claim = ledger.claim(conn, message_id, lease_s=self.settings.lease_s, now=now)
             if claim is None:
                 return "duplicate"
-            token = claim.payload.get("__token", {})
             if claim.run_id:
-                write(conn, [IntrospectionEvent("dispatch.assignment.started", claim.run_id,
-                                                {"assignment_id": claim.id, "attempt": claim.attempt},
-                                                token.get("token_id"), token.get("node_id"),
-                                                token.get("parent_run_id"))], now=now)
+                write(conn, [TokenRef.of(claim.payload).event("dispatch.assignment.started", claim.run_id,
+                                                              {"assignment_id": claim.id, "attempt": claim.attempt})],
+                      now=now)
         result, failure, ctx = self._run(claim)
         return self._finish(claim, ctx, result, failure)
 
     def _run(self, claim: ledger.Claim) -> tuple[WorkResult | None, Failure | None, WorkContext | None]:
-        token = claim.payload.get("__token", {})
+        token = TokenRef.of(claim.payload)
         try:
             assignment = parse_assignment(claim.payload)
             handler = self.handlers[(claim.route.service, claim.route.role)]
         except (CogoError, KeyError) as exc:
             return None, Failure("work.unroutable", f"cannot run {claim.route.queue}: {exc}", False), None
-        ctx = WorkContext(task_id=claim.id, run_id=claim.run_id, token_id=token.get("token_id"),
-                          node_id=token.get("node_id"), tenant=claim.tenant, attempt=claim.attempt,
+        ctx = WorkContext(task_id=claim.id, run_id=claim.run_id, token_id=token.token_id,
+                          node_id=token.node_id, tenant=claim.tenant, attempt=claim.attempt,
                           assignment=assignment, deadline=time.time() + assignment.ttl_ms / 1000,
                           artifacts_root=self.settings.artifacts_dir, llm_url=self.settings.llm_url,
                           llm_api_key=self.settings.llm_api_key, usage=claim.spent)
@@ -129,7 +127,7 @@ class Outcome:
         total = ctx.usage if ctx else claim.spent  # every attempt so far, this one included
         self.usage = total.model_dump()
         self.usage_values = {"usage_tokens": total.tokens, "usage_cost_usd": total.cost_usd}
-        self.token = claim.payload.get("__token", {})
+        self.token = TokenRef.of(claim.payload)
         self.deliveries: list[Delivery] = []
 
     def done(self, conn, result: WorkResult) -> str:
@@ -144,7 +142,7 @@ class Outcome:
 
     def retry(self, conn, failure: Failure) -> str:
         """``running → retry_wait`` with a backoff; the dispatcher re-admits it when due."""
-        policy = RetryPolicy(**(self.claim.payload.get("__retry") or {"maximum_attempts": self.claim.max_attempts}))
+        policy = RetryPolicy(**(self.claim.payload.get(RETRY_KEY) or {"maximum_attempts": self.claim.max_attempts}))
         backoff_ms = compute_backoff(self.claim.attempt, policy, self.runtime.rng)
         retry_at = self.now + backoff_ms / 1000
         if not self._move(conn, ledger.RETRY_WAIT, {"retry_at": retry_at, "lease_until": None,
@@ -193,10 +191,9 @@ class Outcome:
 
     def _trace(self, conn, type_: str, **data: Any) -> None:
         if self.claim.run_id:
-            write(conn, [IntrospectionEvent(type_, self.claim.run_id,
-                                            {"assignment_id": self.claim.id, "attempt": self.claim.attempt, **data},
-                                            self.token.get("token_id"), self.token.get("node_id"),
-                                            self.token.get("parent_run_id"))], now=self.now)
+            write(conn, [self.token.event(type_, self.claim.run_id,
+                                          {"assignment_id": self.claim.id, "attempt": self.claim.attempt, **data})],
+                  now=self.now)
 
     def _report(self, conn, kind: str, body: dict[str, Any]) -> None:
         c = self.claim
