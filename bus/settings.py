@@ -55,6 +55,8 @@ class Settings:
     """Extra workflow definitions (``*.yaml``) loaded beside the built-in ones. Empty: none."""
     task_events: bool = True
     """Send Celery task events, so Flower's Tasks page sees every task (cost measured in ``bench/``)."""
+    sql_events: bool = False
+    """Record each SQL statement of the brain's steps and the dispatcher's admissions as ``sql.*`` events."""
     allowed_models: str = ""
     """Comma-separated models the executor-dispatcher admits (e.g. ``cogo-local,gpt-4o-mini``). Empty: any."""
     llm_url: str = ""

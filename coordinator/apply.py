@@ -21,6 +21,7 @@ from bus.introspection import IntrospectionEvent
 from bus.outbox import Delivery, Publisher, delivery_for
 from bus.routing import Route, shard_for
 from bus.schema import agent_messages
+from bus.sql_trace import SqlTrace
 from coordinator import decisions as d
 from coordinator.definitions import Registry
 from coordinator.planning.builder import Plan
@@ -58,8 +59,9 @@ class Phase1:
     """Accumulates one plan's writes and executes them as few statements as it can."""
 
     def __init__(self, conn: Connection, state: WorkflowState, *, cause_id: str, now: float, shards: int,
-                 registry: Registry | None = None):
+                 registry: Registry | None = None, sql_trace: SqlTrace | None = None):
         self.conn, self.state, self.cause_id, self.now, self.shards = conn, state, cause_id, now, shards
+        self.sql_trace = sql_trace  # the step's statements so far, recorded as sql.* events when asked
         self.registry = registry  # child runs need their definitions
         self.run = state.run
         self.events: list[IntrospectionEvent] = []
@@ -157,6 +159,8 @@ class Phase1:
         self.structures.flush(self)
         self._abandon_assignments()
         ledger.insert_messages(self.conn, self.messages, now=self.now)
+        if self.sql_trace is not None:
+            self.events.extend(self.sql_trace.events(self.run.id, self.run.parent_run_id))
         introspection.write(self.conn, self.events, now=self.now)
 
 

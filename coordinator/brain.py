@@ -20,6 +20,7 @@ from bus.errors import BrokerUnavailable, CogoError, Conflict
 from bus.outbox import EARLY_TOLERANCE_S, Delivery, Publisher, destination
 from bus.routing import DECIDE, ORCHESTRATOR, Route, execute_queue
 from bus.schema import agent_messages as m
+from bus.sql_trace import traced
 from coordinator import commands
 from coordinator import events as ev
 from coordinator.apply import Effects, Phase1, phase2
@@ -40,10 +41,11 @@ class Brain:
 
     def __init__(self, *, engine: Engine, publisher: Publisher, registry: Registry, shards: int,
                  notify: Callable[[str, Any], None] | None = None, clock: Callable[[], float] = time.time,
-                 sleep: Callable[[float], None] = time.sleep, fail_fast: bool = False):
+                 sleep: Callable[[float], None] = time.sleep, fail_fast: bool = False, sql_events: bool = False):
         self.engine, self.publisher, self.registry, self.shards = engine, publisher, registry, shards
         self.notify, self.clock, self.sleep = notify, clock, sleep
         self.fail_fast = fail_fast  # tests: a planner bug raises in the test instead of crashing the run
+        self.sql_events = sql_events
 
     def handle(self, message_id: str) -> str:
         """Apply one decide row; returns what happened (``applied``, ``duplicate``, ``early``, ``crashed``,
@@ -76,7 +78,7 @@ class Brain:
 
     def _step(self, message_id: str) -> tuple[str, Effects | None]:
         now = self.clock()
-        with self.engine.begin() as conn:
+        with self.engine.begin() as conn, traced(conn, self.sql_events) as trace:
             row = conn.execute(select(m.c.status, m.c.kind, m.c.payload, m.c.run_id, m.c.retry_at, m.c.tenant)
                                .where(m.c.id == message_id)).first()
             if row is None or row.status != ledger.QUEUED:
@@ -100,7 +102,8 @@ class Brain:
                                values={"run_version": state.run.version + 1}):
                 return "duplicate", None
             settled = _settle_outcome(conn, event, now)
-            phase1 = Phase1(conn, state, cause_id=message_id, now=now, shards=self.shards, registry=self.registry)
+            phase1 = Phase1(conn, state, cause_id=message_id, now=now, shards=self.shards, registry=self.registry,
+                            sql_trace=trace)
             effects = phase1.apply(the_plan)
             settled += _settle_abandoned(conn, phase1.cancelled_assignments, now)
             if settled:  # after phase 1: rows are locked in the dispatcher's order (run, then assignment)

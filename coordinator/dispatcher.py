@@ -18,6 +18,7 @@ from bus.introspection import write
 from bus.outbox import EARLY_TOLERANCE_S, Delivery, Publisher
 from bus.routing import Route, execute_queue
 from bus.schema import agent_messages as m
+from bus.sql_trace import traced
 from coordinator.policies import BudgetSnapshot, Verdict, admit
 from coordinator.schema import runs
 
@@ -35,8 +36,9 @@ class Dispatcher:
 
     def __init__(self, *, engine: Engine, publisher: Publisher, shards: int,
                  allowed_models: frozenset[str] | None = None, clock: Callable[[], float] = time.time,
-                 sleep: Callable[[float], None] = time.sleep):
+                 sleep: Callable[[float], None] = time.sleep, sql_events: bool = False):
         self.engine, self.publisher, self.shards, self.clock = engine, publisher, shards, clock
+        self.sql_events = sql_events
         self.allowed_models, self.sleep = allowed_models, sleep
 
     def handle(self, message_id: str) -> str:
@@ -59,7 +61,7 @@ class Dispatcher:
     def _handle(self, message_id: str) -> tuple[str, list[Delivery]]:
         now = self.clock()
         deliveries: list[Delivery] = []
-        with self.engine.begin() as conn:
+        with self.engine.begin() as conn, traced(conn, self.sql_events) as trace:
             row = conn.execute(select(m).where(m.c.id == message_id)).first()
             if row is None or row.status not in (ledger.QUEUED, ledger.RETRY_WAIT):
                 return "duplicate", []
@@ -67,7 +69,10 @@ class Dispatcher:
                 deliveries.append(Delivery(TASK_EXECUTE, execute_queue(row.run_id or "", self.shards), message_id,
                                            row.retry_at - now))
                 return "early", deliveries
-            return self._admit(conn, row, now, deliveries), deliveries
+            outcome = self._admit(conn, row, now, deliveries)
+            if trace is not None and row.run_id:
+                write(conn, trace.events(row.run_id), now=now)
+            return outcome, deliveries
 
     def _admit(self, conn, row: Any, now: float, deliveries: list[Delivery]) -> str:
         route = Route(row.service, row.role, row.shard, row.tenant)

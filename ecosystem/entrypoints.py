@@ -62,7 +62,7 @@ def brain(settings: Settings, name: str) -> None:
     planner = Brain(engine=make_engine(settings.database_url),
                     publisher=Publisher(make_celery(settings, name=f"{name}-producer")),
                     registry=Registry.load(settings.workflows_dir), shards=settings.shards,
-                    notify=redis_notifier(settings))
+                    notify=redis_notifier(settings), sql_events=settings.sql_events)
     run_consumer(settings, name=name, queues=by_name(name).queues(settings.shards), task_name=TASK_DECIDE,
                  handle=planner.handle)
 
@@ -74,7 +74,8 @@ def dispatcher(settings: Settings, name: str) -> None:
 
     admission = Dispatcher(engine=make_engine(settings.database_url),
                            publisher=Publisher(make_celery(settings, name=f"{name}-producer")),
-                           shards=settings.shards, allowed_models=settings.model_allow_list)
+                           shards=settings.shards, allowed_models=settings.model_allow_list,
+                           sql_events=settings.sql_events)
     run_consumer(settings, name=name, queues=by_name(name).queues(settings.shards), task_name=TASK_EXECUTE,
                  handle=admission.handle)
 
