@@ -86,17 +86,18 @@ def redis_server_binary() -> Path:
 
 
 class EmbeddedRedis:
-    """A ``redis-server`` child process on 127.0.0.1, owned by whoever started it.
+    """A ``redis-server`` child process on 127.0.0.1 (or ``host``), owned by whoever started it.
 
     Args:
         home: the cogo home; the server's directory and log go to ``<home>/redis/``.
         port: the port to listen on; 0 picks a free one.
         start_timeout_s: how long ``start`` waits for the server to answer PING.
+        host: the address it binds and its URL names (tests bind a network namespace's address).
     """
 
-    def __init__(self, home: Path, *, port: int = 0, start_timeout_s: float = 15.0):
+    def __init__(self, home: Path, *, port: int = 0, start_timeout_s: float = 15.0, host: str = "127.0.0.1"):
         self.dir = Path(home).resolve() / "redis"
-        self.port = port
+        self.port, self.host = port, host
         self.start_timeout_s = start_timeout_s
         self._proc: subprocess.Popen | None = None
         self._password: str | None = None
@@ -112,7 +113,7 @@ class EmbeddedRedis:
     @property
     def url(self) -> str:
         """The broker URL of the running server (database 0), carrying its password."""
-        return f"redis://:{self.password}@127.0.0.1:{self.port}/0"
+        return f"redis://:{self.password}@{self.host}:{self.port}/0"
 
     @property
     def config_path(self) -> Path:
@@ -174,7 +175,7 @@ class EmbeddedRedis:
         return [str(redis_server_binary()), str(self.config_path)]
 
     def _config(self) -> str:
-        lines = {"bind": "127.0.0.1", "port": str(self.port), "dir": _quoted(self.dir),
+        lines = {"bind": self.host, "port": str(self.port), "dir": _quoted(self.dir),
                  "logfile": _quoted(self.log_path), "save": '""', "appendonly": "no", "daemonize": "no",
                  "protected-mode": "yes", "pidfile": _quoted(self.dir / "redis.pid"),
                  "requirepass": _quoted(self.password)}
@@ -182,7 +183,7 @@ class EmbeddedRedis:
 
     def _await_ping(self) -> bool:
         deadline = time.monotonic() + self.start_timeout_s
-        client = redis.Redis(host="127.0.0.1", port=self.port, password=self.password,
+        client = redis.Redis(host=self.host, port=self.port, password=self.password,
                              socket_connect_timeout=0.5, socket_timeout=1)
         try:
             while time.monotonic() < deadline:

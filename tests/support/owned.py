@@ -33,43 +33,16 @@ class OwnedRedis(EmbeddedRedis):
     """A redis-server of the test's own; ``flush`` and ``restart`` are faults a test may inject.
 
     Args:
-        host: the address it binds and its URL names (default 127.0.0.1).
-        prefix: a command the server is started under (``ip netns exec <ns>``); none by default.
+        prefix: a command the server is started under (``ip netns exec <ns>``); none by default. ``host`` (the
+            address it binds, default 127.0.0.1) and the rest are ``EmbeddedRedis``'s.
     """
 
-    def __init__(self, home: Path, *, host: str = "127.0.0.1", prefix: Sequence[str] = (), **kwargs) -> None:
+    def __init__(self, home: Path, *, prefix: Sequence[str] = (), **kwargs) -> None:
         super().__init__(home, **kwargs)
-        self.host, self.prefix = host, list(prefix)
-
-    @property
-    def url(self) -> str:
-        """The broker URL of the running server (database 0), carrying its password."""
-        return f"redis://:{self.password}@{self.host}:{self.port}/0"
+        self.prefix = list(prefix)
 
     def _argv(self) -> list[str]:
         return [*self.prefix, *super()._argv()]
-
-    def _config(self) -> str:
-        return super()._config().replace("bind 127.0.0.1\n", f"bind {self.host}\n")
-
-    def _await_ping(self) -> bool:
-        if self.host == "127.0.0.1":
-            return super()._await_ping()
-        import redis  # the embedded server's own wait asks 127.0.0.1: ask the address it binds
-
-        deadline = time.monotonic() + self.start_timeout_s
-        client = redis.Redis(host=self.host, port=self.port, password=self.password, socket_connect_timeout=0.5,
-                             socket_timeout=1)
-        try:
-            while time.monotonic() < deadline and self._proc is not None and self._proc.poll() is None:
-                try:
-                    if client.ping():
-                        return True
-                except redis.RedisError:
-                    time.sleep(0.05)
-            return False
-        finally:
-            client.close()
 
     def flush(self) -> None:
         """``FLUSHALL``: every queued message is gone."""
