@@ -46,17 +46,6 @@ def _counting(outputs: list[dict[str, Any]]):
     return lambda ctx, payload: WorkResult(output=next(calls))
 
 
-def _approve(fleet: Fleet, run_id: str) -> None:
-    from coordinator import commands
-
-    settle(fleet)
-    with fleet.engine.begin() as conn:
-        [approval] = commands.list_approvals(conn, run_id=run_id)
-        _, delivery = commands.decide_approval(conn, approval["id"], approved=True, by="ana", comment="ok",
-                                               now=fleet.clock(), shards=1)
-    fleet.publisher.send([delivery])
-
-
 def _signal(fleet: Fleet, run_id: str) -> None:
     from coordinator import commands
 
@@ -146,7 +135,7 @@ nodes:
              {("t", "fast"): lambda ctx, p: WorkResult(output={"speed": "fast"}),
               ("t", "slow"): lambda ctx, p: WorkResult(output={"speed": "slow"})}),
     Scenario("approval-approved", "a run waits for a person, who approves through the API",
-             "gatekeeper", (GATEKEEPER,), {}, act=_approve),
+             "gatekeeper", (GATEKEEPER,), {}, act=_decide(True)),
     Scenario("wait-then-signal", "a durable timer, then a named external event",
              "waits", ("""
 name: waits
