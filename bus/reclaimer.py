@@ -4,6 +4,7 @@ Its duties, every ``reclaim_interval_s``:
 
 1. **Expired leases.** A ``running`` row whose lease ran out belongs to a dead worker: another attempt
    (``retry_wait``, due now) if it has attempts left, else ``dead`` with its failure reported to the brain.
+   After a sweep found the ledger unreachable, no lease is judged for one lease period: no worker could renew.
 2. **Undelivered rows.** ``queued``, ``dispatched`` or due ``retry_wait`` rows that nobody took for
    ``stale_s`` were lost if their queue holds fewer messages than there are such rows (a consumer that is
    merely behind still holds them all): they are sent again. The queue's depth is read before the stale rows
@@ -26,7 +27,7 @@ from dataclasses import dataclass, field
 
 from sqlalchemy import Engine, and_, or_, select, update
 
-from bus import ledger, outcomes
+from bus import faults, ledger, outcomes
 from bus.broker import queue_depth
 from bus.outbox import Delivery, Publisher, destination
 from bus.routing import Route
@@ -57,10 +58,21 @@ class Reclaimer:
         self.engine, self.publisher, self.settings, self.clock = engine, publisher, settings, clock
         self.depth = depth or (lambda q: queue_depth(publisher.app, q))
         self._suspects: set[str] = set()  # rows the last sweep judged lost; re-sent if this sweep agrees
+        self._unreachable = False  # the last sweep found the ledger or the broker down
+        self._back_at: float | None = None  # when it answered again
 
     def sweep(self) -> Sweep:
         """Expire leases, then re-send stale rows whose queues are empty."""
+        try:
+            return self._sweep()
+        except Exception as exc:
+            self._unreachable = self._unreachable or faults.is_infrastructure(exc)
+            raise
+
+    def _sweep(self) -> Sweep:
         result = Sweep()
+        if self._unreachable:
+            self._unreachable, self._back_at = False, self.clock()
         self._expire_leases(result)
         self._close_abandoned(result)
         self._resend_stale(result)
@@ -70,6 +82,10 @@ class Reclaimer:
 
     def _expire_leases(self, result: Sweep) -> None:
         now = self.clock()
+        if self._back_at is not None and now < self._back_at + self.settings.lease_s:
+            # While the ledger was down no worker could renew its lease: none is judged until a lease period
+            # after it is back, so a live worker writes its outcome instead of losing its attempt.
+            return
         with self.engine.begin() as conn:
             rows = conn.execute(select(m).where(m.c.status == ledger.RUNNING, m.c.lease_until < now)
                                 .limit(BATCH)).all()

@@ -19,7 +19,7 @@ from typing import Any
 
 from sqlalchemy import Engine
 
-from bus import ledger, outcomes
+from bus import faults, ledger, outcomes
 from bus.celery_app import TASK_EXECUTE
 from bus.envelope import RETRY_KEY, TokenRef, Usage, check_json, parse_assignment
 from bus.errors import BudgetExceeded, CogoError, TTLExpired, WorkFailed
@@ -31,6 +31,10 @@ from bus.settings import Settings
 from workers.handler import Handler, WorkContext, WorkResult
 
 log = logging.getLogger(__name__)
+OUTCOME_RETRY = RetryPolicy(maximum_attempts=25, initial_interval_ms=100, backoff_coefficient=2.0,
+                            maximum_interval_ms=1_000, jitter=0.2)
+"""How long a finished attempt keeps trying to write its outcome through a database outage (≈ 20 s, retrying
+at least every second, so that it writes as soon as the ledger is back)."""
 
 
 @dataclass(frozen=True)
@@ -107,14 +111,19 @@ class Runtime:
 
     def _finish(self, claim: ledger.Claim, ctx: WorkContext | None, result: WorkResult | None,
                 failure: Failure | None) -> str:
-        outcome = Outcome(self, claim, ctx)
-        with self.engine.begin() as conn:
-            if failure is None:
-                status = outcome.done(conn, result)
-            elif failure.retryable and claim.attempt < claim.max_attempts:
-                status = outcome.retry(conn, failure)
-            else:
-                status = outcome.failed(conn, failure)
+        def write_outcome() -> tuple[str, Outcome]:
+            outcome = Outcome(self, claim, ctx)
+            with self.engine.begin() as conn:
+                if failure is None:
+                    return outcome.done(conn, result), outcome
+                if failure.retryable and claim.attempt < claim.max_attempts:
+                    return outcome.retry(conn, failure), outcome
+                return outcome.failed(conn, failure), outcome
+
+        # A finished attempt is not given up for a database outage: its outcome is written again with backoff,
+        # and its lease kept (renewed as soon as the ledger answers), so the work is not done twice.
+        with self.leases.hold(claim):
+            status, outcome = faults.retrying(write_outcome, what=f"the outcome of {claim.id}", policy=OUTCOME_RETRY)
         self.publisher.send(outcome.deliveries)
         return status
 
