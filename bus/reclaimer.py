@@ -141,7 +141,8 @@ class Reclaimer:
         # The depth is measured before the stale rows are counted again: a consumer draining a backlog meanwhile
         # only shrinks the count, never the other way round, so a busy queue is not mistaken for a lossy one.
         depth = {queue: self.depth(queue) for queue in {queue for _, queue, _ in stale.values()}}
-        still = self._stale(cutoff, among=list(stale))
+        # A row that moved on between the reads was not lost (and its new queue was not measured).
+        still = {k: v for k, v in self._stale(cutoff, among=list(stale)).items() if stale.get(k) == v}
         per_queue: dict[str, list[str]] = defaultdict(list)
         for message_id, (_, queue, _) in still.items():
             per_queue[queue].append(message_id)

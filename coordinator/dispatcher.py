@@ -93,7 +93,8 @@ class Dispatcher:
             self._deny(conn, row, verdict, token, now, deliveries)
             return "denied"
         retry = row.status == ledger.RETRY_WAIT
-        if not ledger.move(conn, row.id, from_=(row.status,), to=ledger.DISPATCHED, now=now):
+        # The backoff or deferral it waited out is over: a dispatched row's age is its own (the reclaimer's rule).
+        if not ledger.move(conn, row.id, from_=(row.status,), to=ledger.DISPATCHED, now=now, values={"retry_at": None}):
             return "duplicate"
         ledger.record(conn, [{"message_id": row.id, "run_id": row.run_id, "tenant": row.tenant,
                               "kind": "execute_enqueued", "attempt": row.attempts + 1,

@@ -22,7 +22,7 @@ from sqlalchemy import Engine
 from bus import faults, ledger, outcomes
 from bus.celery_app import TASK_EXECUTE
 from bus.envelope import RETRY_KEY, TokenRef, Usage, check_json, parse_assignment
-from bus.errors import BudgetExceeded, CogoError, TTLExpired, WorkFailed
+from bus.errors import BrokerUnavailable, BudgetExceeded, CogoError, TTLExpired, WorkFailed
 from bus.introspection import write
 from bus.outbox import Delivery, Publisher
 from bus.retry import RetryPolicy, compute_backoff
@@ -124,7 +124,10 @@ class Runtime:
         # and its lease kept (renewed as soon as the ledger answers), so the work is not done twice.
         with self.leases.hold(claim):
             status, outcome = faults.retrying(write_outcome, what=f"the outcome of {claim.id}", policy=OUTCOME_RETRY)
-        self.publisher.send(outcome.deliveries)
+        try:
+            self.publisher.send(outcome.deliveries)
+        except BrokerUnavailable as exc:  # committed: the reclaimer sends what could not be sent now
+            log.warning("the report of %s is left to the reclaimer: %s", claim.id, exc)
         return status
 
 

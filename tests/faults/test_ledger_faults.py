@@ -130,6 +130,33 @@ def test_a_message_in_a_consumers_hands_is_not_resent(engine):
     assert "reclaimed" not in audit(engine, run_id)
 
 
+def test_a_row_that_moves_on_while_the_reclaimer_asks_the_broker_is_not_lost(engine):
+    """An attempt waiting out its backoff is re-admitted between the sweep's first read and its recount: it now
+    belongs to a worker queue the sweep never measured. It is not lost, the sweep does not trip over it, and its
+    old backoff does not make the dispatched row look stale."""
+    fleet = Fleet(engine, {("rag", "embed"): Calls(fail_first=1)})
+    run_id = submit(fleet)
+    while (nxt := fleet.publisher.pop()) is not None:  # up to the first attempt's failure
+        fleet.deliver(nxt[1])
+        if assignment(engine, run_id).status == ledger.RETRY_WAIT:
+            break
+    _, readmission = fleet.publisher.pop()  # held: the dispatcher has not re-admitted it yet
+    fleet.clock.now = assignment(engine, run_id).retry_at + fleet.settings.stale_s + 1
+
+    def readmitted_meanwhile(_queue: str) -> int:
+        fleet.deliver(readmission)  # retry_wait → dispatched while the broker is asked
+        fleet.reclaimer.depth = lambda _q: 0
+        return 0
+
+    fleet.reclaimer.depth = readmitted_meanwhile
+    assert fleet.reclaimer.sweep().resent == 0
+    for _ in range(2):  # admitted just now: not stale, whatever its old backoff said (two sweeps would re-send)
+        assert fleet.reclaimer.sweep().resent == 0
+    fleet.drain()
+    assert run_status(engine, run_id)["status"] == "completed"
+    assert "reclaimed" not in audit(engine, run_id)
+
+
 def test_reclaimer_leaves_a_busy_queue_alone(engine):
     fleet = Fleet(engine, {("rag", "embed"): Calls()})
     fleet.reclaimer.depth = lambda _queue: 5  # the consumer is behind, its messages are still queued

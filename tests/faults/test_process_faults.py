@@ -1,97 +1,91 @@
 """``kill -9`` of each process of a supervised fleet mid-run: it is restarted, every run completes, the ledger holds.
 
 The fleet (``tests/support/fault_fleet.py``) runs the real API, brain, dispatcher, reclaimer, rag-embed worker
-and a fault worker as separate processes, tended as ``cogo up`` tends them. The broker and the ledger are
-servers the test owns (``owned_redis``, ``owned_postgres``); the same faults also run on the embedded default
-(the redis-server the launcher starts, SQLite). Each test submits a batch of budgeted fan-out runs, injects one
-fault at an observed moment, and ends with ``assert_ledger_held``.
+and a fault worker as separate processes, tended as ``cogo up`` tends them. Its broker and ledger are servers
+the module owns (a redis-server and a PostgreSQL cluster); the same faults run again on the embedded default
+(the redis-server the launcher starts, SQLite). One fleet per backend serves the module's tests in turn, since
+starting one costs more than a test: each test submits its own batch of budgeted fan-out runs, injects one
+fault at an observed moment, and ends with ``assert_ledger_held`` on its runs.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
 
 import pytest
 import redis
 
 from tests.e2e.conftest import fleet_settings
-from tests.support.fault_fleet import BRAIN, DISPATCHER, RECLAIMER, WORKER, Workload, fault_fleet, \
-    kill_and_await_restart
-from tests.support.invariants import assert_ledger_held
+from tests.support.fault_fleet import (
+    BRAIN,
+    DISPATCHER,
+    RECLAIMER,
+    WORKER,
+    Workload,
+    await_healthy,
+    fault_fleet,
+    kill_and_await_restart,
+    owned_fault_fleet,
+)
 
 pytestmark = pytest.mark.e2e
 
 
-@pytest.fixture(params=["owned-postgres", "embedded"])
-def settings(request, tmp_path):
-    """The fleet's settings: an owned redis-server and PostgreSQL cluster, or the embedded default."""
-    if request.param == "embedded":
-        return fleet_settings(tmp_path)  # the launcher starts its redis-server; the ledger is SQLite
-    broker = request.getfixturevalue("owned_redis")
-    database = request.getfixturevalue("owned_postgres")
-    return fleet_settings(tmp_path, broker_url=broker.url, database_url=database.url)
+@pytest.fixture(scope="module", params=["owned-postgres", "embedded"])
+def fleet(request, tmp_path_factory):
+    """A supervised fault fleet on servers of its own, or on the embedded default."""
+    root = tmp_path_factory.mktemp(request.param)
+    with contextlib.ExitStack() as stack:
+        if request.param == "owned-postgres":
+            running, _, _ = stack.enter_context(owned_fault_fleet(root))
+        else:  # the launcher starts its own redis-server; the ledger is SQLite under the fleet's home
+            running = stack.enter_context(fault_fleet(fleet_settings(root)))
+        yield running
 
 
-def assert_completed(work: Workload) -> None:
-    """Every run of the batch completed with every step joined, and the ledger held."""
-    runs = work.await_ended()
-    assert [r["status"] for r in runs] == ["completed"] * work.runs, [(r["id"], r["status"], r["error"])
-                                                                       for r in runs]
-    assert all(r["output"]["steps"] == list(range(work.items)) for r in runs), [r["output"] for r in runs]
-    assert_ledger_held(work.engine, expect_runs=work.runs)
+@pytest.fixture
+def work(fleet, tmp_path):
+    """A fresh batch of runs on a healthy fleet."""
+    await_healthy(fleet)
+    with Workload(fleet, tmp_path / "gate") as batch:
+        yield batch
 
 
 @pytest.mark.parametrize("label", [BRAIN, DISPATCHER])
-def test_a_killed_coordinator_process_is_restarted_and_every_run_completes(label, settings, tmp_path):
-    with fault_fleet(settings) as fleet:
-        work = Workload(fleet, tmp_path / "gate")
-        try:
-            work.submit()
-            work.await_mid_run()
-            old, new = kill_and_await_restart(fleet, label)
-            assert new != old
-            assert_completed(work)
-        finally:
-            work.close()
+def test_a_killed_coordinator_process_is_restarted_and_every_run_completes(label, fleet, work):
+    work.submit()
+    work.await_mid_run()
+    old, new = kill_and_await_restart(fleet, label)
+    assert new != old
+    work.assert_completed()
 
 
-def test_a_killed_worker_is_restarted_and_the_assignment_it_held_runs_again_once(settings, tmp_path):
-    with fault_fleet(settings) as fleet:
-        work = Workload(fleet, tmp_path / "gate")
-        try:
-            work.submit()
-            work.await_mid_run()
-            work.arm()
-            task, attempt, pid = work.await_held()  # the worker is inside this attempt's handler
-            old, new = kill_and_await_restart(fleet, WORKER)
-            work.release()
-            assert_completed(work)
-            starts, ends = work.marks("starts"), work.marks("ends")
-            expired = [r.message_id for r in work.audit("lease_expired")]
-        finally:
-            work.close()
+def test_a_killed_worker_is_restarted_and_the_assignment_it_held_runs_again_once(fleet, work):
+    work.submit()
+    work.await_mid_run()
+    work.arm()
+    task, attempt, pid = work.await_held()  # the worker is inside this attempt's handler
+    old, new = kill_and_await_restart(fleet, WORKER)
+    work.release()
+    work.assert_completed()
+    starts, ends = work.marks("starts"), work.marks("ends")
     assert (attempt, pid) == (1, old)
     assert (task, 1, old) in starts and not [e for e in ends if e[0] == task and e[1] == 1]  # killed mid-handler
     assert [(a, p) for t, a, p in ends if t == task] == [(2, new)]  # the next attempt, on the new worker, once
-    assert task in expired  # the reclaimer took the lease back
+    assert task in [r.message_id for r in work.audit("lease_expired")]  # the reclaimer took the lease back
 
 
-def test_a_killed_reclaimer_is_restarted_and_still_resends_what_the_broker_lost(settings, tmp_path):
-    with fault_fleet(settings) as fleet:
-        work = Workload(fleet, tmp_path / "gate")
-        try:
-            work.submit()
-            work.await_mid_run()
-            work.arm()
-            work.await_held()  # the worker holds one step; the dispatched steps' messages wait in the broker
-            kill_and_await_restart(fleet, RECLAIMER)
-            restarted_at = time.time()
-            waiting = work.step_statuses()["dispatched"]
-            redis.Redis.from_url(fleet.settings.broker_url).flushall()  # the broker the fleet was given: ours
-            work.release()
-            assert_completed(work)
-            resent = [r for r in work.audit("reclaimed") if r.created_at >= restarted_at]
-        finally:
-            work.close()
-    assert waiting >= 1
-    assert resent, "the restarted reclaimer re-sent nothing, yet the flushed steps completed"
+def test_a_killed_reclaimer_is_restarted_and_still_resends_what_the_broker_lost(fleet, work):
+    work.submit()
+    work.await_mid_run()
+    work.arm()
+    work.await_held()
+    kill_and_await_restart(fleet, RECLAIMER)
+    restarted_at = time.time()
+    work.await_waiting_in_broker()  # steps the held worker has not taken: only the broker holds their messages
+    redis.Redis.from_url(fleet.settings.broker_url).flushall()  # the fleet's own broker: those messages are lost
+    work.release()
+    work.assert_completed()
+    assert [r for r in work.audit("reclaimed") if r.created_at >= restarted_at], \
+        "the restarted reclaimer re-sent nothing, yet the flushed steps completed"
