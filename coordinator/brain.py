@@ -71,7 +71,7 @@ class Brain:
             except Conflict:
                 log.info("version conflict on %s; planning again", message_id)
             except Exception as exc:  # a bug or a poison event: count it, dead-letter it after a few tries
-                if faults.is_infrastructure(exc) or self.fail_fast:  # infrastructure: retried, never counted
+                if faults.is_infrastructure(exc) or self.fail_fast:  # retried (never counted), or the test sees it
                     raise
                 return self._crashed(message_id, exc)
         raise Conflict(f"gave up on {message_id} after {MAX_CONFLICT_RETRIES} version conflicts")
