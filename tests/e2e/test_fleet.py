@@ -7,7 +7,7 @@ from rich.console import Console
 
 from coordinator.client import Client
 from ecosystem.launcher import Fleet
-from tests.e2e.conftest import CORE, TABLE, fleet_settings, machine_redis
+from tests.e2e.conftest import CORE, TABLE, fleet_settings
 from tests.support.services import RABBITMQ_URL, require
 
 pytestmark = pytest.mark.e2e
@@ -30,8 +30,8 @@ def run_embed(fleet: Fleet) -> tuple[dict, list[str], list[str]]:
 
 
 @pytest.mark.parametrize("ledger", ["sqlite", "postgres"])
-def test_workflow_completes_across_processes_on_the_machines_redis(tmp_path, ledger, e2e_env, engine_url_for):
-    settings = fleet_settings(tmp_path, broker_url=machine_redis(), database_url=engine_url_for(ledger))
+def test_workflow_completes_across_processes_on_a_redis_server(tmp_path, ledger, e2e_env, engine_url_for, owned_redis):
+    settings = fleet_settings(tmp_path, broker_url=owned_redis.url, database_url=engine_url_for(ledger))
     with Fleet(settings, only=[*CORE, "cogo-rag-embed"], processes=TABLE, free_ports=True, env=e2e_env,
                console=Console(quiet=True), show_logs=False) as fleet:
         run, trace, audit = run_embed(fleet)

@@ -10,16 +10,16 @@ from rich.console import Console
 
 from coordinator.client import Client
 from ecosystem.launcher import Fleet
-from tests.e2e.conftest import CORE, TABLE, fleet_settings, machine_redis
+from tests.e2e.conftest import CORE, TABLE, fleet_settings
 from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.e2e
 
 
-def test_worker_killed_mid_assignment_completes_exactly_once(tmp_path):
+def test_worker_killed_mid_assignment_completes_exactly_once(tmp_path, owned_redis):
     marks = tmp_path / "marks"
     marks.mkdir()
-    settings = fleet_settings(tmp_path, broker_url=machine_redis())
+    settings = fleet_settings(tmp_path, broker_url=owned_redis.url)
     quiet = {"console": Console(quiet=True), "show_logs": False, "processes": TABLE}
     with Fleet(settings, only=CORE, free_ports=True, **quiet) as fleet:
         with Fleet(fleet.settings, only=["test-slow-worker"], **quiet) as doomed:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from typing import Any
 
 import pytest
 import redis
@@ -38,10 +39,17 @@ def fleet(request, tmp_path_factory):
     root = tmp_path_factory.mktemp(request.param)
     with contextlib.ExitStack() as stack:
         if request.param == "owned-postgres":
-            running, _, _ = stack.enter_context(owned_fault_fleet(root))
+            running, broker, _ = stack.enter_context(owned_fault_fleet(root))
         else:  # the launcher starts its own redis-server; the ledger is SQLite under the fleet's home
             running = stack.enter_context(fault_fleet(fleet_settings(root)))
+            broker = running.broker
+        BROKERS[id(running)] = broker
         yield running
+        del BROKERS[id(running)]
+
+
+BROKERS: dict[int, Any] = {}
+"""The redis-server each module fleet runs on, which this module started itself (the only one it may flush)."""
 
 
 @pytest.fixture
@@ -84,7 +92,7 @@ def test_a_killed_reclaimer_is_restarted_and_still_resends_what_the_broker_lost(
     kill_and_await_restart(fleet, RECLAIMER)
     restarted_at = time.time()
     work.await_waiting_in_broker()  # steps the held worker has not taken: only the broker holds their messages
-    redis.Redis.from_url(fleet.settings.broker_url).flushall()  # the fleet's own broker: those messages are lost
+    redis.Redis.from_url(BROKERS[id(fleet)].url).flushall()  # the server this module started: those messages are lost
     work.release()
     work.assert_completed()
     assert [r for r in work.audit("reclaimed") if r.created_at >= restarted_at], \
