@@ -9,6 +9,7 @@ from bus.celery_app import make_celery
 from bus.outbox import Delivery, Publisher
 from bus.settings import Settings
 from tests.support.services import RABBITMQ_URL, REDIS_URL, require, unique
+from tests.support.waiting import wait_until
 
 
 @pytest.mark.parametrize("broker", ["redis", "rabbitmq"])
@@ -24,6 +25,8 @@ def test_queue_depth_counts_what_was_published(broker):
     try:
         assert queue_depth(app, queue) == 0  # never declared: nothing in it
         Publisher(app).send([Delivery("cogo.work", queue, f"m{i}") for i in range(3)])
+        # RabbitMQ routes a publish asynchronously: the depth reaches 3 a moment later, and never passes it.
+        assert wait_until(lambda: queue_depth(app, queue) == 3, timeout=10, message="the depth to reach 3")
         assert queue_depth(app, queue) == 3
     finally:
         with app.connection_for_write() as conn:
