@@ -12,6 +12,7 @@ import socket
 from collections.abc import Callable
 
 from celery import signals
+from celery.worker.consumer import Consumer
 
 from bus.celery_app import make_celery
 from bus.readiness import mark_ready
@@ -20,10 +21,37 @@ from bus.settings import Settings
 log = logging.getLogger(__name__)
 
 
+class CogoConsumer(Consumer):
+    """Celery's consumer, kept alive when its broker goes away while it holds unacknowledged messages.
+
+    On a lost connection Celery closes it, and kombu's Redis channel then tries to give the unacknowledged messages
+    back to a broker that is down. Once Celery has dropped the transport's client, that attempt raises
+    ``AttributeError`` (kombu #582 and its family), which Celery's error guard does not catch, and the consumer dies
+    with "Unrecoverable error" instead of reconnecting. Nothing is lost by skipping that restore: the messages are
+    still in the broker's unacked set if it kept them, and the ledger's reclaimer re-sends every one it lost.
+    """
+
+    def on_connection_error_after_connected(self, exc):
+        if self.connection is not None:
+            self.connection.close = _closing_what_is_left(self.connection.close)
+        super().on_connection_error_after_connected(exc)
+
+
+def _closing_what_is_left(close: Callable[[], None]) -> Callable[[], None]:
+    def close_lost_connection() -> None:
+        try:
+            close()
+        except AttributeError as error:  # kombu reaching for a transport client Celery already dropped
+            log.warning("closing the lost broker connection: %s; its unacknowledged messages stay with the broker "
+                        "and the reclaimer", error)
+    return close_lost_connection
+
+
 def run_consumer(settings: Settings, *, name: str, queues: list[str], task_name: str,
                  handle: Callable[[str], None]) -> None:
     """Consume ``queues`` forever, calling ``handle(message_id)`` for each ``task_name`` message."""
     app = make_celery(settings, name=name, queues=queues)
+    app.conf.worker_consumer = f"{__name__}:CogoConsumer"
 
     @app.task(name=task_name, bind=False, acks_late=True)
     def _task(message_id: str) -> None:

@@ -264,6 +264,12 @@ class Workload:
         """How many steps have not ended."""
         return _open(self.step_statuses())
 
+    def await_progress(self, timeout_s: float = 90.0) -> Counter:
+        """Wait until one more step has ended than now, or every step has; the statuses seen then."""
+        ended = _ended(self.step_statuses())
+        return self._await(lambda seen: _ended(seen) > ended or _open(seen) == 0, timeout_s,
+                           f"a step to end after the {ended} ended so far")
+
     def await_waiting_in_broker(self, count: int = 3, timeout_s: float = 90.0) -> Counter:
         """With the worker held, wait until ``count`` more steps were dispatched to it: their messages wait in the
         broker (the held worker has taken at most one more); the statuses seen then."""
