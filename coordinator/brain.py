@@ -14,11 +14,10 @@ from typing import Any
 from sqlalchemy import Engine, select, update
 
 from bus import faults, ledger
-from bus.celery_app import TASK_DECIDE, TASK_EXECUTE
-from bus.envelope import Usage
+from bus.celery_app import TASK_DECIDE
 from bus.errors import BrokerUnavailable, CogoError, Conflict
 from bus.outbox import EARLY_TOLERANCE_S, Delivery, Publisher, destination
-from bus.routing import DECIDE, ORCHESTRATOR, Route, execute_queue
+from bus.routing import DECIDE, ORCHESTRATOR, Route
 from bus.schema import agent_messages as m
 from bus.sql_trace import traced
 from coordinator import commands
@@ -101,13 +100,9 @@ class Brain:
             if not ledger.move(conn, message_id, from_=(ledger.QUEUED,), to=ledger.DONE, now=now,
                                values={"run_version": state.run.version + 1}):
                 return "duplicate", None
-            settled = _settle_outcome(conn, event, now)
             phase1 = Phase1(conn, state, cause_id=message_id, now=now, shards=self.shards, registry=self.registry,
                             sql_trace=trace)
             effects = phase1.apply(the_plan)
-            settled += _settle_abandoned(conn, phase1.cancelled_assignments, now)
-            if settled:  # after phase 1: rows are locked in the dispatcher's order (run, then assignment)
-                effects.deliveries += _wake_deferred(conn, state.run.root_run_id or state.run.id, now, self.shards)
         return "applied", effects
 
 
@@ -155,47 +150,6 @@ def _fail_directly(conn, message_id: str, row: Any, now: float, shards: int) -> 
     return [commands.enqueue_event(conn, run_id=run.parent_run_id, tenant=run.tenant, kind=ev.ChildFailed.kind,
                                    payload={"token_id": run.parent_token_id, "child_run_id": row.run_id,
                                             "error": error}, now=now, shards=shards)]
-
-
-def _settle_outcome(conn, event: ev.Event, now: float) -> int:
-    """The brain has consumed an assignment's outcome: settle it and add its total usage (every attempt,
-    read from the row, not from the event) to its run — once, because only the first settle returns it.
-
-    Until then the dispatcher counts the row's usage as unsettled spend (``coordinator/dispatcher.py``),
-    so moving it from the row to the run changes no budget sum: settlement is bookkeeping, not release.
-    """
-    if isinstance(event, (ev.TaskCompleted, ev.TaskFailed)) and event.assignment_id:
-        usage = ledger.settle(conn, event.assignment_id, now=now)
-        if usage is not None:
-            _add_spend(conn, event.run_id, usage)
-            return 1
-    return 0
-
-
-def _settle_abandoned(conn, assignment_ids: list[str], now: float) -> int:
-    """Settle the assignments this step abandoned that no attempt is running (their usage is final now);
-    one whose attempt may still run keeps its reservation until that attempt ends (``ledger.close_abandoned``,
-    or the reclaimer once its lease ran out), which reports it back to this brain to be settled."""
-    settled = ledger.settle_abandoned(conn, assignment_ids, now=now)
-    for row in settled:
-        _add_spend(conn, row.run_id, row.usage)
-    return len(settled)
-
-
-def _wake_deferred(conn, root_run_id: str, now: float, shards: int) -> list[Delivery]:
-    """An assignment of the tree settled: what it held beyond its usage is free, so the assignments deferred
-    for budget in the same tree are asked again now rather than after their back-off."""
-    tree = select(runs.c.id).where(runs.c.root_run_id == root_run_id)
-    woken = conn.execute(update(m).where(m.c.run_id.in_(tree), m.c.kind == "assignment", m.c.status == ledger.QUEUED,
-                                         m.c.retry_at > now).values(retry_at=now)
-                         .returning(m.c.id, m.c.run_id)).all()
-    return [Delivery(TASK_EXECUTE, execute_queue(r.run_id, shards), r.id) for r in woken]
-
-
-def _add_spend(conn, run_id: str | None, usage: Usage) -> None:
-    if run_id and (usage.tokens or usage.cost_usd):
-        conn.execute(update(runs).where(runs.c.id == run_id).values(
-            spent_tokens=runs.c.spent_tokens + usage.tokens, spent_cost_usd=runs.c.spent_cost_usd + usage.cost_usd))
 
 
 def _reject(conn, message_id: str, row: Any, exc: CogoError, now: float) -> None:

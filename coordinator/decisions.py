@@ -1,8 +1,9 @@
 """Decisions (seed 001): frozen values that planning returns and the two-phase apply carries out.
 
-State mutations are applied in phase 1 (one transaction); external effects in phase 2 (after commit).
-Some span both: ``COMPLETE_WORKFLOW`` sets the status (phase 1) and notifies a parent (phase 2, via an
-outbox row written in phase 1).
+What each decision does to the run's state is computed once, while planning
+(``coordinator.planning.working``); phase 1 writes that difference and each decision's outside effects
+(outbox rows, ledger moves, approvals and child runs) in one transaction; phase 2 sends after commit.
+Some span both: ``COMPLETE_WORKFLOW`` sets the status and tells a parent (an outbox row).
 """
 
 from __future__ import annotations
@@ -155,6 +156,26 @@ class CancelWorkflow(Decision):
 
     reason: str
     type: ClassVar[str] = "CANCEL_WORKFLOW"
+
+
+@dataclass(frozen=True)
+class AbandonAssignments(Decision):
+    """Assignments whose token ended before they did (cancelled, timed out) are taken back: ``dead`` in the
+    ledger (the dispatcher will not admit them, a worker's fenced write finds them gone), or never sent when
+    they were dispatched in this same step."""
+
+    assignment_ids: tuple[str, ...]
+    reason: str
+    type: ClassVar[str] = "ABANDON_ASSIGNMENTS"
+
+
+@dataclass(frozen=True)
+class SettleAssignment(Decision):
+    """An assignment's outcome reached the brain: its usage over every attempt (read from the ledger row, not
+    the event) moves from the row to its run's spend — once, whatever the number of deliveries."""
+
+    assignment_id: str
+    type: ClassVar[str] = "SETTLE_ASSIGNMENT"
 
 
 # -- branch scopes and joins (seed 000, phases 4 to 6) -------------------------------------------------

@@ -2,8 +2,8 @@
 
 The ledger holds every event the brain applied to a run (its decide rows, ordered by the run version
 each one produced, with the ``now`` it was planned at). Starting from the run's initial state and
-applying each plan in memory (``apply_to_state``, the mirror of phase 1) rebuilds the state before every
-event, so each event can be planned again — under the recorded definition, to check that the planner
+taking each plan's next state (what phase 1 wrote, computed by the same code) rebuilds the state before
+every event, so each event can be planned again — under the recorded definition, to check that the planner
 still makes the recorded decisions, or under a changed one, to see how the decisions would differ.
 No worker, model or broker is involved.
 
@@ -28,12 +28,11 @@ from bus.schema import agent_messages as m
 from coordinator import events as ev
 from coordinator.definitions import Registry, WorkflowDefinition, load_yaml
 from coordinator.planning import Plan, plan
-from coordinator.planning.working import apply_to_state
 from coordinator.schema import runs
 from coordinator.state import RUN_PENDING, WorkflowState
 from coordinator.store import run_info
 
-__all__ = ["RecordedEvent", "Step", "apply_to_state", "as_json", "initial_state", "recorded_events", "replay",
+__all__ = ["RecordedEvent", "Step", "as_json", "initial_state", "recorded_events", "replay",
            "replay_events", "replay_run"]
 
 
@@ -109,7 +108,7 @@ def replay_events(state: WorkflowState, recorded: list[RecordedEvent]) -> list[S
     for index, item in enumerate(recorded):
         planned = plan(state, item.event, now=item.now)
         steps.append(Step(index, item, state, planned))
-        state = apply_to_state(state, planned.decisions)
+        state = planned.next_state
     return steps
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from coordinator import decisions as d
 from coordinator import events as ev
 from coordinator.planning import fanout, tasks, transitions  # noqa: F401  (registers entry rules)
 from coordinator.planning.builder import Plan, PlanBuilder
@@ -40,6 +41,11 @@ BEFORE_START = (ev.Start, ev.Cancel, ev.GaveUp)
 def plan(state: WorkflowState, event: ev.Event, *, now: float) -> Plan:
     """Decide what ``event`` means for the run in ``state``."""
     b = PlanBuilder(state, now=now)
+    if isinstance(event, (ev.TaskCompleted, ev.TaskFailed)) and event.assignment_id:
+        # Whatever the outcome means for the run (even nothing, for a run that ended), its spend is settled.
+        b.emit("decision.assignment.settle", assignment_id=event.assignment_id,
+               reason="its outcome reached the brain")
+        b.decide(d.SettleAssignment(event.assignment_id))
     if state.run.status in RUN_TERMINAL:
         b.emit("decision.event.ignored", kind=event.kind, reason=f"run is already {state.run.status}")
         return b.plan()

@@ -13,7 +13,7 @@ from typing import Any
 
 from bus.introspection import IntrospectionEvent
 from coordinator.decisions import Decision
-from coordinator.planning.working import WorkingCopy
+from coordinator.planning.working import Changes, WorkingCopy
 from coordinator.state import Token, WorkflowState
 
 Item = Decision | IntrospectionEvent
@@ -21,9 +21,13 @@ Item = Decision | IntrospectionEvent
 
 @dataclass(frozen=True)
 class Plan:
-    """Planning's answer: decisions and introspection events, in the order they were made."""
+    """Planning's answer: decisions and introspection events in the order they were made, the state they lead
+    to, and the difference from the loaded state that phase 1 writes."""
 
     items: tuple[Item, ...]
+    next_state: WorkflowState
+    """What ``load_state`` reads once phase 1 committed."""
+    changes: Changes
 
     @property
     def decisions(self) -> list[Decision]:
@@ -44,15 +48,14 @@ class PlanBuilder(WorkingCopy):
         self.now = now
         self.definition = state.definition
         self.run = state.run
-        self.items: list[Item] = []
 
     # -- output --------------------------------------------------------------------------------------
     def plan(self) -> Plan:
         """Freeze what was planned."""
-        return Plan(tuple(self.items))
+        return Plan(tuple(self.items), self.freeze(), self.changes())
 
     def decide(self, decision: Decision) -> Decision:
-        """Record a decision and keep the working copy in step with it."""
+        """Record a decision and keep the working copy in step with it (its ``operation.*`` events follow it)."""
         self.items.append(decision)
         self.mutate(decision)
         return decision

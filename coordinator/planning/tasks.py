@@ -6,7 +6,7 @@ from coordinator import decisions as d
 from coordinator import events as ev
 from coordinator.definitions import TaskNode
 from coordinator.planning.builder import PlanBuilder
-from coordinator.planning.transitions import advance, enter, fail_workflow, finish_token
+from coordinator.planning.transitions import abandon_assignments, advance, enter, fail_workflow, finish_token
 from coordinator.state import FAILED, TOKEN_ACTIVE, Token
 
 
@@ -54,5 +54,6 @@ def on_task_failed(b: PlanBuilder, event: ev.TaskFailed) -> None:
 def on_task_timeout(b: PlanBuilder, token: Token, event: ev.Timer) -> None:
     """A task's timeout fired while it was still running: treat it as a final failure."""
     b.emit("decision.task.timeout", token=token, reason="node timeout_ms elapsed before an outcome")
+    abandon_assignments(b, [token], reason="node timeout")
     on_task_failed(b, ev.TaskFailed(event.id, event.run_id, token_id=token.id, assignment_id=None,
                                     error={"code": "node.timeout", "message": f"node {token.node_id!r} timed out"}))

@@ -174,12 +174,21 @@ def cancel_tokens(b: PlanBuilder, victims: list[Token], *, reason: str) -> None:
     ids = tuple(t.id for t in victims)
     b.emit("decision.tokens.cancel", token_ids=list(ids), reason=reason)
     b.decide(d.CancelActiveTokens(ids, reason))
+    abandon_assignments(b, victims, reason=reason)
     for t in victims:
         wait = t.wait or {}
         if wait.get("kind") == "approval":
             b.decide(d.ResolveApproval(wait["approval_id"], "cancelled", by="cogo", comment=reason))
         elif wait.get("kind") == "join":
             drop_fan(b, wait["fan_id"], reason=f"owner cancelled: {reason}", fired=False)
+
+
+def abandon_assignments(b: PlanBuilder, ended: list[Token], *, reason: str) -> None:
+    """Take back the assignments of tokens that ended before their work did: nobody will read their outcome."""
+    held = tuple(t.assignment_id for t in ended if t.assignment_id)
+    if held:
+        b.emit("decision.assignment.abandon", assignment_ids=list(held), reason=reason)
+        b.decide(d.AbandonAssignments(held, reason))
 
 
 def _with_branches(b: PlanBuilder, victims: list[Token]) -> list[Token]:

@@ -138,6 +138,7 @@ def test_a_node_that_fails_twice_then_succeeds_shows_three_attempts_with_their_b
         "dispatch.assignment.admitted", "dispatch.assignment.started", "dispatch.attempt.failed",
         "dispatch.retry.scheduled",
         "dispatch.assignment.admitted", "dispatch.assignment.started", "dispatch.assignment.completed",
+        "dispatch.assignment.settled",
     ]
     started = [e for e in dispatch if e["type"] == "dispatch.assignment.started"]
     assert [e["data"]["attempt"] for e in started] == [1, 2, 3]

@@ -1,17 +1,18 @@
-"""Replay from the ledger: the recorded events, fed back through the planner, reproduce the recorded
-decisions; a changed definition shows where its decisions would differ; and the in-memory mirror of
-phase 1 (``apply_to_state``) agrees with what phase 1 wrote."""
+"""Replay from the ledger: the fidelity check finds a recorded trace the planner no longer makes; a changed
+definition shows where its decisions would differ; and the next state each plan computed is what phase 1
+wrote and ``load_state`` reads back. (That the planner still makes the decisions it made when a history was
+recorded is the golden histories' job: ``tests/unit/test_replay_golden.py``.)"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import yaml
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from coordinator.definitions import parse_definition
-from coordinator.planning.working import apply_to_state
 from coordinator.replay import initial_state, recorded_events, replay, replay_events, replay_run
+from bus.schema import introspection_events as ie
 from coordinator.schema import runs
 from coordinator.store import load_state
 from tests.support.harness import Fleet, registry_of, run_row, submit
@@ -47,11 +48,20 @@ def finished_run(engine) -> tuple[Fleet, str]:
     return fleet, run_id
 
 
-def test_a_recorded_run_replays_to_its_recorded_decisions(engine):
+def test_replay_reproduces_the_recorded_trace_and_finds_one_that_was_changed(engine):
     fleet, run_id = finished_run(engine)
     report = replay_run(engine, run_id, registry=fleet.registry)
     assert (report["faithful"], report["events"], report["differences"]) == (True, 4, [])
     assert "reproduced" in report["summary"]
+    # A trace the planner would not make today (here: the gate recorded as passed) is found, at its event.
+    with engine.begin() as conn:
+        gate = conn.execute(select(ie.c.id, ie.c.data).where(ie.c.run_id == run_id,
+                                                             ie.c.type == "decision.gate.evaluate")).one()
+        conn.execute(update(ie).where(ie.c.id == gate.id).values(data={**gate.data, "passed": not gate.data["passed"]}))
+    report = replay_run(engine, run_id, registry=fleet.registry)
+    assert report["faithful"] is False
+    assert report["first_mismatch"]["event_index"] == 3
+    assert report["first_mismatch"]["recorded"][0] == "decision.gate.evaluate"
 
 
 def test_a_changed_definition_shows_where_the_decisions_differ(engine, tmp_path):
@@ -77,7 +87,7 @@ def test_a_changed_definition_shows_where_the_decisions_differ(engine, tmp_path)
         assert replay(conn, run_id, registry=fleet.registry) == []
 
 
-def test_apply_to_state_agrees_with_phase_one_at_every_step(engine):
+def test_the_planned_next_state_is_what_phase_one_wrote_at_every_step(engine):
     fleet = Fleet(engine, {("t", "work"): rated}, registry=registry_of(GATED))
     run_id = submit(fleet, "gated", {"items": [1, 2, 3, 4]})
     compared = 0
@@ -90,16 +100,15 @@ def test_apply_to_state_agrees_with_phase_one_at_every_step(engine):
             row = conn.execute(select(runs).where(runs.c.id == run_id)).mappings().one()
             definition = fleet.registry.get("gated")
             steps = replay_events(initial_state(row, definition, {}), recorded_events(conn, run_id))
-            last = steps[-1]
-            mirrored = apply_to_state(last.state, last.plan.decisions)
+            planned = steps[-1].plan.next_state
             loaded = load_state(conn, run_id, fleet.registry)
-        assert mirrored.run.status == loaded.run.status
-        assert mirrored.run.version == loaded.run.version
-        assert dict(mirrored.tokens) == dict(loaded.tokens)
-        assert dict(mirrored.context) == dict(loaded.context)
-        assert dict(mirrored.visits) == dict(loaded.visits)
-        assert dict(mirrored.fan_ins) == dict(loaded.fan_ins)
-        assert {k: dict(v) for k, v in mirrored.scopes.items()} == {k: dict(v) for k, v in loaded.scopes.items()}
-        assert mirrored.token_seq == loaded.token_seq
+        assert planned.run.status == loaded.run.status
+        assert planned.run.version == loaded.run.version
+        assert dict(planned.tokens) == dict(loaded.tokens)
+        assert dict(planned.context) == dict(loaded.context)
+        assert dict(planned.visits) == dict(loaded.visits)
+        assert dict(planned.fan_ins) == dict(loaded.fan_ins)
+        assert {k: dict(v) for k, v in planned.scopes.items()} == {k: dict(v) for k, v in loaded.scopes.items()}
+        assert planned.token_seq == loaded.token_seq
         compared += 1
     assert compared == 5  # the start and four outcomes

@@ -1,7 +1,7 @@
 """A pure simulator for planning tests: a state, events in, plans out — no database, no clock, no broker.
 
-Each command plans against the current state and applies the plan in memory (``apply_to_state``, the
-mirror of phase 1), exactly as replay does.
+Each command plans against the current state and goes on from the plan's next state (what phase 1 would
+write), exactly as replay does.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ from coordinator import decisions as d
 from coordinator import events as ev
 from coordinator.definitions import WorkflowDefinition, parse_definition
 from coordinator.planning import Plan, plan
-from coordinator.planning.working import apply_to_state
 from coordinator.state import RunInfo, WorkflowState
 
 RUN_ID = "00000000-0000-4000-8000-000000000001"
@@ -49,7 +48,7 @@ class Sim:
         self._ids += 1
         event = event_type(id=f"e{self._ids}", run_id=self.state.run.id, **fields)
         planned = plan(self.state, event, now=self.now)
-        self.state = apply_to_state(self.state, planned.decisions)
+        self.state = planned.next_state
         self.plans.append(planned)
         return planned
 
@@ -98,8 +97,9 @@ class Sim:
         return self.state.run.status
 
 
-def types(p: Plan, prefix: str = "") -> list[str]:
-    """Event types of a plan (starting with ``prefix``)."""
+def types(p: Plan, prefix: str = "decision.") -> list[str]:
+    """Event types of a plan starting with ``prefix``: by default what planning chose and why (a plan also holds
+    the ``operation.*`` events that say what each decision did to the state)."""
     return [e.type for e in p.events if e.type.startswith(prefix)]
 
 
@@ -113,7 +113,7 @@ def decisions(p: Plan, kind: type[d.Decision] | None = None) -> list[d.Decision]
     return [x for x in p.decisions if kind is None or isinstance(x, kind)]
 
 
-def all_types(sim: Sim, prefix: str = "") -> list[str]:
+def all_types(sim: Sim, prefix: str = "decision.") -> list[str]:
     """Event types across every plan of a simulation."""
     return [t for p in sim.plans for t in types(p, prefix)]
 

@@ -105,7 +105,9 @@ def test_join_any_fires_on_the_first_and_cancels_the_rest():
     assert cancel.token_ids == ("work.2", "work.3", "work.5")
     assert sim.status == "completed"
     assert p.decisions[-1].output == {"results": [{"item": 3, "index": 2, "out": {"winner": True}}]}
-    assert types(sim.complete("work.2", {})) == ["decision.event.ignored"]
+    late = sim.complete("work.2", {})  # ignored, but what it spent is still settled
+    assert types(late) == ["decision.assignment.settle", "decision.event.ignored"]
+    assert [type(x).__name__ for x in late.decisions] == ["SettleAssignment"]
 
 
 def test_join_m_of_n_fires_on_the_mth_arrival():
@@ -156,8 +158,10 @@ def test_cancel_during_a_fan_out_drops_every_scope_and_closes_the_join():
     sim.complete("b0.2", {})
     from coordinator import events as ev
     p = sim.send(ev.Cancel, reason="stop")
-    assert [type(x).__name__ for x in p.decisions] == ["CancelActiveTokens", "CloseFanIn", "DropBranchTables",
-                                                        "CancelWorkflow"]
+    assert [type(x).__name__ for x in p.decisions] == ["CancelActiveTokens", "AbandonAssignments", "CloseFanIn",
+                                                        "DropBranchTables", "CancelWorkflow"]
+    [abandon] = decisions(p, d.AbandonAssignments)  # the two branches still at work: b0 is done
+    assert len(abandon.assignment_ids) == 2 and abandon.reason == "stop"
     assert sim.state.scopes == {} and sim.status == "cancelled"
 
 
@@ -219,7 +223,7 @@ def test_a_fan_out_that_times_out_cancels_its_branches_and_fails_the_run():
     sim.complete("b0.2", {})
     p = sim.timer("split.1", "timeout")
     assert decisions(p, d.CancelActiveTokens)[0].token_ids == ("split.1", "b1.3", "b2.4")
-    assert [type(x).__name__ for x in p.decisions][1:3] == ["CloseFanIn", "DropBranchTables"]
+    assert [type(x).__name__ for x in p.decisions][1:4] == ["AbandonAssignments", "CloseFanIn", "DropBranchTables"]
     assert sim.status == "failed" and decisions(p, d.FailWorkflow)[0].error["code"] == "node.timeout"
     assert sim.state.scopes == {} and sim.state.tokens == {}
 

@@ -90,16 +90,18 @@ def test_events_after_the_end_and_before_the_start_are_ignored():
     sim.start()
     sim.send(ev.Cancel, reason="stop")
     assert sim.status == "cancelled"
-    p = sim.complete("classify.1", {"size": 1})
-    assert types(p) == ["decision.event.ignored"] and p.decisions == []
+    p = sim.complete("classify.1", {"size": 1})  # ignored, but what it spent is still settled
+    assert types(p) == ["decision.assignment.settle", "decision.event.ignored"]
+    assert [type(x).__name__ for x in p.decisions] == ["SettleAssignment"]
 
 
 def test_a_duplicate_outcome_is_ignored():
     sim = Sim(THREE_WAY)
     sim.start()
     sim.complete("classify.1", {"size": 1})
-    p = sim.complete("classify.1", {"size": 1})
-    assert types(p) == ["decision.event.ignored"] and p.decisions == []
+    p = sim.complete("classify.1", {"size": 1})  # settling again is a no-op in the ledger (settled once)
+    assert types(p) == ["decision.assignment.settle", "decision.event.ignored"]
+    assert [type(x).__name__ for x in p.decisions] == ["SettleAssignment"]
 
 
 GATED = """
@@ -189,7 +191,7 @@ nodes:
     assert events(p, "decision.task.failed")[0]["to"] == "rescue"
     assert sim.active() == ["rescue.2"]
     p = sim.fail("rescue.2", code="boom")
-    assert [type(x).__name__ for x in p.decisions] == ["UpdateTokenStatus", "FailWorkflow"]
+    assert [type(x).__name__ for x in p.decisions] == ["SettleAssignment", "UpdateTokenStatus", "FailWorkflow"]
     assert sim.status == "failed" and p.decisions[-1].error["code"] == "boom"
 
 

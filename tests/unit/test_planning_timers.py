@@ -51,3 +51,33 @@ def test_a_late_timer_is_ignored():
     sim.start()
     sim.timer("pause.1", "wait")
     assert types(sim.timer("pause.1", "wait")) == ["decision.event.ignored"]
+
+
+SLOW_TASK = """
+name: slow
+start: work
+nodes:
+  work: {kind: task, route: {service: t, role: work}, agent: {agent_id: w}, timeout_ms: 5000, next: done}
+  done: {kind: end}
+"""
+
+
+def test_a_task_that_times_out_abandons_its_assignment_in_the_plan():
+    sim = Sim(SLOW_TASK)
+    sim.start()
+    assignment = sim.state.tokens["work.1"].assignment_id
+    p = sim.timer("work.1", "timeout")
+    assert decisions(p, d.AbandonAssignments) == [d.AbandonAssignments((assignment,), "node timeout")]
+    assert events(p, "decision.assignment.abandon") == [{"assignment_ids": [assignment], "reason": "node timeout"}]
+    assert sim.status == "failed" and decisions(p, d.FailWorkflow)[0].error["code"] == "node.timeout"
+
+
+def test_an_outcome_is_settled_in_the_plan_whatever_it_means_for_the_run():
+    sim = Sim(SLOW_TASK)
+    sim.start()
+    assignment = sim.state.tokens["work.1"].assignment_id
+    p = sim.complete("work.1", {"ok": True})
+    assert p.decisions[0] == d.SettleAssignment(assignment) and sim.status == "completed"
+    late = sim.send(ev.TaskCompleted, token_id="work.1", output={"ok": True}, assignment_id=assignment, attempts=2)
+    # the run has ended: the redelivered outcome is ignored, and settled all the same (a no-op in the ledger)
+    assert late.decisions == [d.SettleAssignment(assignment)]

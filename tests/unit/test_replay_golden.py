@@ -15,7 +15,6 @@ import yaml
 from coordinator import events as ev
 from coordinator.definitions import BUILTIN_DIR, load_yaml, parse_definition
 from coordinator.planning import plan
-from coordinator.planning.working import apply_to_state
 from coordinator.replay import as_json, event_json
 from coordinator.state import RunInfo, WorkflowState
 
@@ -52,5 +51,5 @@ def test_golden_history_replays_to_the_same_decisions(path):
         assert got == step["decisions"], f"{path.name}: event {index} ({raw['kind']}) now decides differently"
         trace = [event_json(e) for e in planned.events]
         assert trace == step["events"], f"{path.name}: event {index} ({raw['kind']}) now traces differently"
-        state = apply_to_state(state, planned.decisions)
+        state = planned.next_state
     assert state.run.status == doc["status"]
