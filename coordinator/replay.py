@@ -149,12 +149,15 @@ def diff_steps(base: list[Step], changed: list[Step]) -> list[dict[str, Any]]:
 
 
 def fidelity(conn: Connection, run_id: str, steps: list[Step]) -> dict[str, Any]:
-    """Whether replaying reproduces the ``decision.*`` trace the brain recorded for the run."""
-    trace = [(e["type"], e["token_id"], e["node_id"], e["data"]) for e in read(conn, run_id, category="decision")]
+    """Whether replaying reproduces the trace the brain recorded for the run: what it decided and why
+    (``decision.*``) and what each decision did to the state (``operation.*``), event by event."""
+    planned = ("decision", "operation")
+    trace = [(e["type"], e["token_id"], e["node_id"], e["data"]) for e in read(conn, run_id)
+             if e["category"] in planned]
     replayed, owner = [], []
     for step in steps:
         for e in step.plan.events:
-            if e.category == "decision":
+            if e.category in planned:
                 replayed.append((e.type, e.token_id, e.node_id, as_json(dict(e.data))))
                 owner.append(step.index)
     for i, (a, b) in enumerate(zip(trace, replayed, strict=False)):

@@ -10,9 +10,9 @@ from pathlib import Path
 import yaml
 from sqlalchemy import select, update
 
+from bus.schema import introspection_events as ie
 from coordinator.definitions import parse_definition
 from coordinator.replay import initial_state, recorded_events, replay, replay_events, replay_run
-from bus.schema import introspection_events as ie
 from coordinator.schema import runs
 from coordinator.store import load_state
 from tests.support.harness import Fleet, registry_of, run_row, submit
