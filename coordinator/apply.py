@@ -3,9 +3,9 @@ sends what phase 1 put in the outbox. Nothing is decided here.
 
 Phase 1 writes two things: the plan's ``Changes`` (the difference between the loaded state and the next
 one, computed once while planning by ``coordinator.planning.working``), and the outside effects of the
-decisions that have them (``EFFECTS``: outbox rows, ledger moves, approvals rows, child runs). It records
-the ``dispatch.*`` events of what it sent or took back right after the decision, so the trace reads
-"decided X, did X".
+decisions that have them (``EFFECTS``: outbox rows, ledger moves, approvals rows, child runs). It places
+the ``dispatch.*`` events of what it sent, took back or settled right after the decision (even when the
+statement itself runs at the end, in lock order), so the trace reads "decided X, did X".
 """
 
 from __future__ import annotations
@@ -60,6 +60,9 @@ class Phase1:
         self.abandoned: dict[str, str] = {}
         """Assignment id → why: to be moved to ``dead``."""
         self.to_settle: list[str] = []
+        self.marks: dict[str, int] = {}
+        """Assignment id → where in ``events`` its abandonment or settlement was decided."""
+        self.placed: list[tuple[int, IntrospectionEvent]] = []
         self.new_approvals: list[dict[str, Any]] = []
         self.resolved_approvals: list[tuple[str, dict[str, Any]]] = []
         self.children: list[d.StartSubworkflow] = []
@@ -80,6 +83,26 @@ class Phase1:
     def op(self, type_: str, token_id: str | None = None, node_id: str | None = None, **data: Any) -> None:
         """Record a ``dispatch.*`` event of this step: what it sent or took back."""
         self.events.append(IntrospectionEvent(type_, self.run.id, data, token_id, node_id, self.run.parent_run_id))
+
+    def mark(self, assignment_id: str) -> None:
+        """Remember that what happens to ``assignment_id`` was decided here, in the trace."""
+        self.marks.setdefault(assignment_id, len(self.events))
+
+    def op_at(self, type_: str, assignment_id: str, **data: Any) -> None:
+        """A ``dispatch.*`` event of ``assignment_id``, placed where its fate was decided."""
+        event = IntrospectionEvent(type_, self.run.id, {"assignment_id": assignment_id, **data}, None, None,
+                                   self.run.parent_run_id)
+        self.placed.append((self.marks.get(assignment_id, len(self.events)), event))
+
+    def _trace(self) -> list[IntrospectionEvent]:
+        placed = sorted(self.placed, key=lambda p: p[0])  # stable: in the order they were made at one place
+        out, k = [], 0
+        for i, event in enumerate(self.events):
+            while k < len(placed) and placed[k][0] <= i:
+                out.append(placed[k][1])
+                k += 1
+            out.append(event)
+        return out + [e for _, e in placed[k:]]
 
     def send(self, message: ledger.NewMessage) -> None:
         """Add an outbox row and its first delivery."""
@@ -124,6 +147,7 @@ class Phase1:
         self._abandon()
         ledger.insert_messages(conn, self.messages, now=now)
         self._settle()
+        self.events = self._trace()
         if self.sql_trace is not None:
             self.events.extend(self.sql_trace.events(run_id, self.run.parent_run_id))
         introspection.write(conn, self.events, now=now)
@@ -190,7 +214,7 @@ class Phase1:
                            values={"last_error": f"abandoned: {reason}", "last_error_at": self.now}):
                 audit.append({"message_id": assignment_id, "run_id": self.run.id, "tenant": self.run.tenant,
                               "kind": "execute_cancelled", "detail": {"reason": reason}})
-                self.op("dispatch.assignment.abandoned", assignment_id=assignment_id)
+                self.op_at("dispatch.assignment.abandoned", assignment_id)
         ledger.record(self.conn, audit, now=self.now)
 
     def _settle(self) -> None:
@@ -214,8 +238,7 @@ class Phase1:
             self.conn.execute(update(runs).where(runs.c.id == self.run.id).values(
                 spent_tokens=runs.c.spent_tokens + tokens_, spent_cost_usd=runs.c.spent_cost_usd + cost))
         for assignment_id, usage in settled:
-            self.op("dispatch.assignment.settled", assignment_id=assignment_id, tokens=usage.tokens,
-                    cost_usd=usage.cost_usd)
+            self.op_at("dispatch.assignment.settled", assignment_id, tokens=usage.tokens, cost_usd=usage.cost_usd)
         self.effects.deliveries += self._wake_deferred()
 
     def _wake_deferred(self) -> list[Delivery]:
@@ -266,6 +289,12 @@ def _abandon(p: Phase1, x: d.AbandonAssignments) -> None:
     for assignment_id in x.assignment_ids:
         if not (assignment_id in p.sent_assignments and p.unsend(assignment_id)):  # same step: never sent
             p.abandoned.setdefault(assignment_id, x.reason)
+            p.mark(assignment_id)
+
+
+def _settle(p: Phase1, x: d.SettleAssignment) -> None:
+    p.to_settle.append(x.assignment_id)
+    p.mark(x.assignment_id)
 
 
 def _tell_parent(p: Phase1, x: d.CompleteWorkflow | d.FailWorkflow | d.CancelWorkflow) -> None:
@@ -298,7 +327,7 @@ EFFECTS: dict[type, Callable[[Phase1, Any], None]] = {
     d.Notify: _notify,
     d.CancelActiveTokens: _cancel_children,
     d.AbandonAssignments: _abandon,
-    d.SettleAssignment: lambda p, x: p.to_settle.append(x.assignment_id),
+    d.SettleAssignment: _settle,
     d.CompleteWorkflow: _tell_parent,
     d.FailWorkflow: _tell_parent,
     d.CancelWorkflow: _tell_parent,

@@ -74,8 +74,8 @@ class Action:
 
 TASK = Action(dispatch=("decision.task.dispatch", "dispatch.token.enqueued", "dispatch.assignment.admitted"),
               execution=("dispatch.assignment.started",),
-              completion=("dispatch.assignment.completed", "decision.task.completed", "operation.tokens.update_status",
-                          "operation.context.set"))
+              completion=("dispatch.assignment.completed", "decision.assignment.settle", "dispatch.assignment.settled",
+                          "decision.task.completed", "operation.tokens.update_status", "operation.context.set"))
 NOTIFY = Action(dispatch=("decision.notify.publish",), execution=("dispatch.notify.queued",),
                 completion=("operation.tokens.update_status",))
 APPROVAL = Action(dispatch=("decision.approval.request", "operation.tokens.mark_waiting", "operation.approval.create",

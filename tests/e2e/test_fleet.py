@@ -15,7 +15,8 @@ pytestmark = pytest.mark.e2e
 TRACE = [
     "decision.routing.start", "operation.workflow.initialize", "operation.tokens.create", "decision.task.dispatch",
     "dispatch.token.enqueued", "dispatch.assignment.admitted", "dispatch.assignment.started",
-    "dispatch.assignment.completed", "decision.task.completed", "operation.tokens.update_status",
+    "dispatch.assignment.completed", "decision.assignment.settle", "dispatch.assignment.settled",
+    "decision.task.completed", "operation.tokens.update_status",
     "operation.context.set", "decision.routing.evaluate_transition", "decision.routing.transition_matched",
     "operation.tokens.create", "operation.tokens.update_status", "decision.workflow.complete",
     "operation.workflow.complete",

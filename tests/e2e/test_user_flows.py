@@ -49,9 +49,11 @@ def answer(messages: list[dict[str, str]]) -> str:
 # -- event sequences ------------------------------------------------------------------------------------
 
 def task_step(node: str) -> list[tuple[str, str | None]]:
-    """One task node's assignment: decided, enqueued, admitted, started, completed (worker), completed (brain)."""
+    """One task node's assignment: decided, enqueued, admitted, started, completed (worker), its spend settled and
+    its outcome applied (brain)."""
     return [("decision.task.dispatch", node), ("dispatch.token.enqueued", node), ("dispatch.assignment.admitted", node),
             ("dispatch.assignment.started", node), ("dispatch.assignment.completed", node),
+            ("decision.assignment.settle", None), ("dispatch.assignment.settled", None),
             ("decision.task.completed", node)]
 
 

@@ -55,6 +55,7 @@ def test_one_task_workflow_completes_with_its_exact_trace(engine):
         "dispatch.assignment.started",
         "dispatch.assignment.completed",
         "decision.assignment.settle",
+        "dispatch.assignment.settled",
         "decision.task.completed",
         "operation.tokens.update_status",
         "operation.context.set",
@@ -64,7 +65,6 @@ def test_one_task_workflow_completes_with_its_exact_trace(engine):
         "operation.tokens.update_status",
         "decision.workflow.complete",
         "operation.workflow.complete",
-        "dispatch.assignment.settled",
     ]
     assert audit == ["execute_enqueued", "execute_done"]
     by_kind = {r.kind: r for r in rows}
