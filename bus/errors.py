@@ -1,6 +1,39 @@
-"""One error tree for the whole fleet: every error has a stable code and says if a retry can help."""
+"""One error tree for the whole fleet: every error has a stable code and says if a retry can help; and one
+shape for an error as data (``Problem``), whatever carries it: a failed attempt, a denied assignment, a failed
+run, an API answer."""
 
 from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+_PROBLEM_KEYS = ("code", "message", "retryable", "details")
+
+
+@dataclass(frozen=True)
+class Problem:
+    """An error as data: a stable ``code``, a ``message`` for people, whether the same work may succeed if tried
+    again, and ``details`` (the node, the attempts, the child run …). Stored and sent as ``to_dict()``."""
+
+    code: str
+    message: str = ""
+    retryable: bool = False
+    details: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """``{code, message, retryable, details}``: the shape of every error in the ledger, a trace or the API."""
+        return {"code": self.code, "message": self.message, "retryable": self.retryable,
+                "details": dict(self.details)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any] | None, *, code: str = "error.unknown") -> Problem:
+        """Read one back. A row written before errors had this shape (a flat ``{code, message, node …}``) is read
+        too: what is not a field of its own becomes a detail."""
+        data = dict(data or {})
+        details = {**(data.get("details") or {}), **{k: v for k, v in data.items() if k not in _PROBLEM_KEYS}}
+        return cls(str(data.get("code") or code), str(data.get("message") or ""), bool(data.get("retryable")),
+                   details)
 
 
 class CogoError(Exception):
@@ -20,9 +53,13 @@ class CogoError(Exception):
             self.code = code
         self.details = details or {}
 
+    def problem(self) -> Problem:
+        """The error as data."""
+        return Problem(self.code, str(self), self.retryable, dict(self.details))
+
     def to_dict(self) -> dict:
         """The error as the HTTP API and the CLI show it."""
-        return {"code": self.code, "message": str(self), "details": self.details}
+        return self.problem().to_dict()
 
 
 class ConfigError(CogoError):

@@ -29,6 +29,7 @@ from sqlalchemy import Engine, and_, or_, select, update
 
 from bus import faults, ledger, outcomes
 from bus.broker import queue_depth
+from bus.errors import Problem
 from bus.outbox import Delivery, Publisher, destination
 from bus.routing import Route
 from bus.schema import agent_messages as m
@@ -90,17 +91,18 @@ class Reclaimer:
             rows = conn.execute(select(m).where(m.c.status == ledger.RUNNING, m.c.lease_until < now)
                                 .limit(BATCH)).all()
             for row in rows:
-                error = {"code": "lease.expired", "message": f"worker lost attempt {row.attempts}", "retryable": True}
+                lost = Problem("lease.expired", f"worker lost attempt {row.attempts}", True)
+                error = lost.to_dict()
                 audit = {"message_id": row.id, "run_id": row.run_id, "tenant": row.tenant, "attempt": row.attempts}
                 if row.attempts < row.max_attempts:
                     if ledger.move(conn, row.id, from_=(ledger.RUNNING,), to=ledger.RETRY_WAIT, now=now,
-                                   attempt=row.attempts, values={"retry_at": now, "last_error": error["message"],
+                                   attempt=row.attempts, values={"retry_at": now, "last_error": lost.message,
                                                                  "last_error_at": now, "lease_until": None}):
                         ledger.record(conn, [{**audit, "kind": "lease_expired", "detail": error}], now=now)
                         result.expired += 1
                         result.deliveries.append(self._delivery(row, ledger.RETRY_WAIT))
                 elif ledger.move(conn, row.id, from_=(ledger.RUNNING,), to=ledger.DEAD, now=now, attempt=row.attempts,
-                                 values={"last_error": error["message"], "last_error_at": now, "lease_until": None}):
+                                 values={"last_error": lost.message, "last_error_at": now, "lease_until": None}):
                     ledger.record(conn, [{**audit, "kind": "lease_expired", "detail": error},
                                          {**audit, "kind": "execute_dead", "detail": error}], now=now)
                     result.dead += 1
@@ -108,7 +110,7 @@ class Reclaimer:
                         result.deliveries.append(outcomes.report(
                             conn, assignment_id=row.id, run_id=row.run_id, tenant=row.tenant, payload=row.payload,
                             kind=outcomes.TASK_FAILED, now=now, shards=self.settings.shards,
-                            body={"error": {**error, "retryable": False, "code": "execute.dead"},
+                            body={"error": Problem("execute.dead", lost.message).to_dict(),
                                   "attempts": row.attempts}))
 
     def _close_abandoned(self, result: Sweep) -> None:
@@ -119,8 +121,8 @@ class Reclaimer:
             for row in rows:
                 if not ledger.close_abandoned(conn, row.id, attempt=row.attempts, now=now):
                     continue
-                error = {"code": "execute.abandoned", "retryable": False,
-                         "message": f"abandoned; attempt {row.attempts} did not report before its lease ran out"}
+                error = Problem("execute.abandoned",
+                                f"abandoned; attempt {row.attempts} did not report before its lease ran out").to_dict()
                 ledger.record(conn, [{"message_id": row.id, "run_id": row.run_id, "tenant": row.tenant,
                                       "attempt": row.attempts, "kind": "lease_expired", "detail": error}], now=now)
                 result.abandoned += 1

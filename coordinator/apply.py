@@ -20,7 +20,7 @@ from sqlalchemy import Connection, delete, insert, select, update
 from bus import introspection, ledger
 from bus.celery_app import TASK_EXECUTE
 from bus.envelope import Intent, TokenRef, Usage, assignment_payload
-from bus.errors import Conflict
+from bus.errors import Conflict, Problem
 from bus.introspection import IntrospectionEvent
 from bus.outbox import Delivery, Publisher, delivery_for
 from bus.routing import Route, execute_queue, shard_for
@@ -303,8 +303,8 @@ def _tell_parent(p: Phase1, x: d.CompleteWorkflow | d.FailWorkflow | d.CancelWor
     if isinstance(x, d.CompleteWorkflow):
         kind, body = "child_completed", {"output": x.output}
     else:
-        error = x.error if isinstance(x, d.FailWorkflow) else {"code": "cancelled", "message": x.reason}
-        kind, body = "child_failed", {"error": error}
+        error = x.error if isinstance(x, d.FailWorkflow) else Problem("cancelled", x.reason)
+        kind, body = "child_failed", {"error": error.to_dict()}
     p.send(p.decide_row(p.run.parent_run_id, kind,
                         {"token_id": p.run.parent_token_id, "child_run_id": p.run.id, **body}))
 

@@ -15,7 +15,7 @@ from sqlalchemy import Engine, select, update
 
 from bus import faults, ledger
 from bus.celery_app import TASK_DECIDE
-from bus.errors import BrokerUnavailable, CogoError, Conflict
+from bus.errors import BrokerUnavailable, CogoError, Conflict, Problem
 from bus.outbox import EARLY_TOLERANCE_S, Delivery, Publisher, destination
 from bus.routing import DECIDE, ORCHESTRATOR, Route
 from bus.schema import agent_messages as m
@@ -138,7 +138,8 @@ class Brain:
 
 def _fail_directly(conn, message_id: str, row: Any, now: float, shards: int) -> list[Delivery]:
     """The last resort when the planner cannot even fail the run: fail it here and tell its parent."""
-    error = row.payload.get("error") or {"code": "brain.crashed", "message": "the brain gave up on this run"}
+    error = Problem.from_dict(row.payload.get("error") or {"message": "the brain gave up on this run"},
+                              code="brain.crashed").to_dict()
     if not ledger.move(conn, message_id, from_=(ledger.QUEUED,), to=ledger.FAILED, now=now):
         return []
     run = conn.execute(update(runs).where(runs.c.id == row.run_id, runs.c.status.not_in(RUN_TERMINAL))

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar
 
+from bus.errors import Problem
 from coordinator.state import Token
 
 
@@ -55,7 +56,7 @@ class UpdateTokenStatus(Decision):
     token_id: str
     status: str
     output: Any = None
-    error: dict[str, Any] | None = None
+    error: Problem | None = None
     type: ClassVar[str] = "UPDATE_TOKEN_STATUS"
 
 
@@ -144,9 +145,9 @@ class CompleteWorkflow(Decision):
 
 @dataclass(frozen=True)
 class FailWorkflow(Decision):
-    """The run fails with ``error`` ({code, message, …}); a parent, if any, is told."""
+    """The run fails with ``error``; a parent, if any, is told."""
 
-    error: dict[str, Any]
+    error: Problem
     type: ClassVar[str] = "FAIL_WORKFLOW"
 
 

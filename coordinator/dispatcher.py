@@ -142,8 +142,7 @@ class Dispatcher:
         return "deferred"
 
     def _deny(self, conn, row: Any, verdict: Verdict, token: TokenRef, now: float, deliveries: list[Delivery]) -> None:
-        error = {"code": verdict.code, "message": verdict.reason, **({"detail": dict(verdict.detail)}
-                                                                      if verdict.detail else {})}
+        error = verdict.problem().to_dict()
         if not ledger.move(conn, row.id, from_=(row.status,), to=ledger.FAILED, now=now,
                            values={"last_error": f"{verdict.code}: {verdict.reason}", "last_error_at": now}):
             return

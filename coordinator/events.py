@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-from bus.errors import ContractError
+from bus.errors import ContractError, Problem
 
 
 @dataclass(frozen=True)
@@ -48,7 +49,7 @@ class TaskFailed(Event):
 
     token_id: str = ""
     assignment_id: str = ""
-    error: dict[str, Any] = field(default_factory=dict)
+    error: Problem = field(default_factory=lambda: Problem("error.unknown"))
     attempts: int = 1
     usage: dict[str, Any] = field(default_factory=dict)
 
@@ -114,7 +115,7 @@ class ChildFailed(Event):
 
     token_id: str = ""
     child_run_id: str = ""
-    error: dict[str, Any] = field(default_factory=dict)
+    error: Problem = field(default_factory=lambda: Problem("error.unknown"))
 
     kind = "child_failed"
 
@@ -125,7 +126,7 @@ class GaveUp(Event):
     fails as any failure does, through the planner, so its parent hears of it and its work is abandoned."""
 
     rejected_event: str = ""
-    error: dict[str, Any] = field(default_factory=dict)
+    error: Problem = field(default_factory=lambda: Problem("error.unknown"))
 
     kind = "gave_up"
 
@@ -147,4 +148,8 @@ def from_row(*, id: str, run_id: str, kind: str, payload: dict[str, Any]) -> Eve
     extra = set(payload) - known
     if extra:
         raise ContractError(f"{kind} event has unknown fields {sorted(extra)}", code="event.invalid")
+    if "error" in payload:  # the one error shape, read back (rows written before it existed too)
+        if not isinstance(payload["error"], Mapping):
+            raise ContractError(f"{kind} event's error is not an object", code="event.invalid")
+        payload = {**payload, "error": Problem.from_dict(payload["error"])}
     return cls(id=id, run_id=run_id, **payload)

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bus.envelope import Assignment
+from bus.errors import Problem
 
 COST_EPSILON = 1e-9
 """Costs are sums of doubles: a budget is met when the sum is within this of it."""
@@ -33,6 +34,10 @@ class Verdict:
     reason: str = ""
     detail: Mapping[str, Any] | None = None
     deferred: bool = False
+
+    def problem(self) -> Problem:
+        """Why it was not admitted, as data (a denial is final; a deferral is not)."""
+        return Problem(self.code, self.reason, self.deferred, dict(self.detail or {}))
 
 
 ADMIT = Verdict(True)

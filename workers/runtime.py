@@ -22,7 +22,7 @@ from sqlalchemy import Engine
 from bus import faults, ledger, outcomes
 from bus.celery_app import TASK_EXECUTE
 from bus.envelope import RETRY_KEY, TokenRef, Usage, check_json, parse_assignment
-from bus.errors import BrokerUnavailable, BudgetExceeded, CogoError, TTLExpired, WorkFailed
+from bus.errors import BrokerUnavailable, BudgetExceeded, CogoError, Problem, TTLExpired, WorkFailed
 from bus.introspection import write
 from bus.outbox import Delivery, Publisher
 from bus.retry import RetryPolicy, compute_backoff
@@ -39,28 +39,23 @@ at least every second, so that it writes as soon as the ledger is back)."""
 
 @dataclass(frozen=True)
 class Failure:
-    """Why an attempt failed, and whether another attempt may help."""
+    """Why an attempt failed (whether another attempt may help is the problem's ``retryable``), and the audit
+    kind it is recorded under."""
 
-    code: str
-    message: str
-    retryable: bool
+    problem: Problem
     audit: str = "execute_failed"
-
-    def as_error(self) -> dict[str, Any]:
-        """The error as the brain and the API see it."""
-        return {"code": self.code, "message": self.message, "retryable": self.retryable}
 
 
 def classify(exc: BaseException) -> Failure:
     """Map what a handler raised to a failure; unknown exceptions are retryable."""
     if isinstance(exc, BudgetExceeded):
-        return Failure(exc.code, str(exc), False, "budget_violation")
+        return Failure(Problem(exc.code, str(exc), False), "budget_violation")
     if isinstance(exc, TTLExpired):
-        return Failure(exc.code, str(exc), True, "ttl_expired")
+        return Failure(Problem(exc.code, str(exc), True), "ttl_expired")
     if isinstance(exc, CogoError):
-        return Failure(exc.code, str(exc), exc.retryable)
+        return Failure(Problem(exc.code, str(exc), exc.retryable))
     tail = traceback.format_exception_only(type(exc), exc)[-1].strip()
-    return Failure("work.exception", tail, True)
+    return Failure(Problem("work.exception", tail, True))
 
 
 class Runtime:
@@ -93,7 +88,7 @@ class Runtime:
             assignment = parse_assignment(claim.payload)
             handler = self.handlers[(claim.route.service, claim.route.role)]
         except (CogoError, KeyError) as exc:
-            return None, Failure("work.unroutable", f"cannot run {claim.route.queue}: {exc}", False), None
+            return None, Failure(Problem("work.unroutable", f"cannot run {claim.route.queue}: {exc}")), None
         ctx = WorkContext(task_id=claim.id, run_id=claim.run_id, token_id=token.token_id,
                           node_id=token.node_id, tenant=claim.tenant, attempt=claim.attempt,
                           assignment=assignment, deadline=time.time() + assignment.ttl_ms / 1000,
@@ -116,7 +111,7 @@ class Runtime:
             with self.engine.begin() as conn:
                 if failure is None:
                     return outcome.done(conn, result), outcome
-                if failure.retryable and claim.attempt < claim.max_attempts:
+                if failure.problem.retryable and claim.attempt < claim.max_attempts:
                     return outcome.retry(conn, failure), outcome
                 return outcome.failed(conn, failure), outcome
 
@@ -160,8 +155,8 @@ class Outcome:
         if not self._move(conn, ledger.RETRY_WAIT, {"retry_at": retry_at, "lease_until": None,
                                                      **_error(failure, self.now)}):
             return "lost"
-        self._audit(conn, [(failure.audit, failure.as_error()), ("execute_retry", {"backoff_ms": backoff_ms})])
-        self._trace(conn, "dispatch.attempt.failed", error=failure.as_error())
+        self._audit(conn, [(failure.audit, failure.problem.to_dict()), ("execute_retry", {"backoff_ms": backoff_ms})])
+        self._trace(conn, "dispatch.attempt.failed", error=failure.problem.to_dict())
         self._trace(conn, "dispatch.retry.scheduled", backoff_ms=backoff_ms, next_attempt=self.claim.attempt + 1,
                     max_attempts=self.claim.max_attempts)
         queue = execute_queue(self.claim.run_id or "", self.runtime.settings.shards)
@@ -173,9 +168,9 @@ class Outcome:
         if not self._move(conn, ledger.FAILED, _error(failure, self.now)):
             return "lost"
         kinds = [failure.audit] + (["execute_failed"] if failure.audit != "execute_failed" else [])
-        self._audit(conn, [(k, failure.as_error()) for k in kinds])
-        self._trace(conn, "dispatch.assignment.failed", error=failure.as_error())
-        self._report(conn, outcomes.TASK_FAILED, {"error": failure.as_error()})
+        self._audit(conn, [(k, failure.problem.to_dict()) for k in kinds])
+        self._trace(conn, "dispatch.assignment.failed", error=failure.problem.to_dict())
+        self._report(conn, outcomes.TASK_FAILED, {"error": failure.problem.to_dict()})
         return "failed"
 
     def _move(self, conn, to: str, values: dict[str, Any]) -> bool:
@@ -188,8 +183,8 @@ class Outcome:
         if ledger.close_abandoned(conn, self.claim.id, attempt=self.claim.attempt, now=self.now,
                                   usage=Usage(**self.usage)):
             self._audit(conn, [("execute_abandoned", {"usage": self.usage})])
-            self._report(conn, outcomes.TASK_FAILED, {"error": {
-                "code": "execute.abandoned", "message": "its token ended while the attempt ran", "retryable": False}})
+            self._report(conn, outcomes.TASK_FAILED, {"error": Problem(
+                "execute.abandoned", "its token ended while the attempt ran").to_dict()})
         else:
             log.warning("attempt %d of %s ended after it lost its lease: its outcome (%s) is dropped",
                         self.claim.attempt, self.claim.id, to)
@@ -217,7 +212,7 @@ class Outcome:
 
 
 def _error(failure: Failure, now: float) -> dict[str, Any]:
-    return {"last_error": f"{failure.code}: {failure.message}", "last_error_at": now}
+    return {"last_error": f"{failure.problem.code}: {failure.problem.message}", "last_error_at": now}
 
 
 class LeaseKeeper:

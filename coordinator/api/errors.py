@@ -1,4 +1,5 @@
-"""Every error the HTTP servers answer is ``{"error": {"code", "message", "details"}}`` with a fitting status."""
+"""Every error the HTTP servers answer is ``{"error": {"code", "message", "retryable", "details"}}`` (a
+``Problem``) with a fitting status."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from bus.errors import CogoError, Forbidden, InvalidRequest, NotFound, RateLimited, Unauthenticated
+from bus.errors import CogoError, Forbidden, InvalidRequest, NotFound, Problem, RateLimited, Unauthenticated
 
 log = logging.getLogger(__name__)
 
@@ -26,9 +27,10 @@ _BY_TYPE: tuple[tuple[type[CogoError], int], ...] = (
 
 
 def error_response(code: str, message: str, status: int, details: dict | None = None,
-                   headers: dict[str, str] | None = None) -> JSONResponse:
-    """The one error body."""
-    return JSONResponse({"error": {"code": code, "message": message, "details": details or {}}},
+                   headers: dict[str, str] | None = None, *, retryable: bool | None = None) -> JSONResponse:
+    """The one error body: a ``Problem`` (retryable by default when the status says "try again later")."""
+    retry = status in (429, 503) if retryable is None else retryable
+    return JSONResponse({"error": Problem(code, message, retry, details or {}).to_dict()},
                         status_code=status, headers=headers)
 
 
@@ -49,7 +51,7 @@ def install_error_handlers(app: FastAPI) -> None:
             headers = {"WWW-Authenticate": 'Bearer realm="cogo"'}
         if isinstance(exc, RateLimited):
             headers = {"Retry-After": str(max(1, math.ceil(exc.details.get("retry_after_s", 1))))}
-        return error_response(exc.code, str(exc), status_of(exc), exc.details, headers)
+        return error_response(exc.code, str(exc), status_of(exc), exc.details, headers, retryable=exc.retryable)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_req: Request, exc: StarletteHTTPException) -> JSONResponse:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from bus.errors import Problem
+
 _GONE = b"<disconnected>"
 _BODYLESS = frozenset({"GET", "HEAD", "OPTIONS", "DELETE"})
 
@@ -101,7 +103,7 @@ class BodyGuard:
 
 
 async def _answer(send: Any, status: int, code: str, message: str, details: dict | None = None) -> None:
-    body = json.dumps({"error": {"code": code, "message": message, "details": details or {}}}).encode()
+    body = json.dumps({"error": Problem(code, message, status in (429, 503), details or {}).to_dict()}).encode()
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
     await send({"type": "http.response.body", "body": body})

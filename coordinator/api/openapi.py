@@ -1,7 +1,7 @@
 """The API describes itself truthfully, and its viewers work offline.
 
 ``document`` post-processes FastAPI's generated OpenAPI document in one place: every error answer is the
-real body (the ``Error`` component, ``{"error": {"code", "message", "details"}}``) instead of FastAPI's
+real body (the ``Error`` component, ``{"error": {"code", "message", "retryable", "details"}}``) instead of FastAPI's
 ``HTTPValidationError``, every operation lists every status it can answer (and the codes behind each),
 and the security schemes are the API's own (a bearer key or token, or an ``apikey`` header).
 
@@ -37,7 +37,7 @@ cogo runs AI-agent workflows on a message-queue worker fleet. Submit an intent (
 waits for.
 
 Every request except `/healthz` and these docs needs a key: `Authorization: Bearer <key>` or
-`apikey: <key>`. Every error answers `{"error": {"code", "message", "details"}}` with a stable `code`.
+`apikey: <key>`. Every error answers `{"error": {"code", "message", "retryable", "details"}}` with a stable `code`.
 """
 
 ERROR_SCHEMA: dict[str, Any] = {
@@ -48,11 +48,12 @@ ERROR_SCHEMA: dict[str, Any] = {
     "additionalProperties": False,
     "properties": {"error": {
         "type": "object",
-        "required": ["code", "message", "details"],
+        "required": ["code", "message", "retryable", "details"],
         "additionalProperties": False,
         "properties": {
             "code": {"type": "string", "description": "Stable, e.g. run.unknown, payload.invalid."},
             "message": {"type": "string", "description": "What went wrong, naming the field or id."},
+            "retryable": {"type": "boolean", "description": "Whether the same request may succeed later as it is."},
             "details": {"type": "object", "additionalProperties": True,
                         "description": "Machine-readable specifics (e.g. errors: [{field|path, message}])."},
         },

@@ -7,6 +7,7 @@ through ``output_mapping`` (a mapping whose keys are set in the token's scope, w
 
 from __future__ import annotations
 
+from bus.errors import Problem
 from coordinator import decisions as d
 from coordinator import events as ev
 from coordinator.definitions import SubworkflowNode
@@ -40,20 +41,20 @@ def resolve_version(b: PlanBuilder, node: SubworkflowNode) -> int | None:
 def _enter_subworkflow(b: PlanBuilder, token: Token, node: SubworkflowNode) -> None:
     version = resolve_version(b, node)
     if version is None:
-        fail_workflow(b, {"code": "subworkflow.unknown", "node": token.node_id,
-                          "message": f"no workflow {node.workflow!r}" + (f" version {node.version}" if node.version
-                                                                          else "")})
+        named = f"no workflow {node.workflow!r}" + (f" version {node.version}" if node.version else "")
+        fail_workflow(b, Problem("subworkflow.unknown", named, details={"node": token.node_id}))
         return
     if b.run.depth + 1 > MAX_DEPTH:
-        fail_workflow(b, {"code": "subworkflow.too_deep", "node": token.node_id,
-                          "message": f"runs may nest at most {MAX_DEPTH} deep"})
+        fail_workflow(b, Problem("subworkflow.too_deep", f"runs may nest at most {MAX_DEPTH} deep",
+                                 details={"node": token.node_id}))
         return
     payload = computed(b, token, render, node.input_mapping, b.scope_view(token))
     if payload is FAILED_EXPRESSION:
         return
     if not isinstance(payload, dict):
-        fail_workflow(b, {"code": "subworkflow.input_not_object", "node": token.node_id,
-                          "message": f"input_mapping gave {type(payload).__name__}, not an object"})
+        fail_workflow(b, Problem("subworkflow.input_not_object",
+                                 f"input_mapping gave {type(payload).__name__}, not an object",
+                                 details={"node": token.node_id}))
         return
     child_run_id = b.derived_id(token.id, "child")
     b.emit("decision.subworkflow.start", token=token, workflow=node.workflow, version=version,
@@ -89,8 +90,9 @@ def on_child_completed(b: PlanBuilder, event: ev.ChildCompleted) -> None:
         if mapped is FAILED_EXPRESSION:
             return
         if not isinstance(mapped, dict):
-            fail_workflow(b, {"code": "subworkflow.output_not_object", "node": token.node_id,
-                              "message": f"output_mapping gave {type(mapped).__name__}, not an object"})
+            fail_workflow(b, Problem("subworkflow.output_not_object",
+                                     f"output_mapping gave {type(mapped).__name__}, not an object",
+                                     details={"node": token.node_id}))
             return
         finish_token(b, token, output=event.output)
         for key, value in mapped.items():
@@ -104,10 +106,11 @@ def on_child_failed(b: PlanBuilder, event: ev.ChildFailed) -> None:
     if token is None:
         return
     node: SubworkflowNode = b.definition.node(token.node_id)
-    error = {"code": "subworkflow.failed", "node": token.node_id, "child_run_id": event.child_run_id,
-             "child_error": event.error, "message": f"child run {event.child_run_id} failed: "
-                                                    f"{event.error.get('message', event.error.get('code', ''))}"}
-    b.emit("decision.subworkflow.failed", token=token, child_run_id=event.child_run_id, error=event.error,
+    error = Problem("subworkflow.failed",
+                    f"child run {event.child_run_id} failed: {event.error.message or event.error.code}",
+                    details={"node": token.node_id, "child_run_id": event.child_run_id,
+                             "child_error": event.error.to_dict()})
+    b.emit("decision.subworkflow.failed", token=token, child_run_id=event.child_run_id, error=event.error.to_dict(),
            to=node.on_failure, reason="the child run failed or was cancelled")
     b.decide(d.UpdateTokenStatus(token.id, FAILED, error=error))
     if node.on_failure:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from bus.errors import Problem
 from coordinator import decisions as d
 from coordinator.definitions import ForeachNode, JoinNode, ParallelNode
 from coordinator.expressions import evaluate
@@ -49,13 +50,13 @@ def _enter_foreach(b: PlanBuilder, token: Token, node: ForeachNode) -> None:
     limit = min(node.max_items, FOREACH_CEILING)
     b.emit("decision.routing.evaluate_items", token=token, items=node.items, count=count, max_items=limit)
     if count is None:
-        fail_workflow(b, {"code": "foreach.not_a_list", "node": token.node_id,
-                          "message": f"items {node.items!r} gave {type(items).__name__}, not a list"})
+        fail_workflow(b, Problem("foreach.not_a_list", f"items {node.items!r} gave {type(items).__name__}, not a list",
+                                 details={"node": token.node_id}))
         return
     if count > limit:
-        fail_workflow(b, {"code": "foreach.too_many", "node": token.node_id,
-                          "message": f"items {node.items!r} gave {count} items; the most a foreach may spawn "
-                                     f"is {limit}"})
+        fail_workflow(b, Problem("foreach.too_many",
+                                 f"items {node.items!r} gave {count} items; the most a foreach may spawn is {limit}",
+                                 details={"node": token.node_id}))
         return
     named = {node.item_as: None} if node.item_as else {}
     spawn(b, token, node, [(node.body, {**{k: item for k in named}, "item": item, "index": i})
@@ -70,8 +71,9 @@ def spawn(b: PlanBuilder, owner: Token, node: ParallelNode | ForeachNode,
     b.emit("decision.routing.transition_matched", token=owner, to=sorted({start for start, _ in branches}),
            spawn_count=n, join=node.join, mode=join.mode, m=join.m, required=need)
     if need > n:
-        fail_workflow(b, {"code": "join.unreachable", "node": owner.node_id,
-                          "message": f"join {node.join!r} needs {need} branches but only {n} were spawned"})
+        fail_workflow(b, Problem("join.unreachable",
+                                 f"join {node.join!r} needs {need} branches but only {n} were spawned",
+                                 details={"node": owner.node_id}))
         return
     fan_id = fan_id_for(b, owner)
     b.decide(d.OpenFanIn(fan_id, node.join, n, owner.id))

@@ -4,6 +4,7 @@ on its timeout (escalation to ``on_timeout``, or failure)."""
 
 from __future__ import annotations
 
+from bus.errors import Problem
 from coordinator import decisions as d
 from coordinator import events as ev
 from coordinator.definitions import ApprovalNode
@@ -69,8 +70,8 @@ def on_approval_timeout(b: PlanBuilder, token: Token, event: ev.Timer) -> None:
     if node.on_timeout == "fail":
         b.emit("decision.approval.timeout", token=token, approval_id=approval_id, action="fail",
                reason=f"no decision within {node.timeout_ms} ms and on_timeout is fail")
-        error = {"code": "approval.timeout", "node": token.node_id, "approval_id": approval_id,
-                 "message": f"approval {token.node_id!r} was not decided within {node.timeout_ms} ms"}
+        error = Problem("approval.timeout", f"approval {token.node_id!r} was not decided within {node.timeout_ms} ms",
+                        details={"node": token.node_id, "approval_id": approval_id})
         b.decide(d.UpdateTokenStatus(token.id, FAILED, error=error))
         fail_workflow(b, error)
         return

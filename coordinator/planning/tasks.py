@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from bus.errors import Problem
 from coordinator import decisions as d
 from coordinator import events as ev
 from coordinator.definitions import TaskNode
@@ -41,14 +42,14 @@ def on_task_failed(b: PlanBuilder, event: ev.TaskFailed) -> None:
         return
     node = b.definition.node(token.node_id)
     on_failure = node.on_failure if isinstance(node, TaskNode) else None
-    b.emit("decision.task.failed", token=token, attempts=event.attempts, error=event.error,
+    b.emit("decision.task.failed", token=token, attempts=event.attempts, error=event.error.to_dict(),
            to=on_failure, reason="retries exhausted or not retryable")
     b.decide(d.UpdateTokenStatus(token.id, FAILED, error=event.error))
     if on_failure:
         enter(b, on_failure, scope=token.scope, fan_id=token.fan_id, branch_index=token.branch_index)
     else:
-        fail_workflow(b, {"code": event.error.get("code", "task.failed"), "node": token.node_id,
-                          "message": event.error.get("message", "task failed"), "attempts": event.attempts})
+        fail_workflow(b, Problem(event.error.code, event.error.message or "task failed",
+                                 details={**event.error.details, "node": token.node_id, "attempts": event.attempts}))
 
 
 def on_task_timeout(b: PlanBuilder, token: Token, event: ev.Timer) -> None:
@@ -56,4 +57,4 @@ def on_task_timeout(b: PlanBuilder, token: Token, event: ev.Timer) -> None:
     b.emit("decision.task.timeout", token=token, reason="node timeout_ms elapsed before an outcome")
     abandon_assignments(b, [token], reason="node timeout")
     on_task_failed(b, ev.TaskFailed(event.id, event.run_id, token_id=token.id, assignment_id=None,
-                                    error={"code": "node.timeout", "message": f"node {token.node_id!r} timed out"}))
+                                    error=Problem("node.timeout", f"node {token.node_id!r} timed out")))

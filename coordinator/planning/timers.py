@@ -3,6 +3,7 @@ and signals. A timer is a decide row due at ``fire_at`` (``ScheduleAlarm``); it 
 
 from __future__ import annotations
 
+from bus.errors import Problem
 from coordinator import decisions as d
 from coordinator import events as ev
 from coordinator.definitions import SubworkflowNode, WaitNode
@@ -71,8 +72,8 @@ def _timed_out(b: PlanBuilder, token: Token, event: ev.Timer) -> None:
     if on_failure:
         enter(b, on_failure, scope=token.scope, fan_id=token.fan_id, branch_index=token.branch_index)
     else:
-        fail_workflow(b, {"code": "node.timeout", "node": token.node_id,
-                          "message": f"node {token.node_id!r} timed out after {node.timeout_ms} ms"})
+        fail_workflow(b, Problem("node.timeout", f"node {token.node_id!r} timed out after {node.timeout_ms} ms",
+                                 details={"node": token.node_id}))
 
 
 def on_signal(b: PlanBuilder, event: ev.Signal) -> None:

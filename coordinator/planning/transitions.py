@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from bus.errors import ContractError
+from bus.errors import ContractError, Problem
 from coordinator import decisions as d
 from coordinator.definitions import EndNode, GateNode, NotifyNode, TaskNode, Transition
 from coordinator.expressions import evaluate, render, truthy
@@ -36,9 +36,9 @@ def place(b: PlanBuilder, node_id: str, *, scope: str | None = None, fan_id: str
     """
     visits = b.visits.get(visit_key(scope, node_id), 0) + 1
     if visits > 1 + b.definition.max_loops:
-        fail_workflow(b, {"code": "loop.max_feedback_loops", "node": node_id,
-                          "message": f"node {node_id!r} would run {visits} times; the workflow allows "
-                                     f"{b.definition.max_loops} loops"})
+        fail_workflow(b, Problem("loop.max_feedback_loops",
+                                 f"node {node_id!r} would run {visits} times; the workflow allows "
+                                 f"{b.definition.max_loops} loops", details={"node": node_id}))
         return None
     token = Token(id=b.next_token_id(node_id), node_id=node_id, status=PENDING, scope=scope, fan_id=fan_id,
                   branch_index=branch_index, iteration=visits - 1)
@@ -59,8 +59,8 @@ def enter(b: PlanBuilder, node_id: str, *, scope: str | None = None, fan_id: str
     node = b.definition.node(node_id)
     rule = ENTRY_RULES.get(node.kind)
     if rule is None:
-        fail_workflow(b, {"code": "node.unsupported", "node": node_id,
-                          "message": f"no planner for node kind {node.kind!r}"})
+        fail_workflow(b, Problem("node.unsupported", f"no planner for node kind {node.kind!r}",
+                                 details={"node": node_id}))
         return None
     rule(b, token, node)
     return token
@@ -76,7 +76,7 @@ def computed(b: PlanBuilder, token: Token, fn: Callable[..., Any], *args: Any) -
     try:
         return fn(*args)
     except ContractError as exc:
-        fail_workflow(b, {"code": exc.code, "node": token.node_id, "message": str(exc)})
+        fail_workflow(b, Problem(exc.code, str(exc), details={"node": token.node_id}))
         return FAILED_EXPRESSION
 
 
@@ -122,7 +122,7 @@ def advance(b: PlanBuilder, token: Token, transitions: list[Transition], *, outp
         b.emit("decision.routing.path_end", token=token, reason="node has no transitions")
         why = unreachable(b, token.fan_id) if token.fan_id else None
         if why:
-            fail_workflow(b, {"code": "join.unreachable", "node": token.node_id, "message": why})
+            fail_workflow(b, Problem("join.unreachable", why, details={"node": token.node_id}))
             return
         close_if_idle(b)
         return
@@ -130,8 +130,8 @@ def advance(b: PlanBuilder, token: Token, transitions: list[Transition], *, outp
     if b.status in RUN_TERMINAL:
         return
     if target is None:
-        fail_workflow(b, {"code": "routing.no_match", "node": token.node_id,
-                          "message": f"no transition of node {token.node_id!r} matched"})
+        fail_workflow(b, Problem("routing.no_match", f"no transition of node {token.node_id!r} matched",
+                                 details={"node": token.node_id}))
         return
     enter(b, target, scope=token.scope, fan_id=token.fan_id, branch_index=token.branch_index,
           came_from=token.id)
@@ -151,12 +151,12 @@ def complete_workflow(b: PlanBuilder, output: Any, *, reason: str) -> None:
     b.status = "completed"
 
 
-def fail_workflow(b: PlanBuilder, error: dict[str, Any]) -> None:
+def fail_workflow(b: PlanBuilder, error: Problem) -> None:
     """The failure plan, every decision up front: cancel what is active, fail the run."""
     if b.status in RUN_TERMINAL:
         return
-    cancel_others(b, reason=f"workflow failed: {error.get('code')}")
-    b.emit("decision.workflow.fail", reason=error.get("message", ""), error=error)
+    cancel_others(b, reason=f"workflow failed: {error.code}")
+    b.emit("decision.workflow.fail", reason=error.message, error=error.to_dict())
     b.decide(d.FailWorkflow(error))
     b.status = "failed"
 
@@ -227,8 +227,8 @@ def _enter_end(b: PlanBuilder, token: Token, node: EndNode) -> None:
         return
     finish_token(b, token)
     if node.status == "failed":
-        fail_workflow(b, {"code": "workflow.end_failed", "node": token.node_id,
-                          "message": f"reached end node {token.node_id!r} with status failed", "output": output})
+        fail_workflow(b, Problem("workflow.end_failed", f"reached end node {token.node_id!r} with status failed",
+                                 details={"node": token.node_id, "output": output}))
     else:
         complete_workflow(b, output, reason=f"reached end node {token.node_id!r}")
 
@@ -247,7 +247,7 @@ def _enter_gate(b: PlanBuilder, token: Token, node: GateNode) -> None:
             detail = {"success_rate": node.success_rate.value, "value": value,
                       "threshold": node.success_rate.threshold}
     except ContractError as exc:
-        fail_workflow(b, {"code": exc.code, "node": token.node_id, "message": str(exc)})
+        fail_workflow(b, Problem(exc.code, str(exc), details={"node": token.node_id}))
         return
     target = node.on_pass if passed else node.on_fail
     b.emit("decision.gate.evaluate", token=token, passed=passed, to=target,

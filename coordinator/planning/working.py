@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
+from bus.errors import Problem
 from bus.introspection import IntrospectionEvent
 from coordinator import decisions as d
 from coordinator.state import (
@@ -85,14 +86,14 @@ class WorkingCopy:
         """The plan so far: decisions, and the events that say why and what they did."""
         # What this step did beyond the state itself, for ``changes()``.
         self.created: dict[str, None] = {}
-        self.errors: dict[str, Any] = {}
+        self.errors: dict[str, Problem | None] = {}
         self.opened: dict[str, None] = {}
         self.fired: dict[str, FanIn] = {}
         self.closed: dict[str, None] = {}
         self.scope_origin: dict[str, tuple[str, int]] = {}
         self.dropped: dict[str, None] = {}
         self.output: Any = None
-        self.error: Any = None
+        self.error: Problem | None = None
 
     def active(self) -> list[Token]:
         """Tokens still active, in creation order (planning must not depend on a database's row order)."""
@@ -147,7 +148,7 @@ class WorkingCopy:
         ended = status in RUN_TERMINAL and before.run.status not in RUN_TERMINAL
         run = {"status": status, "context": self.context, "visits": self.visits, "token_seq": self.seq}
         if ended:
-            run.update(output=self.output, error=self.error)
+            run.update(output=self.output, error=self.error.to_dict() if self.error else None)
         updates = []
         for token_id, token in self.tokens.items():
             old = before.tokens.get(token_id)
@@ -156,14 +157,14 @@ class WorkingCopy:
             changed = {f: getattr(token, f) for f in _TOKEN_FIELDS
                        if old is None or getattr(token, f) != getattr(old, f)}
             if token_id in self.errors:
-                changed["error"] = self.errors[token_id]
+                changed["error"] = _as_dict(self.errors[token_id])
             updates.append((token_id, changed))
         fans = {**self.fan_ins, **self.fired}
         new_scopes = tuple((s, *self.scope_origin[s], self.scopes[s]) for s in self.scope_origin
                            if s not in self.dropped)
         return Changes(
             run=run, ended=ended,
-            new_tokens=tuple((self.tokens[t], self.errors.get(t)) for t in self.created),
+            new_tokens=tuple((self.tokens[t], _as_dict(self.errors.get(t))) for t in self.created),
             token_updates=tuple(updates),
             new_fans=tuple(fans[f] for f in self.opened if f not in self.closed),
             fan_updates=tuple(fan for fan_id, fan in fans.items()
@@ -174,6 +175,10 @@ class WorkingCopy:
                                 if s in before.scopes and data is not before.scopes[s] and s not in self.dropped),
             dropped_scopes=tuple(s for s in self.dropped if s not in self.scope_origin),
         )
+
+
+def _as_dict(error: Problem | None) -> dict[str, Any] | None:
+    return None if error is None else error.to_dict()
 
 
 # -- one transition per decision type ----------------------------------------------------------------
@@ -232,8 +237,8 @@ def _finish(status: str) -> Callable[[WorkingCopy, Any], None]:
         w.status = status
         w.output = x.output if isinstance(x, d.CompleteWorkflow) else None
         w.error = (x.error if isinstance(x, d.FailWorkflow) else
-                   {"code": "cancelled", "message": x.reason} if isinstance(x, d.CancelWorkflow) else None)
-        w.op(f"operation.workflow.{verb}", status=status, **({"error": w.error} if w.error else {}))
+                   Problem("cancelled", x.reason) if isinstance(x, d.CancelWorkflow) else None)
+        w.op(f"operation.workflow.{verb}", status=status, **({"error": w.error.to_dict()} if w.error else {}))
     return finish
 
 

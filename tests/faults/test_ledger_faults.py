@@ -222,7 +222,7 @@ def test_admission_denies_what_the_run_budget_cannot_cover(engine):
     assert handler.calls == 0
     assert audit(engine, run_id) == ["budget_violation"]
     denied = trace(engine, run_id, "dispatch.assignment.denied")
-    assert denied[0]["data"]["detail"]["limit"] == "maxCostUsd"
+    assert denied[0]["data"]["details"]["limit"] == "maxCostUsd"
 
 
 def test_worker_stops_work_that_breaks_its_budget_and_does_not_retry(engine):

@@ -51,7 +51,8 @@ def test_api_errors_have_a_code(sqlite_engine, method, path, status, code):
     answer = api(sqlite_engine).request(method, path, json={})
     assert answer.status_code == status
     assert answer.headers["content-type"] == "application/json"
-    assert set(answer.json()) == {"error"} and set(answer.json()["error"]) == {"code", "message", "details"}
+    assert set(answer.json()) == {"error"}
+    assert set(answer.json()["error"]) == {"code", "message", "retryable", "details"}
     assert answer.json()["error"]["code"] == code
 
 

@@ -99,7 +99,7 @@ def test_a_sibling_done_but_not_settled_still_counts(engine):
     assert overspent(engine, run_id) == []
     denied = [e["data"] for e in events(fleet, run_id, "dispatch.assignment.denied")]
     assert [d["code"] for d in denied] == ["budget.exceeded"]  # b2 is never created: the run failed on a2
-    assert denied[0]["detail"]["spent"] == 1840 and denied[0]["detail"]["would_need"] == 2840
+    assert denied[0]["details"]["spent"] == 1840 and denied[0]["details"]["would_need"] == 2840
 
 
 def _flat(items: list) -> list:

@@ -103,7 +103,7 @@ def test_a_failing_grandchild_fails_every_ancestor(engine):
     assert [r["status"] for r in chain] == ["failed"] * 3
     assert chain[2]["error"]["code"] == "work.broken"
     assert chain[1]["error"]["code"] == "subworkflow.failed"
-    assert chain[0]["error"]["child_error"]["child_error"]["code"] == "work.broken"
+    assert chain[0]["error"]["details"]["child_error"]["details"]["child_error"]["code"] == "work.broken"
 
 
 def test_cancelling_a_parent_cancels_its_children(engine):

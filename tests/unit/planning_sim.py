@@ -44,9 +44,10 @@ class Sim:
 
     # -- commands ------------------------------------------------------------------------------------
     def send(self, event_type: type[ev.Event], **fields: Any) -> Plan:
-        """Plan one event against the current state and apply it."""
+        """Plan one event, read from its decide row's payload as the brain reads it, against the current state,
+        and go on from the state it leads to."""
         self._ids += 1
-        event = event_type(id=f"e{self._ids}", run_id=self.state.run.id, **fields)
+        event = ev.from_row(id=f"e{self._ids}", run_id=self.state.run.id, kind=event_type.kind, payload=fields)
         planned = plan(self.state, event, now=self.now)
         self.state = planned.next_state
         self.plans.append(planned)

@@ -144,7 +144,7 @@ def test_codegen_feedback_loop_is_bounded_at_three():
     sim = run_codegen([0.1] * 10)
     assert sim.status == "failed"
     assert len([x for x in all_decisions(sim, d.DispatchToken) if x.service == "codegen"]) == 4
-    assert all_decisions(sim, d.FailWorkflow)[0].error["code"] == "loop.max_feedback_loops"
+    assert all_decisions(sim, d.FailWorkflow)[0].error.code == "loop.max_feedback_loops"
 
 
 def test_upgrade_asks_a_person_and_promotes_on_approval():

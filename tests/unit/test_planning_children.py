@@ -46,7 +46,7 @@ def test_child_failure_is_the_parents_failure_plan_listed_up_front():
                  error={"code": "boom", "message": "child broke"})
     assert [type(x).__name__ for x in p.decisions] == ["UpdateTokenStatus", "FailWorkflow"]
     error = p.decisions[-1].error
-    assert (error["code"], error["child_run_id"], error["child_error"]["code"]) == (
+    assert (error.code, error.details["child_run_id"], error.details["child_error"]["code"]) == (
         "subworkflow.failed", start.child_run_id, "boom")
 
 
@@ -59,13 +59,13 @@ def test_child_failure_can_route_to_on_failure():
 def test_an_unknown_child_workflow_fails_the_run():
     sim = Sim(PARENT, catalog={"kid": ()})
     p = sim.start()
-    assert decisions(p, d.FailWorkflow)[0].error["code"] == "subworkflow.unknown"
+    assert decisions(p, d.FailWorkflow)[0].error.code == "subworkflow.unknown"
 
 
 def test_nesting_is_bounded():
     sim = Sim(PARENT, catalog={"kid": (1,)}, parent_run_id="00000000-0000-4000-8000-0000000000ff", depth=32)
     p = sim.start()
-    assert decisions(p, d.FailWorkflow)[0].error["code"] == "subworkflow.too_deep"
+    assert decisions(p, d.FailWorkflow)[0].error.code == "subworkflow.too_deep"
 
 
 def test_every_event_of_a_child_run_names_its_parent():

@@ -128,7 +128,7 @@ def test_join_m_of_n_fires_on_the_mth_arrival():
 def test_m_of_n_with_too_few_branches_fails_before_spawning():
     sim = Sim(foreach("m_of_n", m=3), {"items": [1, 2]})
     p = sim.start()
-    assert sim.status == "failed" and decisions(p, d.FailWorkflow)[0].error["code"] == "join.unreachable"
+    assert sim.status == "failed" and decisions(p, d.FailWorkflow)[0].error.code == "join.unreachable"
     assert decisions(p, d.InitBranchTable) == []
 
 
@@ -138,7 +138,7 @@ def test_a_branch_whose_path_ends_makes_an_all_join_unreachable():
     sim.start()
     p = sim.complete("work.2", {})
     assert sim.status == "failed"
-    assert decisions(p, d.FailWorkflow)[0].error["code"] == "join.unreachable"
+    assert decisions(p, d.FailWorkflow)[0].error.code == "join.unreachable"
     assert len(decisions(p, d.DropBranchTables)) == 1 and sim.state.scopes == {}
 
 
@@ -190,7 +190,7 @@ nodes:
 def test_foreach_over_something_that_is_not_a_list_fails_with_its_reason():
     sim = Sim(foreach(), {"items": "abc"})
     p = sim.start()
-    assert decisions(p, d.FailWorkflow)[0].error["code"] == "foreach.not_a_list"
+    assert decisions(p, d.FailWorkflow)[0].error.code == "foreach.not_a_list"
 
 
 def test_join_without_a_fan_out_passes_through():
@@ -224,7 +224,7 @@ def test_a_fan_out_that_times_out_cancels_its_branches_and_fails_the_run():
     p = sim.timer("split.1", "timeout")
     assert decisions(p, d.CancelActiveTokens)[0].token_ids == ("split.1", "b1.3", "b2.4")
     assert [type(x).__name__ for x in p.decisions][1:4] == ["AbandonAssignments", "CloseFanIn", "DropBranchTables"]
-    assert sim.status == "failed" and decisions(p, d.FailWorkflow)[0].error["code"] == "node.timeout"
+    assert sim.status == "failed" and decisions(p, d.FailWorkflow)[0].error.code == "node.timeout"
     assert sim.state.scopes == {} and sim.state.tokens == {}
 
 
@@ -236,7 +236,7 @@ def test_a_foreach_never_spawns_past_the_ceiling_whatever_its_definition_says():
     p = sim.start()
     assert sim.status == "failed"
     failure = decisions(p, d.FailWorkflow)[0]
-    assert failure.error["code"] == "foreach.too_many" and str(FOREACH_CEILING) in failure.error["message"]
+    assert failure.error.code == "foreach.too_many" and str(FOREACH_CEILING) in failure.error.message
     assert sim.dispatched() == []
     at_ceiling = Sim(wide, {"items": list(range(FOREACH_CEILING))})
     at_ceiling.start()

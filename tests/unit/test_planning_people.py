@@ -73,7 +73,7 @@ def test_timeout_escalates_to_on_timeout():
 def test_timeout_fails_the_run_when_the_definition_says_fail():
     sim, approval_id = started("fail")
     p = sim.timer("ask.1", "approval_timeout")
-    assert sim.status == "failed" and decisions(p, d.FailWorkflow)[0].error["code"] == "approval.timeout"
+    assert sim.status == "failed" and decisions(p, d.FailWorkflow)[0].error.code == "approval.timeout"
     assert decisions(p, d.ResolveApproval)[0].status == "expired"
 
 

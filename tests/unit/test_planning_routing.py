@@ -64,7 +64,7 @@ nodes:
     sim.start()
     p = sim.complete("a.1", {})
     assert sim.status == "failed"
-    assert decisions(p, d.FailWorkflow)[0].error["code"] == "routing.no_match"
+    assert decisions(p, d.FailWorkflow)[0].error.code == "routing.no_match"
 
 
 def test_start_dispatches_the_first_task_with_its_assignment():
@@ -142,7 +142,7 @@ def test_feedback_loop_is_bounded_by_max_loops():
     assert sim.status == "failed"
     assert len(all_decisions(sim, d.DispatchToken)) == 4  # the first try and 3 feedback loops
     fail = all_decisions(sim, d.FailWorkflow)[0]
-    assert fail.error["code"] == "loop.max_feedback_loops" and fail.error["node"] == "work"
+    assert fail.error.code == "loop.max_feedback_loops" and fail.error.details["node"] == "work"
     assert all_types(sim, "decision.gate").count("decision.gate.evaluate") == 4
 
 
@@ -163,7 +163,7 @@ def test_a_loop_is_bounded_to_three_by_default():
     while sim.dispatched():
         sim.complete(sim.dispatched()[0], {"rate": 0.1})
     assert len(all_decisions(sim, d.DispatchToken)) == 1 + 3
-    assert all_decisions(sim, d.FailWorkflow)[0].error["code"] == "loop.max_feedback_loops"
+    assert all_decisions(sim, d.FailWorkflow)[0].error.code == "loop.max_feedback_loops"
 
 
 def test_loops_pass_once_the_gate_holds():
@@ -192,7 +192,7 @@ nodes:
     assert sim.active() == ["rescue.2"]
     p = sim.fail("rescue.2", code="boom")
     assert [type(x).__name__ for x in p.decisions] == ["SettleAssignment", "UpdateTokenStatus", "FailWorkflow"]
-    assert sim.status == "failed" and p.decisions[-1].error["code"] == "boom"
+    assert sim.status == "failed" and p.decisions[-1].error.code == "boom"
 
 
 def test_task_timeout_schedules_an_alarm_and_fails_the_token_when_it_fires():

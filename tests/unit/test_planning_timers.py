@@ -43,7 +43,7 @@ def test_an_event_wait_times_out():
     sim.timer("pause.1", "wait")
     p = sim.timer("hear.2", "timeout")
     assert types(p, "decision.node") == ["decision.node.timeout"]
-    assert sim.status == "failed" and decisions(p, d.FailWorkflow)[0].error["code"] == "node.timeout"
+    assert sim.status == "failed" and decisions(p, d.FailWorkflow)[0].error.code == "node.timeout"
 
 
 def test_a_late_timer_is_ignored():
@@ -69,7 +69,7 @@ def test_a_task_that_times_out_abandons_its_assignment_in_the_plan():
     p = sim.timer("work.1", "timeout")
     assert decisions(p, d.AbandonAssignments) == [d.AbandonAssignments((assignment,), "node timeout")]
     assert events(p, "decision.assignment.abandon") == [{"assignment_ids": [assignment], "reason": "node timeout"}]
-    assert sim.status == "failed" and decisions(p, d.FailWorkflow)[0].error["code"] == "node.timeout"
+    assert sim.status == "failed" and decisions(p, d.FailWorkflow)[0].error.code == "node.timeout"
 
 
 def test_an_outcome_is_settled_in_the_plan_whatever_it_means_for_the_run():
