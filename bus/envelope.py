@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -10,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from bus.errors import ContractError
 from bus.introspection import IntrospectionEvent
+from bus.retry import RetryPolicy
 
 ASSIGNMENT_KEY = "__assignment"
 TOKEN_KEY = "__token"
@@ -91,19 +93,11 @@ def check_json(value: Any, *, where: str, max_bytes: int = MAX_OUTPUT_BYTES) -> 
 
 @dataclass(frozen=True, slots=True)
 class TokenRef:
-    """``payload.__token``: the token of the run an assignment works for; every trace of it names the token."""
+    """The token of the run an assignment works for; every trace of the assignment names the token."""
 
     token_id: str | None = None
     node_id: str | None = None
     parent_run_id: str | None = None
-
-    @classmethod
-    def of(cls, payload: Any) -> TokenRef:
-        """The token an assignment's payload names (none, for a payload that names none)."""
-        raw = payload.get(TOKEN_KEY) if isinstance(payload, dict) else None
-        if not isinstance(raw, dict):
-            return cls()
-        return cls(raw.get("token_id"), raw.get("node_id"), raw.get("parent_run_id"))
 
     def wire(self) -> dict[str, Any]:
         """The token as it travels."""
@@ -114,23 +108,47 @@ class TokenRef:
         return IntrospectionEvent(type_, run_id, data, self.token_id, self.node_id, self.parent_run_id)
 
 
-def assignment_payload(*, assignment: dict[str, Any], token: TokenRef, retry: dict[str, Any] | None,
-                       input: Any) -> dict[str, Any]:
-    """The payload of an assignment row, the one place its keys are written: the ``__assignment`` contract,
-    the token it works for, the retry policy (data, applied wherever the retry is decided) and its input."""
-    return {ASSIGNMENT_KEY: assignment, TOKEN_KEY: token.wire(), RETRY_KEY: retry, "input": input}
+@dataclass(frozen=True, slots=True)
+class AssignmentEnvelope:
+    """What travels with an assignment, as its row's payload: the ``__assignment`` contract, the token it works
+    for, its retry policy (data, applied wherever a retry is decided) and its input. The one place these keys
+    are written (``wire``) and read (``of``)."""
 
+    assignment: Mapping[str, Any]
+    token: TokenRef = TokenRef()
+    retry: Mapping[str, Any] | None = None
+    input: Any = None
 
-def parse_assignment(payload: dict[str, Any]) -> Assignment:
-    """Read and check ``payload.__assignment``.
+    def wire(self) -> dict[str, Any]:
+        """The payload of the assignment row."""
+        return {ASSIGNMENT_KEY: dict(self.assignment), TOKEN_KEY: self.token.wire(),
+                RETRY_KEY: None if self.retry is None else dict(self.retry), "input": self.input}
 
-    Raises:
-        ContractError: the key is missing or a field is wrong; the message names the field.
-    """
-    raw = payload.get(ASSIGNMENT_KEY) if isinstance(payload, dict) else None
-    if raw is None:
-        raise ContractError(f"payload has no {ASSIGNMENT_KEY}", details={"field": ASSIGNMENT_KEY})
-    return parse_model(Assignment, raw, where=ASSIGNMENT_KEY)
+    @classmethod
+    def of(cls, payload: Any) -> AssignmentEnvelope:
+        """Read a row's payload; a part that is missing or not an object reads as empty (``contract`` checks the
+        contract itself, so a hostile payload fails there, with the field named)."""
+        raw = payload if isinstance(payload, dict) else {}
+        token = raw.get(TOKEN_KEY)
+        token = TokenRef(token.get("token_id"), token.get("node_id"), token.get("parent_run_id")) \
+            if isinstance(token, dict) else TokenRef()
+        retry = raw.get(RETRY_KEY)
+        return cls(raw.get(ASSIGNMENT_KEY) if isinstance(raw.get(ASSIGNMENT_KEY), dict) else {}, token,
+                   retry if isinstance(retry, dict) else None, raw.get("input"))
+
+    def contract(self) -> Assignment:
+        """The checked ``__assignment``.
+
+        Raises:
+            ContractError: the contract is missing or a field is wrong; the message names the field.
+        """
+        if not self.assignment:
+            raise ContractError(f"payload has no {ASSIGNMENT_KEY}", details={"field": ASSIGNMENT_KEY})
+        return parse_model(Assignment, self.assignment, where=ASSIGNMENT_KEY)
+
+    def retry_policy(self, max_attempts: int) -> RetryPolicy:
+        """The retry policy it carries, or ``max_attempts`` attempts with the default backoff."""
+        return RetryPolicy(**(self.retry or {"maximum_attempts": max_attempts}))
 
 
 def parse_model(model: type[_Wire], raw: Any, *, where: str):

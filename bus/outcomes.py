@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy import Connection
 
 from bus import ledger
-from bus.envelope import TokenRef
+from bus.envelope import AssignmentEnvelope
 from bus.outbox import Delivery, delivery_for
 
 TASK_COMPLETED = "task_completed"
@@ -18,7 +18,7 @@ TASK_FAILED = "task_failed"
 def report(conn: Connection, *, assignment_id: str, run_id: str, tenant: str, payload: dict[str, Any],
            kind: str, body: dict[str, Any], now: float, shards: int) -> Delivery:
     """Insert the brain event for an assignment's outcome; returns its delivery for phase 2."""
-    token = TokenRef.of(payload)
+    token = AssignmentEnvelope.of(payload).token
     msg = ledger.brain_event(run_id=run_id, tenant=tenant, kind=kind, shards=shards, causation_id=assignment_id,
                              payload={"token_id": token.token_id or "", "assignment_id": assignment_id, **body})
     ledger.insert_messages(conn, [msg], now=now)

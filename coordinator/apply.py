@@ -19,7 +19,7 @@ from sqlalchemy import Connection, delete, insert, select, update
 
 from bus import introspection, ledger
 from bus.celery_app import TASK_EXECUTE
-from bus.envelope import Intent, TokenRef, Usage, assignment_payload
+from bus.envelope import AssignmentEnvelope, Intent, TokenRef, Usage
 from bus.errors import Conflict, Problem
 from bus.introspection import IntrospectionEvent
 from bus.outbox import Delivery, Publisher, delivery_for
@@ -260,8 +260,8 @@ def _token_row(run_id: str, t: Any, error: Any, now: float) -> dict[str, Any]:
 # -- the outside effects of each decision that has them ------------------------------------------------
 def _dispatch(p: Phase1, x: d.DispatchToken) -> None:
     route = Route(x.service, x.role, shard_for(p.run.id, p.shards), p.run.tenant)
-    payload = assignment_payload(assignment=x.assignment, token=TokenRef(x.token_id, x.node_id, p.run.parent_run_id),
-                                 retry=x.retry, input=x.input)
+    payload = AssignmentEnvelope(x.assignment, TokenRef(x.token_id, x.node_id, p.run.parent_run_id), x.retry,
+                                 x.input).wire()
     p.send(ledger.NewMessage(route=route, kind="assignment", payload=payload, run_id=p.run.id,
                              causation_id=p.cause_id, max_attempts=x.max_attempts, id=x.assignment_id))
     p.sent_assignments.add(x.assignment_id)

@@ -12,7 +12,7 @@ from sqlalchemy import Engine, and_, bindparam, case, func, or_, select
 
 from bus import faults, ledger, outcomes
 from bus.celery_app import TASK_EXECUTE, TASK_WORK
-from bus.envelope import ASSIGNMENT_KEY, Budget, TokenRef, parse_assignment
+from bus.envelope import ASSIGNMENT_KEY, AssignmentEnvelope, Budget, TokenRef
 from bus.errors import BrokerUnavailable, CogoError
 from bus.introspection import write
 from bus.outbox import EARLY_TOLERANCE_S, Delivery, Publisher
@@ -76,9 +76,10 @@ class Dispatcher:
 
     def _admit(self, conn, row: Any, now: float, deliveries: list[Delivery]) -> str:
         route = Route(row.service, row.role, row.shard, row.tenant)
-        token = TokenRef.of(row.payload)
+        envelope = AssignmentEnvelope.of(row.payload)
+        token = envelope.token
         try:
-            verdict = self._verdict(conn, row, now)
+            verdict = self._verdict(conn, row, envelope, now)
         except Exception as exc:  # malformed data must fail this assignment, not loop through the reclaimer
             if faults.is_infrastructure(exc):  # not the assignment's fault: retried, never a denial
                 raise
@@ -106,10 +107,10 @@ class Dispatcher:
         deliveries.append(Delivery(TASK_WORK, route.queue, row.id))
         return "dispatched"
 
-    def _verdict(self, conn, row: Any, now: float) -> Verdict:
+    def _verdict(self, conn, row: Any, envelope: AssignmentEnvelope, now: float) -> Verdict:
         """The admission verdict: a re-admission after a retry's backoff keeps the reservation it holds; a
         first admission must fit every budget of its run tree."""
-        assignment = parse_assignment(row.payload)
+        assignment = envelope.contract()
         if row.status != ledger.QUEUED:
             return Verdict(True)
         verdict = Verdict(True)

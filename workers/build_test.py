@@ -215,7 +215,7 @@ def _time_left(ctx: WorkContext) -> float:
 def _raise_if_expired(ctx: WorkContext, done: Completed, step: str) -> None:
     if done.timed_out:
         ctx.check_deadline()
-        raise TTLExpired(f"assignment {ctx.task_id}: {step} killed after {done.duration_s:.1f}s at its TTL")
+        raise TTLExpired(f"assignment {ctx.assignment_id}: {step} killed after {done.duration_s:.1f}s at its TTL")
 
 
 HANDLERS = {ROUTE: build_test}

@@ -17,11 +17,11 @@ class WorkContext:
     """One attempt of one assignment, as its handler sees it.
 
     Attributes:
-        task_id: the assignment's id; artifacts go under ``artifacts/<task_id>/``.
+        assignment_id: the assignment's id; artifacts go under ``artifacts/<assignment_id>/``.
         deadline: wall-clock time (epoch seconds) by which the attempt must end (from ``ttl_ms``).
     """
 
-    task_id: str
+    assignment_id: str
     run_id: str | None
     token_id: str | None
     node_id: str | None
@@ -36,8 +36,8 @@ class WorkContext:
 
     @property
     def artifacts_dir(self) -> Path:
-        """``<artifacts>/<task_id>/``, created on first use."""
-        path = self.artifacts_root / self.task_id
+        """``<artifacts>/<assignment_id>/``, created on first use."""
+        path = self.artifacts_root / self.assignment_id
         path.mkdir(parents=True, exist_ok=True)
         return path
 
@@ -48,7 +48,7 @@ class WorkContext:
     def check_deadline(self) -> None:
         """Raise TTLExpired when the attempt has run past its TTL."""
         if time.time() >= self.deadline:
-            raise TTLExpired(f"assignment {self.task_id} ran past its ttl_ms={self.assignment.ttl_ms}")
+            raise TTLExpired(f"assignment {self.assignment_id} ran past its ttl_ms={self.assignment.ttl_ms}")
 
     def meter(self, *, tokens: int = 0, cost_usd: float = 0.0) -> None:
         """Add what was just spent; raise BudgetExceeded the moment the budget is broken."""
@@ -56,7 +56,7 @@ class WorkContext:
         broken = self.usage.exceeds(self.assignment.budget)
         if broken:
             raise BudgetExceeded(
-                f"assignment {self.task_id} spent {self.usage.tokens} tokens / ${self.usage.cost_usd:.6f}, "
+                f"assignment {self.assignment_id} spent {self.usage.tokens} tokens / ${self.usage.cost_usd:.6f}, "
                 f"over its budget's {broken}", details={"limit": broken, "usage": self.usage.model_dump()})
 
 

@@ -21,7 +21,7 @@ from sqlalchemy import Engine
 
 from bus import faults, ledger, outcomes
 from bus.celery_app import TASK_EXECUTE
-from bus.envelope import RETRY_KEY, TokenRef, Usage, check_json, parse_assignment
+from bus.envelope import AssignmentEnvelope, Usage, check_json
 from bus.errors import BrokerUnavailable, BudgetExceeded, CogoError, Problem, TTLExpired, WorkFailed
 from bus.introspection import write
 from bus.outbox import Delivery, Publisher
@@ -76,27 +76,28 @@ class Runtime:
             if claim is None:
                 return "duplicate"
             if claim.run_id:
-                write(conn, [TokenRef.of(claim.payload).event("dispatch.assignment.started", claim.run_id,
-                                                              {"assignment_id": claim.id, "attempt": claim.attempt})],
-                      now=now)
+                token = AssignmentEnvelope.of(claim.payload).token
+                write(conn, [token.event("dispatch.assignment.started", claim.run_id,
+                                         {"assignment_id": claim.id, "attempt": claim.attempt})], now=now)
         result, failure, ctx = self._run(claim)
         return self._finish(claim, ctx, result, failure)
 
     def _run(self, claim: ledger.Claim) -> tuple[WorkResult | None, Failure | None, WorkContext | None]:
-        token = TokenRef.of(claim.payload)
+        envelope = AssignmentEnvelope.of(claim.payload)
+        token = envelope.token
         try:
-            assignment = parse_assignment(claim.payload)
+            assignment = envelope.contract()
             handler = self.handlers[(claim.route.service, claim.route.role)]
         except (CogoError, KeyError) as exc:
             return None, Failure(Problem("work.unroutable", f"cannot run {claim.route.queue}: {exc}")), None
-        ctx = WorkContext(task_id=claim.id, run_id=claim.run_id, token_id=token.token_id,
+        ctx = WorkContext(assignment_id=claim.id, run_id=claim.run_id, token_id=token.token_id,
                           node_id=token.node_id, tenant=claim.tenant, attempt=claim.attempt,
                           assignment=assignment, deadline=time.time() + assignment.ttl_ms / 1000,
                           artifacts_root=self.settings.artifacts_dir, llm_url=self.settings.llm_url,
                           llm_api_key=self.settings.llm_api_key, usage=claim.spent)
         try:
             with self.leases.hold(claim), _ttl_guard(ctx):
-                result = handler(ctx, claim.payload.get("input") or {})
+                result = handler(ctx, envelope.input or {})
             if not isinstance(result, WorkResult):
                 raise WorkFailed(f"handler returned {type(result).__name__}, not WorkResult", retryable=False)
             check_json(result.output, where="output")  # hostile output never reaches the ledger
@@ -134,7 +135,8 @@ class Outcome:
         total = ctx.usage if ctx else claim.spent  # every attempt so far, this one included
         self.usage = total.model_dump()
         self.usage_values = {"usage_tokens": total.tokens, "usage_cost_usd": total.cost_usd}
-        self.token = TokenRef.of(claim.payload)
+        self.envelope = AssignmentEnvelope.of(claim.payload)
+        self.token = self.envelope.token
         self.deliveries: list[Delivery] = []
 
     def done(self, conn, result: WorkResult) -> str:
@@ -149,7 +151,7 @@ class Outcome:
 
     def retry(self, conn, failure: Failure) -> str:
         """``running → retry_wait`` with a backoff; the dispatcher re-admits it when due."""
-        policy = RetryPolicy(**(self.claim.payload.get(RETRY_KEY) or {"maximum_attempts": self.claim.max_attempts}))
+        policy = self.envelope.retry_policy(self.claim.max_attempts)
         backoff_ms = compute_backoff(self.claim.attempt, policy, self.runtime.rng)
         retry_at = self.now + backoff_ms / 1000
         if not self._move(conn, ledger.RETRY_WAIT, {"retry_at": retry_at, "lease_until": None,
@@ -282,7 +284,7 @@ def _ttl_guard(ctx: WorkContext) -> Iterator[None]:
         return
 
     def expire(_signum, _frame):
-        raise TTLExpired(f"assignment {ctx.task_id} ran past its ttl_ms={ctx.assignment.ttl_ms}")
+        raise TTLExpired(f"assignment {ctx.assignment_id} ran past its ttl_ms={ctx.assignment.ttl_ms}")
 
     previous = signal.signal(signal.SIGALRM, expire)
     signal.setitimer(signal.ITIMER_REAL, max(ctx.remaining_s(), 0.001))

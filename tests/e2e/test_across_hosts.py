@@ -72,7 +72,7 @@ def hosts(tmp_path) -> Iterator[Hosts]:
 
 
 def _marks(marks: Path, name: str) -> list[tuple[str, int]]:
-    """``(task_id, attempt)`` of every handler start (``starts``) or end (``ends``) the slow worker recorded."""
+    """``(assignment_id, attempt)`` of every handler start (``starts``) or end (``ends``) the slow worker recorded."""
     path = marks / name
     lines = path.read_text().splitlines() if path.exists() else []
     return [(task, int(attempt)) for task, attempt, _pid in (line.split() for line in lines)]

@@ -258,7 +258,7 @@ def race_fleet(engine, seen: dict, *, slow_tokens: int = 950, dies: bool = False
 
     def slow(ctx, payload):
         settle(fleet)
-        seen["slow_status_while_running"] = status(fleet, ctx.task_id)
+        seen["slow_status_while_running"] = status(fleet, ctx.assignment_id)
         seen["after"], seen["run_id"] = assignment(fleet, ctx.run_id, "after"), ctx.run_id
         seen["after_trace"] = [o for t, i, o in fleet.trace if i == seen["after"]]
         if dies:

@@ -173,7 +173,7 @@ def test_an_unreachable_endpoint_is_unavailable():
 
 
 def context(tmp_path: Path, url: str, *, ttl_s: float = 60) -> WorkContext:
-    return WorkContext(task_id="gen", run_id="run-1", token_id=None, node_id=None, tenant="acme", attempt=1,
+    return WorkContext(assignment_id="gen", run_id="run-1", token_id=None, node_id=None, tenant="acme", attempt=1,
                        assignment=Assignment(agent_id="codegen", model="gpt-4o-mini"),
                        deadline=time.time() + ttl_s, artifacts_root=tmp_path, llm_url=url, llm_api_key="sk-live")
 

@@ -42,23 +42,24 @@ class World:
         fields = {f"sandbox_{k}": v for k, v in limits.items()}
         return Sandbox.from_settings(dataclasses.replace(self.settings, **fields))
 
-    def context(self, task_id: str = "bt", ttl_s: float = 60) -> WorkContext:
-        return WorkContext(task_id=task_id, run_id="run-1", token_id=None, node_id=None, tenant="acme", attempt=1,
+    def context(self, assignment_id: str = "bt", ttl_s: float = 60) -> WorkContext:
+        return WorkContext(assignment_id=assignment_id,
+                           run_id="run-1", token_id=None, node_id=None, tenant="acme", attempt=1,
                            assignment=Assignment(agent_id="build-test"), deadline=time.time() + ttl_s,
                            artifacts_root=self.artifacts, llm_url="http://127.0.0.1:9", llm_api_key=SECRET)
 
-    def build_test(self, files: dict[str, str], *, task_id: str = "bt", sandbox: Sandbox | None = None,
+    def build_test(self, files: dict[str, str], *, assignment_id: str = "bt", sandbox: Sandbox | None = None,
                    **limits: int) -> WorkResult:
         """Run build-test on ``files`` (dedented) in this world's sandbox."""
         edits = [{"path": p, "action": "create", "content": textwrap.dedent(c)} for p, c in files.items()]
-        return build_test(self.context(task_id), {"edits": edits}, sandbox=sandbox or self.sandbox(**limits))
+        return build_test(self.context(assignment_id), {"edits": edits}, sandbox=sandbox or self.sandbox(**limits))
 
-    def workspace(self, task_id: str = "bt") -> Path:
-        return self.artifacts / task_id / "build-test" / "workspace"
+    def workspace(self, assignment_id: str = "bt") -> Path:
+        return self.artifacts / assignment_id / "build-test" / "workspace"
 
-    def loot(self, task_id: str = "bt") -> dict[str, Any]:
+    def loot(self, assignment_id: str = "bt") -> dict[str, Any]:
         """What the hostile code saved in its workspace (it must have run: the file must exist)."""
-        return json.loads((self.workspace(task_id) / "loot.json").read_text())
+        return json.loads((self.workspace(assignment_id) / "loot.json").read_text())
 
 
 CONFINING = ["unshare"] + (["bwrap"] if shutil.which("bwrap") else [])

@@ -52,7 +52,7 @@ def test_hostile_files_from_a_model_steal_nothing_and_forge_nothing(world, chat)
     thief = THIEF.replace("LEDGER", repr(str(world.ledger)))
     chat.answer(completion(render_files({"test_steal.py": thief, "pytest.py": FORGER, "conftest.py": FORGER})))
     assignment = Assignment(agent_id="codegen", model="gpt-4o-mini", budget=Budget(maxTokens=10**6))
-    gen_ctx = WorkContext(task_id="gen", run_id="run-1", token_id=None, node_id=None, tenant="acme", attempt=1,
+    gen_ctx = WorkContext(assignment_id="gen", run_id="run-1", token_id=None, node_id=None, tenant="acme", attempt=1,
                           assignment=assignment,
                           deadline=time.time() + 60, artifacts_root=world.artifacts, llm_url=chat.url,
                           llm_api_key=SECRET)

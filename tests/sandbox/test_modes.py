@@ -38,7 +38,7 @@ def test_each_available_mode_passes_its_probe_and_runs_tests(world, mode):
 def test_bwrap_without_bwrap_refuses_and_names_the_setting_that_accepts_the_risk(world, monkeypatch):
     monkeypatch.setenv("COGO_SANDBOX", "bwrap")
     monkeypatch.setenv("PATH", str(world.root / "empty-bin"))
-    ctx = WorkContext(task_id="bt", run_id="run-1", token_id=None, node_id=None, tenant="acme", attempt=1,
+    ctx = WorkContext(assignment_id="bt", run_id="run-1", token_id=None, node_id=None, tenant="acme", attempt=1,
                       assignment=Assignment(agent_id="build-test"), deadline=time.time() + 60,
                       artifacts_root=world.artifacts)
     edits = [{"path": p, "action": "create", "content": c} for p, c in PASSING.items()]

@@ -64,7 +64,7 @@ def step(ctx: WorkContext, payload: dict) -> WorkResult:
     while not (gate / "go").exists():  # until the whole batch is in the ledger (``Workload.submit``)
         ctx.check_deadline()
         time.sleep(0.05)
-    mark = f"{ctx.task_id} {ctx.attempt} {os.getpid()}"
+    mark = f"{ctx.assignment_id} {ctx.attempt} {os.getpid()}"
     _append(gate / "starts", mark)
     ctx.meter(tokens=STEP_TOKENS)
     if ctx.attempt == 1 and (gate / "armed").exists() and _take(gate / "held", mark):

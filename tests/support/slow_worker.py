@@ -21,13 +21,13 @@ def slow(ctx: WorkContext, payload: dict) -> WorkResult:
     its ``release_file`` exists (the TTL bounds the wait); append to ``ends``."""
     marks = Path(payload["marks_dir"])
     with open(marks / "starts", "a") as f:
-        f.write(f"{ctx.task_id} {ctx.attempt} {os.getpid()}\n")
+        f.write(f"{ctx.assignment_id} {ctx.attempt} {os.getpid()}\n")
     if ctx.attempt == 1:
         time.sleep(float(payload.get("sleep_s") or 0))
     while ctx.attempt in (payload.get("hold") or ()) and not release_file(marks, ctx.attempt).exists():
         time.sleep(0.05)
     with open(marks / "ends", "a") as f:
-        f.write(f"{ctx.task_id} {ctx.attempt} {os.getpid()}\n")
+        f.write(f"{ctx.assignment_id} {ctx.attempt} {os.getpid()}\n")
     return WorkResult(output={"attempt": ctx.attempt, "pid": os.getpid()})
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from bus import ledger
-from bus.envelope import Assignment, Intent, Usage, parse_assignment, parse_model
+from bus.envelope import Assignment, AssignmentEnvelope, Intent, Usage, parse_model
 from bus.errors import ConfigError, ContractError
 from bus.outbox import destination
 from bus.retry import RetryPolicy, compute_backoff
@@ -61,7 +61,7 @@ class TestEnvelope:
 
     def test_parse_round_trip(self):
         a = Assignment(agent_id="x", ttl_ms=5)
-        assert parse_assignment({"__assignment": a.wire()}) == a
+        assert AssignmentEnvelope.of({"__assignment": a.wire()}).contract() == a
 
     @pytest.mark.parametrize("raw, field", [
         ({"agent_id": ""}, "__assignment.agent_id"),
@@ -72,13 +72,25 @@ class TestEnvelope:
     ])
     def test_bad_assignment_names_the_field(self, raw, field):
         with pytest.raises(ContractError) as err:
-            parse_assignment({"__assignment": raw})
+            AssignmentEnvelope.of({"__assignment": raw}).contract()
         assert err.value.details["field"] == field
         assert err.value.code == "contract.invalid"
 
+    def test_the_envelope_round_trips_and_reads_a_hostile_payload_as_empty(self):
+        from bus.envelope import TokenRef
+        sent = AssignmentEnvelope({"agent_id": "a"}, TokenRef("t.1", "t", "parent"), {"maximum_attempts": 3},
+                                  {"x": 1})
+        assert AssignmentEnvelope.of(sent.wire()) == sent
+        assert sent.retry_policy(1).maximum_attempts == 3
+        hostile = AssignmentEnvelope.of({"__assignment": "root", "__token": ["t"], "__retry": 7, "input": None})
+        assert (hostile.assignment, hostile.token, hostile.retry) == ({}, TokenRef(), None)
+        assert hostile.retry_policy(2).maximum_attempts == 2
+        with pytest.raises(ContractError, match="__assignment"):
+            hostile.contract()
+
     def test_missing_assignment(self):
         with pytest.raises(ContractError, match="__assignment"):
-            parse_assignment({"input": {}})
+            AssignmentEnvelope.of({"input": {}}).contract()
 
     def test_intent_rejects_bad_tenant(self):
         with pytest.raises(ContractError, match="intent.tenant"):

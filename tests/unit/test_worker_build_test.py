@@ -25,8 +25,9 @@ TESTS = ("from add import add\n\n\ndef test_small():\n    assert add(2, 3) == 5\
          "def test_wrong():\n    assert add(2, 2) == 5\n")
 
 
-def context(tmp_path: Path, task_id: str = "bt", *, ttl_s: float = 60) -> WorkContext:
-    return WorkContext(task_id=task_id, run_id="run-1", token_id=None, node_id=None, tenant="acme", attempt=1,
+def context(tmp_path: Path, assignment_id: str = "bt", *, ttl_s: float = 60) -> WorkContext:
+    return WorkContext(assignment_id=assignment_id,
+                       run_id="run-1", token_id=None, node_id=None, tenant="acme", attempt=1,
                        assignment=Assignment(agent_id="build-test"), deadline=time.time() + ttl_s,
                        artifacts_root=tmp_path)
 

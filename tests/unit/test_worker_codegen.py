@@ -15,9 +15,10 @@ from workers.codegen import build_messages, generate
 from workers.handler import WorkContext
 
 
-def context(tmp_path: Path, task_id: str, *, max_tokens: int = 100_000, ttl_s: float = 60) -> WorkContext:
+def context(tmp_path: Path, assignment_id: str, *, max_tokens: int = 100_000, ttl_s: float = 60) -> WorkContext:
     assignment = Assignment(agent_id="codegen", budget=Budget(maxTokens=max_tokens))
-    return WorkContext(task_id=task_id, run_id="run-1", token_id=None, node_id=None, tenant="acme", attempt=1,
+    return WorkContext(assignment_id=assignment_id,
+                       run_id="run-1", token_id=None, node_id=None, tenant="acme", attempt=1,
                        assignment=assignment, deadline=time.time() + ttl_s, artifacts_root=tmp_path)
 
 

@@ -24,8 +24,9 @@ for the taskId of each row.
 """
 
 
-def context(tmp_path: Path, task_id: str = "kg", *, ttl_s: float = 60) -> WorkContext:
-    return WorkContext(task_id=task_id, run_id="run-1", token_id=None, node_id=None, tenant="acme", attempt=1,
+def context(tmp_path: Path, assignment_id: str = "kg", *, ttl_s: float = 60) -> WorkContext:
+    return WorkContext(assignment_id=assignment_id,
+                       run_id="run-1", token_id=None, node_id=None, tenant="acme", attempt=1,
                        assignment=Assignment(agent_id="kg"), deadline=time.time() + ttl_s, artifacts_root=tmp_path)
 
 

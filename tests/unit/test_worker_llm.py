@@ -34,7 +34,7 @@ from workers.llm import (
 
 
 def context(tmp_path: Path, *, model: str = LOCAL_MODEL, llm_url: str = "") -> WorkContext:
-    return WorkContext(task_id="t1", run_id=None, token_id=None, node_id=None, tenant="acme", attempt=1,
+    return WorkContext(assignment_id="t1", run_id=None, token_id=None, node_id=None, tenant="acme", attempt=1,
                        assignment=Assignment(agent_id="codegen", model=model), deadline=time.time() + 60,
                        artifacts_root=tmp_path, llm_url=llm_url, llm_api_key="sk-test")
 
