@@ -18,7 +18,7 @@ from sqlalchemy.sql import ClauseElement
 
 from bus.envelope import Usage
 from bus.errors import ContractError
-from bus.routing import DECIDE, ORCHESTRATOR, Route, shard_for
+from bus.routing import DECIDE, ORCHESTRATOR, Route
 from bus.schema import agent_messages as m
 from bus.schema import bus_events
 
@@ -88,13 +88,13 @@ class NewMessage:
 
 
 
-def brain_event(*, run_id: str, tenant: str, kind: str, payload: dict[str, Any], shards: int,
+def brain_event(*, run_id: str, tenant: str, kind: str, payload: dict[str, Any], shard: int,
                 causation_id: str | None = None, retry_at: float | None = None, id: str | None = None) -> NewMessage:
-    """The one way to address a brain event: a decide row on the shard of ``run_id`` (every event of a run goes
-    to the same brain queue, so a run's events are never applied by two shards)."""
-    return NewMessage(route=Route(ORCHESTRATOR, DECIDE, shard_for(run_id, shards), tenant), kind=kind,
-                      payload=payload, run_id=run_id, causation_id=causation_id, retry_at=retry_at,
-                      **({"id": id} if id else {}))
+    """The one way to address a brain event: a decide row on ``shard``, its run tree's (``routing.shard_for`` of
+    the root run's id), so every event of a run tree goes to the same brain queue and no two shards ever apply
+    events of one tree."""
+    return NewMessage(route=Route(ORCHESTRATOR, DECIDE, shard, tenant), kind=kind, payload=payload, run_id=run_id,
+                      causation_id=causation_id, retry_at=retry_at, **({"id": id} if id else {}))
 
 _INSERT_MESSAGES = insert(m)
 _INSERT_BUS_EVENTS = insert(bus_events)

@@ -35,23 +35,23 @@ class Delivery:
     countdown_s: float = 0.0
 
 
-def destination(*, route: Route, status: str, run_id: str | None, shards: int) -> tuple[str, str]:
+def destination(*, route: Route, status: str) -> tuple[str, str]:
     """The task and queue that must next receive a row in ``status`` on ``route``.
 
-    A decide row goes to its run's brain shard; an assignment goes to its run's dispatcher shard until
-    it is dispatched, then to the worker queue of its route.
+    A decide row goes to the brain of its shard; an assignment goes to the dispatcher of its shard until it
+    is dispatched, then to the worker queue of its route (the shard of a row is its run tree's, fixed when
+    the row was written).
     """
-    key = run_id or ""
     if route.service == ORCHESTRATOR and route.role == DECIDE:
-        return TASK_DECIDE, decide_queue(key, shards)
+        return TASK_DECIDE, decide_queue(route.shard)
     if status == ledger.DISPATCHED:
         return TASK_WORK, route.queue
-    return TASK_EXECUTE, execute_queue(key, shards)
+    return TASK_EXECUTE, execute_queue(route.shard)
 
 
-def delivery_for(msg: ledger.NewMessage, *, shards: int, now: float) -> Delivery:
+def delivery_for(msg: ledger.NewMessage, *, now: float) -> Delivery:
     """The first delivery of a freshly inserted (queued) row."""
-    task, queue = destination(route=msg.route, status=ledger.QUEUED, run_id=msg.run_id, shards=shards)
+    task, queue = destination(route=msg.route, status=ledger.QUEUED)
     countdown = max(0.0, (msg.retry_at or now) - now)
     return Delivery(task, queue, msg.id, countdown)
 

@@ -16,10 +16,11 @@ TASK_FAILED = "task_failed"
 
 
 def report(conn: Connection, *, assignment_id: str, run_id: str, tenant: str, payload: dict[str, Any],
-           kind: str, body: dict[str, Any], now: float, shards: int) -> Delivery:
-    """Insert the brain event for an assignment's outcome; returns its delivery for phase 2."""
+           kind: str, body: dict[str, Any], now: float, shard: int) -> Delivery:
+    """Insert the brain event for an assignment's outcome (on the assignment's own shard, its run tree's);
+    returns its delivery for phase 2."""
     token = AssignmentEnvelope.of(payload).token
-    msg = ledger.brain_event(run_id=run_id, tenant=tenant, kind=kind, shards=shards, causation_id=assignment_id,
+    msg = ledger.brain_event(run_id=run_id, tenant=tenant, kind=kind, shard=shard, causation_id=assignment_id,
                              payload={"token_id": token.token_id or "", "assignment_id": assignment_id, **body})
     ledger.insert_messages(conn, [msg], now=now)
-    return delivery_for(msg, shards=shards, now=now)
+    return delivery_for(msg, now=now)

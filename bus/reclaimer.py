@@ -109,7 +109,7 @@ class Reclaimer:
                     if row.run_id:
                         result.deliveries.append(outcomes.report(
                             conn, assignment_id=row.id, run_id=row.run_id, tenant=row.tenant, payload=row.payload,
-                            kind=outcomes.TASK_FAILED, now=now, shards=self.settings.shards,
+                            kind=outcomes.TASK_FAILED, now=now, shard=row.shard,
                             body={"error": Problem("execute.dead", lost.message).to_dict(),
                                   "attempts": row.attempts}))
 
@@ -129,7 +129,7 @@ class Reclaimer:
                 if row.run_id:
                     result.deliveries.append(outcomes.report(
                         conn, assignment_id=row.id, run_id=row.run_id, tenant=row.tenant, payload=row.payload,
-                        kind=outcomes.TASK_FAILED, now=now, shards=self.settings.shards,
+                        kind=outcomes.TASK_FAILED, now=now, shard=row.shard,
                         body={"error": error, "attempts": row.attempts,
                               "usage": {"tokens": row.usage_tokens, "cost_usd": row.usage_cost_usd}}))
 
@@ -181,12 +181,10 @@ class Reclaimer:
             rows = conn.execute(query).all()
         found = {}
         for row in rows:
-            task, queue = destination(route=Route(row.service, row.role, row.shard, row.tenant), status=row.status,
-                                      run_id=row.run_id, shards=self.settings.shards)
+            task, queue = destination(route=Route(row.service, row.role, row.shard, row.tenant), status=row.status)
             found[row.id] = (task, queue, row.status)
         return found
 
     def _delivery(self, row, status: str) -> Delivery:
-        task, queue = destination(route=Route(row.service, row.role, row.shard, row.tenant), status=status,
-                                  run_id=row.run_id, shards=self.settings.shards)
+        task, queue = destination(route=Route(row.service, row.role, row.shard, row.tenant), status=status)
         return Delivery(task, queue, row.id)

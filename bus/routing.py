@@ -20,9 +20,10 @@ def stable_hash(key: str) -> int:
     return zlib.crc32(key.encode("utf-8"))
 
 
-def shard_for(run_id: str, shards: int) -> int:
-    """The shard every event of ``run_id`` goes to."""
-    return stable_hash(run_id) % shards
+def shard_for(root_run_id: str, shards: int) -> int:
+    """The shard of a whole run tree, from its root run's id: every event, assignment and budget check of the
+    root and of all its children goes to that one shard, so every transaction stays inside one shard."""
+    return stable_hash(root_run_id) % shards
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,11 +58,11 @@ def queue_name(service: str, role: str, shard: int) -> str:
     return f"{service}.{role}.{shard}"
 
 
-def decide_queue(run_id: str, shards: int) -> str:
-    """The brain queue that owns ``run_id``."""
-    return queue_name(ORCHESTRATOR, DECIDE, shard_for(run_id, shards))
+def decide_queue(shard: int) -> str:
+    """The brain queue of ``shard``."""
+    return queue_name(ORCHESTRATOR, DECIDE, shard)
 
 
-def execute_queue(run_id: str, shards: int) -> str:
-    """The executor-dispatcher queue that owns ``run_id``."""
-    return queue_name(ORCHESTRATOR, EXECUTE, shard_for(run_id, shards))
+def execute_queue(shard: int) -> str:
+    """The executor-dispatcher queue of ``shard``."""
+    return queue_name(ORCHESTRATOR, EXECUTE, shard)

@@ -30,7 +30,10 @@ class Settings:
     database_url: str = ""
     """The ledger (SQLite or PostgreSQL). Empty: ``sqlite:///<home>/cogo.db``."""
     shards: int = 1
-    """How many brain/dispatcher shards; a run's shard is ``stable_hash(run_id) % shards``."""
+    """How many shards; a run tree's shard is ``stable_hash(root_run_id) % shards`` (``bus/routing.py``)."""
+    shard: int = -1
+    """The one shard a brain or dispatcher process consumes (``cogo up`` starts one of each per shard);
+    -1: every shard."""
     lease_s: float = 30.0
     """How long a worker holds an assignment before the reclaimer may take it back."""
     stale_s: float = 10.0
@@ -112,10 +115,16 @@ class Settings:
             values[f.name] = _parse(var, raw, f.type)
         return cls(**values).checked()
 
-    def checked(self) -> Settings:
-        """Return these settings with derived defaults filled in, or raise ConfigError."""
+    def _check_shards(self) -> None:
         if self.shards < 1 or self.shards > 1024:
             raise ConfigError(f"COGO_SHARDS must be between 1 and 1024, got {self.shards}")
+        if not -1 <= self.shard < self.shards:
+            raise ConfigError(f"COGO_SHARD must be -1 (every shard) or a shard below COGO_SHARDS={self.shards}, "
+                              f"got {self.shard}")
+
+    def checked(self) -> Settings:
+        """Return these settings with derived defaults filled in, or raise ConfigError."""
+        self._check_shards()
         for name in ("lease_s", "stale_s", "reclaim_interval_s", "retention_days", "retention_interval_s"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"COGO_{name.upper()} must be a positive number, got {getattr(self, name)}")

@@ -54,6 +54,7 @@ class Phase1:
         self.sql_trace = sql_trace  # the step's statements so far, recorded as sql.* events when asked
         self.registry = registry  # child runs need their definitions
         self.run = state.run
+        self.shard = shard_for(self.run.root_run_id or self.run.id, shards)  # the run tree's: every row it writes
         self.events: list[IntrospectionEvent] = []
         self.messages: list[ledger.NewMessage] = []
         self.sent_assignments: set[str] = set()
@@ -107,7 +108,7 @@ class Phase1:
     def send(self, message: ledger.NewMessage) -> None:
         """Add an outbox row and its first delivery."""
         self.messages.append(message)
-        self.effects.deliveries.append(delivery_for(message, shards=self.shards, now=self.now))
+        self.effects.deliveries.append(delivery_for(message, now=self.now))
 
     def unsend(self, message_id: str) -> bool:
         """Take back an outbox row of this same step before anything was written or sent; whether it was one."""
@@ -122,7 +123,7 @@ class Phase1:
                    id: str | None = None) -> ledger.NewMessage:
         """An outbox row for a brain (this run's, a parent's or a child's)."""
         return ledger.brain_event(run_id=run_id, tenant=self.run.tenant, kind=kind, payload=payload,
-                                  shards=self.shards, causation_id=self.cause_id, retry_at=retry_at, id=id)
+                                  shard=self.shard, causation_id=self.cause_id, retry_at=retry_at, id=id)
 
     # -- writing -------------------------------------------------------------------------------------
     def _write(self, c: Changes) -> None:
@@ -246,8 +247,8 @@ class Phase1:
         m = agent_messages
         woken = self.conn.execute(update(m).where(m.c.run_id.in_(tree), m.c.kind == "assignment",
                                                   m.c.status == ledger.QUEUED, m.c.retry_at > self.now)
-                                  .values(retry_at=self.now).returning(m.c.id, m.c.run_id)).all()
-        return [Delivery(TASK_EXECUTE, execute_queue(r.run_id, self.shards), r.id) for r in woken]
+                                  .values(retry_at=self.now).returning(m.c.id, m.c.shard)).all()
+        return [Delivery(TASK_EXECUTE, execute_queue(r.shard), r.id) for r in woken]
 
 
 def _token_row(run_id: str, t: Any, error: Any, now: float) -> dict[str, Any]:
@@ -259,7 +260,7 @@ def _token_row(run_id: str, t: Any, error: Any, now: float) -> dict[str, Any]:
 
 # -- the outside effects of each decision that has them ------------------------------------------------
 def _dispatch(p: Phase1, x: d.DispatchToken) -> None:
-    route = Route(x.service, x.role, shard_for(p.run.id, p.shards), p.run.tenant)
+    route = Route(x.service, x.role, p.shard, p.run.tenant)
     payload = AssignmentEnvelope(x.assignment, TokenRef(x.token_id, x.node_id, p.run.parent_run_id), x.retry,
                                  x.input).wire()
     p.send(ledger.NewMessage(route=route, kind="assignment", payload=payload, run_id=p.run.id,

@@ -16,8 +16,8 @@ from sqlalchemy import Engine, select, update
 from bus import faults, ledger
 from bus.celery_app import TASK_DECIDE
 from bus.errors import BrokerUnavailable, CogoError, Conflict, Problem
-from bus.outbox import EARLY_TOLERANCE_S, Delivery, Publisher, destination
-from bus.routing import DECIDE, ORCHESTRATOR, Route
+from bus.outbox import EARLY_TOLERANCE_S, Delivery, Publisher
+from bus.routing import decide_queue
 from bus.schema import agent_messages as m
 from bus.sql_trace import traced
 from coordinator import commands
@@ -32,7 +32,6 @@ from coordinator.store import load_state
 log = logging.getLogger(__name__)
 MAX_CONFLICT_RETRIES = 8
 MAX_CRASHES = 5
-_DECIDE_ROUTE = Route(ORCHESTRATOR, DECIDE)
 
 
 class Brain:
@@ -78,13 +77,13 @@ class Brain:
     def _step(self, message_id: str) -> tuple[str, Effects | None]:
         now = self.clock()
         with self.engine.begin() as conn, traced(conn, self.sql_events) as trace:
-            row = conn.execute(select(m.c.status, m.c.kind, m.c.payload, m.c.run_id, m.c.retry_at, m.c.tenant)
-                               .where(m.c.id == message_id)).first()
+            row = conn.execute(select(m.c.status, m.c.kind, m.c.payload, m.c.run_id, m.c.retry_at, m.c.tenant,
+                                      m.c.shard).where(m.c.id == message_id)).first()
             if row is None or row.status != ledger.QUEUED:
                 return "duplicate", None
             if row.retry_at is not None and row.retry_at > now + EARLY_TOLERANCE_S:
                 countdown = row.retry_at - now
-                _, queue = destination(route=_DECIDE_ROUTE, status=ledger.QUEUED, run_id=row.run_id, shards=self.shards)
+                queue = decide_queue(row.shard)
                 return "early", Effects(deliveries=[Delivery(TASK_DECIDE, queue, message_id, countdown)])
             try:
                 event = ev.from_row(id=message_id, run_id=row.run_id, kind=row.kind, payload=row.payload)
@@ -116,11 +115,12 @@ class Brain:
             row = conn.execute(update(m).where(m.c.id == message_id, m.c.status == ledger.QUEUED)
                                .values(attempts=m.c.attempts + 1, last_error=f"{type(exc).__name__}: {exc}"[:2000],
                                        last_error_at=now)
-                               .returning(m.c.attempts, m.c.run_id, m.c.tenant, m.c.kind, m.c.payload)).first()
+                               .returning(m.c.attempts, m.c.run_id, m.c.tenant, m.c.kind, m.c.payload,
+                                          m.c.shard)).first()
             if row is None:
                 return "crashed", None
             if row.kind == ev.GaveUp.kind:  # failing the run through the planner crashed too: fail it directly
-                return "rejected", Effects(deliveries=_fail_directly(conn, message_id, row, now, self.shards))
+                return "rejected", Effects(deliveries=_fail_directly(conn, message_id, row, now))
             if row.attempts < MAX_CRASHES:
                 return "crashed", None
             error = CogoError(f"the brain failed {row.attempts} times on this event: {type(exc).__name__}: {exc}",
@@ -128,7 +128,7 @@ class Brain:
             _reject(conn, message_id, row, error, now)
             gave_up = commands.enqueue_event(conn, run_id=row.run_id, tenant=row.tenant, kind=ev.GaveUp.kind,
                                              payload={"rejected_event": message_id, "error": error.to_dict()},
-                                             now=now, shards=self.shards)
+                                             now=now, shard=row.shard)
         try:
             return "rejected", self._handle(gave_up.message_id)[1]
         except Exception:  # noqa: BLE001 - committed: the reclaimer sends the gave_up event again
@@ -136,7 +136,7 @@ class Brain:
             return "rejected", None
 
 
-def _fail_directly(conn, message_id: str, row: Any, now: float, shards: int) -> list[Delivery]:
+def _fail_directly(conn, message_id: str, row: Any, now: float) -> list[Delivery]:
     """The last resort when the planner cannot even fail the run: fail it here and tell its parent."""
     error = Problem.from_dict(row.payload.get("error") or {"message": "the brain gave up on this run"},
                               code="brain.crashed").to_dict()
@@ -150,7 +150,7 @@ def _fail_directly(conn, message_id: str, row: Any, now: float, shards: int) -> 
         return []
     return [commands.enqueue_event(conn, run_id=run.parent_run_id, tenant=run.tenant, kind=ev.ChildFailed.kind,
                                    payload={"token_id": run.parent_token_id, "child_run_id": row.run_id,
-                                            "error": error}, now=now, shards=shards)]
+                                            "error": error}, now=now, shard=row.shard)]
 
 
 def _reject(conn, message_id: str, row: Any, exc: CogoError, now: float) -> None:

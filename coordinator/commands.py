@@ -15,21 +15,24 @@ from sqlalchemy.exc import IntegrityError
 from bus import ledger
 from bus.errors import Conflict, NotFound
 from bus.outbox import Delivery, delivery_for
+from bus.routing import shard_for
 from coordinator.schema import approvals, runs
 from coordinator.state import RUN_TERMINAL
 from coordinator.timefmt import with_iso
 
 
 def enqueue_event(conn: Connection, *, run_id: str, tenant: str, kind: str, payload: dict[str, Any], now: float,
-                  shards: int, id: str | None = None) -> Delivery:
-    """Write a brain event for ``run_id`` (in the caller's transaction); returns the delivery that sends it."""
-    message = ledger.brain_event(run_id=run_id, tenant=tenant, kind=kind, payload=payload, shards=shards, id=id)
+                  shard: int, id: str | None = None) -> Delivery:
+    """Write a brain event for ``run_id`` on ``shard``, its run tree's (in the caller's transaction); returns the
+    delivery that sends it."""
+    message = ledger.brain_event(run_id=run_id, tenant=tenant, kind=kind, payload=payload, shard=shard, id=id)
     ledger.insert_messages(conn, [message], now=now)
-    return delivery_for(message, shards=shards, now=now)
+    return delivery_for(message, now=now)
 
 
 def _live_run(conn: Connection, run_id: str) -> Any:
-    row = conn.execute(select(runs.c.id, runs.c.tenant, runs.c.status).where(runs.c.id == run_id)).first()
+    row = conn.execute(select(runs.c.id, runs.c.tenant, runs.c.status, runs.c.root_run_id)
+                       .where(runs.c.id == run_id)).first()
     if row is None:
         raise NotFound(f"no run {run_id}", code="run.unknown")
     if row.status in RUN_TERMINAL:
@@ -46,7 +49,7 @@ def cancel(conn: Connection, run_id: str, *, reason: str, now: float, shards: in
     """
     run = _live_run(conn, run_id)
     return enqueue_event(conn, run_id=run_id, tenant=run.tenant, kind="cancel", payload={"reason": reason}, now=now,
-                  shards=shards)
+                         shard=shard_for(run.root_run_id or run_id, shards))
 
 
 def signal(conn: Connection, run_id: str, name: str, data: dict[str, Any], *, now: float, shards: int) -> Delivery:
@@ -57,7 +60,7 @@ def signal(conn: Connection, run_id: str, name: str, data: dict[str, Any], *, no
     """
     run = _live_run(conn, run_id)
     return enqueue_event(conn, run_id=run_id, tenant=run.tenant, kind="signal", payload={"name": name, "data": data},
-                  now=now, shards=shards)
+                         now=now, shard=shard_for(run.root_run_id or run_id, shards))
 
 
 def decide_approval(conn: Connection, approval_id: str, *, approved: bool, by: str, comment: str, now: float,
@@ -81,8 +84,9 @@ def decide_approval(conn: Connection, approval_id: str, *, approved: bool, by: s
                "comment": comment}
     try:
         with conn.begin_nested():
+            root = conn.execute(select(runs.c.root_run_id).where(runs.c.id == row["run_id"])).scalar()
             delivery = enqueue_event(conn, run_id=row["run_id"], tenant=row["tenant"], kind="approval", payload=payload,
-                              now=now, shards=shards, id=event_id)
+                                     now=now, shard=shard_for(root or row["run_id"], shards), id=event_id)
     except IntegrityError:
         raise Conflict(f"approval {approval_id} has already been decided", code="approval.not_pending",
                        details={"approval_id": approval_id, "status": "decided"}) from None

@@ -66,7 +66,7 @@ class Dispatcher:
             if row is None or row.status not in (ledger.QUEUED, ledger.RETRY_WAIT):
                 return "duplicate", []
             if (row.retry_at or 0) > now + EARLY_TOLERANCE_S:  # a retry's backoff or a deferral not yet over
-                deliveries.append(Delivery(TASK_EXECUTE, execute_queue(row.run_id or "", self.shards), message_id,
+                deliveries.append(Delivery(TASK_EXECUTE, execute_queue(row.shard), message_id,
                                            row.retry_at - now))
                 return "early", deliveries
             outcome = self._admit(conn, row, now, deliveries)
@@ -139,7 +139,7 @@ class Dispatcher:
                                      {"assignment_id": row.id, "reason": "budget", "code": verdict.code,
                                       "message": verdict.reason, "retry_in_ms": round(delay_s * 1000), **detail})],
                   now=now)
-        deliveries.append(Delivery(TASK_EXECUTE, execute_queue(row.run_id or "", self.shards), row.id, delay_s))
+        deliveries.append(Delivery(TASK_EXECUTE, execute_queue(row.shard), row.id, delay_s))
         return "deferred"
 
     def _deny(self, conn, row: Any, verdict: Verdict, token: TokenRef, now: float, deliveries: list[Delivery]) -> None:
@@ -155,7 +155,7 @@ class Dispatcher:
                   now=now)
             deliveries.append(outcomes.report(conn, assignment_id=row.id, run_id=row.run_id, tenant=row.tenant,
                                               payload=row.payload, kind=outcomes.TASK_FAILED, now=now,
-                                              shards=self.shards, body={"error": error, "attempts": row.attempts}))
+                                              shard=row.shard, body={"error": error, "attempts": row.attempts}))
 
 
 def _may_spend():

@@ -17,6 +17,7 @@ from bus import ledger
 from bus.envelope import Budget, Intent
 from bus.errors import InvalidRequest, NotFound
 from bus.outbox import Delivery, delivery_for
+from bus.routing import shard_for
 from coordinator.definitions import Registry, WorkflowDefinition
 from coordinator.inputs import check_payload
 from coordinator.schema import runs
@@ -98,17 +99,19 @@ def create_run(conn: Connection, intent: Intent, definition: WorkflowDefinition,
     """Insert the run (pending) and its start event; returns the run id and the start's delivery."""
     run_id = run_id or str(uuid.uuid4())
     parent = parent or {}
+    root = parent.get("root_run_id", run_id)  # a run tree lives in one shard: its root's
     chosen = intent.budget or definition.budget
     budget = chosen.model_dump(by_alias=True) if chosen is not None else None
     conn.execute(insert(runs).values(
         id=run_id, tenant=intent.tenant, intent=intent.intent, workflow=definition.name,
         workflow_version=definition.version, status="pending", parent_run_id=parent.get("run_id"),
-        parent_token_id=parent.get("token_id"), root_run_id=parent.get("root_run_id", run_id),
+        parent_token_id=parent.get("token_id"), root_run_id=root,
         depth=parent.get("depth", 0), input=intent.payload, context={}, budget=budget, visits={},
         token_seq=0, version=0, spent_tokens=0, spent_cost_usd=0.0, created_at=now, updated_at=now))
-    start = ledger.brain_event(run_id=run_id, tenant=intent.tenant, kind="start", payload={}, shards=shards)
+    start = ledger.brain_event(run_id=run_id, tenant=intent.tenant, kind="start", payload={},
+                               shard=shard_for(root, shards))
     ledger.insert_messages(conn, [start], now=now)
-    return run_id, delivery_for(start, shards=shards, now=now)
+    return run_id, delivery_for(start, now=now)
 
 
 def bounded(intent: Intent, definition: WorkflowDefinition, *, max_cost_usd: float, max_tokens: int) -> Intent:

@@ -248,18 +248,21 @@ def _decision_diff(recorded: list, replayed: list) -> list[str]:
 @handled
 def manifests(root: Annotated[Path, typer.Option(help="Where docker-compose.yml and Procfile live")] = Path("."),
               check: Annotated[bool, typer.Option("--check", help="Fail if they differ from the table")] = False,
+              shards: Annotated[int, typer.Option(help="Shards: one brain and one dispatcher service each")] = 1,
               ) -> None:
     """Write docker-compose.yml and Procfile from the process table (or check them)."""
     from ecosystem import manifests as m
 
+    if shards < 1 or shards > 1024:
+        raise CogoError(f"--shards must be between 1 and 1024, got {shards}", code="config.invalid")
     if check:
-        differ = m.stale(root)
+        differ = m.stale(root, shards)
         if differ:
             raise CogoError(f"{', '.join(differ)} differ from the process table; run `cogo manifests`",
                             code="manifests.stale")
         out.print("manifests agree with the process table")
         return
-    for path in m.write(root):
+    for path in m.write(root, shards):
         out.print(f"wrote {path}")
 
 

@@ -53,7 +53,8 @@ def metrics(settings: Settings, name: str) -> None:
 
 
 def brain(settings: Settings, name: str) -> None:
-    """``cogo-orchestrator-brain``: consume ``orchestrator.decide.<shard>`` for every shard."""
+    """``cogo-orchestrator-brain``: consume ``orchestrator.decide.<shard>`` of its shard (``COGO_SHARD``), or of
+    every shard."""
     from coordinator.brain import Brain
     from coordinator.definitions import Registry
     from coordinator.notify import redis_notifier
@@ -63,12 +64,13 @@ def brain(settings: Settings, name: str) -> None:
                     publisher=Publisher(make_celery(settings, name=f"{name}-producer")),
                     registry=Registry.load(settings.workflows_dir), shards=settings.shards,
                     notify=redis_notifier(settings), sql_events=settings.sql_events)
-    run_consumer(settings, name=name, queues=by_name(name).queues(settings.shards), task_name=TASK_DECIDE,
-                 handle=planner.handle)
+    run_consumer(settings, name=name, queues=by_name(name).queues(settings.shards, settings.shard),
+                 task_name=TASK_DECIDE, handle=planner.handle)
 
 
 def dispatcher(settings: Settings, name: str) -> None:
-    """``cogo-executor-dispatcher``: consume ``orchestrator.execute.<shard>`` for every shard."""
+    """``cogo-executor-dispatcher``: consume ``orchestrator.execute.<shard>`` of its shard (``COGO_SHARD``), or of
+    every shard."""
     from coordinator.dispatcher import Dispatcher
     from ecosystem.processes import by_name
 
@@ -76,8 +78,8 @@ def dispatcher(settings: Settings, name: str) -> None:
                            publisher=Publisher(make_celery(settings, name=f"{name}-producer")),
                            shards=settings.shards, allowed_models=settings.model_allow_list,
                            sql_events=settings.sql_events)
-    run_consumer(settings, name=name, queues=by_name(name).queues(settings.shards), task_name=TASK_EXECUTE,
-                 handle=admission.handle)
+    run_consumer(settings, name=name, queues=by_name(name).queues(settings.shards, settings.shard),
+                 task_name=TASK_EXECUTE, handle=admission.handle)
 
 
 def _serve(settings: Settings, name: str, handlers: Mapping[tuple[str, str], Handler]) -> None:

@@ -219,8 +219,9 @@ class Fleet:
         self._exits: dict[str, tuple[int | None, float]] = {}  # label -> (last exit code, wall time)
         self.restarts: dict[str, int] = {}
         self._due: dict[str, tuple[Child, float]] = {}
-        self._sink = LogSink(self.console, max((len(_label(p, i)) for p in self.selected
-                                               for i in range(p.replicas)), default=8), echo=show_logs)
+        shards = self.settings.shards
+        self._sink = LogSink(self.console, max((len(_label(p, i, shards)) for p in self.selected
+                                               for i in range(p.copies(shards))), default=8), echo=show_logs)
 
     # -- lifecycle --------------------------------------------------------------------------------------
     def start(self) -> Fleet:
@@ -393,17 +394,19 @@ class Fleet:
 
     def _spawn_all(self) -> None:
         env = {**os.environ, **self.env, **self.settings.to_env()}
-        total = sum(p.replicas for p in self.selected)
+        shards = self.settings.shards
+        total = sum(p.copies(shards) for p in self.selected)
         self._sink.note(f"starting {total} processes · broker {redact(self.settings.broker_url)}"
                         f"{' (embedded)' if self.broker else ''} · ledger {redact(self.settings.database_url)}")
         n = 0
         for process in self.selected:
-            for index in range(process.replicas):
-                child = Child(process, index, _label(process, index), self.settings.home,
+            for index in range(process.copies(shards)):
+                child = Child(process, index, _label(process, index, shards), self.settings.home,
                               COLOURS[n % len(COLOURS)])
                 probe = (self.settings.api_host, getattr(self.settings, process.port_setting)) \
                     if process.port_setting else None
-                child.spawn(self._argv(process), process_env(process, env), self.cwd, self._sink, probe)
+                own = {"COGO_SHARD": str(index)} if process.sharded and shards > 1 else {}
+                child.spawn(self._argv(process), {**process_env(process, env), **own}, self.cwd, self._sink, probe)
                 self.children.append(child)
                 n += 1
 
@@ -457,8 +460,8 @@ class Fleet:
             self._sink.note(f"   {text}", "")
 
 
-def _label(process: Process, index: int) -> str:
-    return process.name if process.replicas == 1 else f"{process.name}-{index}"
+def _label(process: Process, index: int, shards: int) -> str:
+    return process.name if process.copies(shards) == 1 else f"{process.name}-{index}"
 
 
 def _check_port_free(host: str, port: int, setting: str) -> None:

@@ -38,7 +38,6 @@ CONTAINER_ENV = {
     "COGO_DATABASE_URL": f"postgresql://{POSTGRES_USER}:{POSTGRES_PASSWORD}@postgres:5432/cogo",
     "COGO_HOME": "/data",
     "COGO_API_HOST": "0.0.0.0",
-    "COGO_SHARDS": "1",
 }
 """The environment of every cogo container: the compose services' broker and ledger, a shared home."""
 SECRET_ENV = {
@@ -89,11 +88,11 @@ def process_environment(process: Process) -> dict[str, str]:
     return env
 
 
-def _process_service(process: Process) -> dict:
+def _process_service(process: Process, shards: int, environment: dict[str, str]) -> dict:
     service = _cogo_service(process.command, {
         "redis": {"condition": "service_healthy"},
         "migrate": {"condition": "service_completed_successfully"},
-    }, process_environment(process))
+    }, {"COGO_SHARDS": str(shards), **process_environment(process), **environment})
     service["restart"] = "unless-stopped"
     service["healthcheck"] = {"test": ["CMD", "cogo", "health", process.name], **HEALTHCHECK}
     if process.name in CONFINES_CODE:
@@ -106,8 +105,9 @@ def _process_service(process: Process) -> dict:
     return service
 
 
-def compose(processes: Sequence[Process] = PROCESSES) -> dict:
-    """The docker-compose document: Redis, PostgreSQL, a one-shot migrate, one service per process."""
+def compose(processes: Sequence[Process] = PROCESSES, shards: int = 1) -> dict:
+    """The docker-compose document: Redis, PostgreSQL, a one-shot migrate, one service per process — per shard
+    for a sharded one (``<name>-<shard>``, consuming only that shard's queues) when ``shards`` > 1."""
     services: dict[str, dict] = {
         "redis": {
             "image": "redis:7-alpine",
@@ -126,7 +126,11 @@ def compose(processes: Sequence[Process] = PROCESSES) -> dict:
         "migrate": _cogo_service(["cogo", "migrate"], {"postgres": {"condition": "service_healthy"}}),
     }
     for process in processes:
-        services[process.name] = _process_service(process)
+        if process.copies(shards) > 1 and process.sharded:
+            for shard in range(shards):
+                services[f"{process.name}-{shard}"] = _process_service(process, shards, {"COGO_SHARD": str(shard)})
+        else:
+            services[process.name] = _process_service(process, shards, {})
     return {"name": "cogo", "services": services, "volumes": {"pg-data": {}, "cogo-data": {}}}
 
 
@@ -142,9 +146,9 @@ def _represent_list(dumper: yaml.SafeDumper, value: list) -> yaml.Node:
 _Dumper.add_representer(list, _represent_list)
 
 
-def compose_yaml(processes: Sequence[Process] = PROCESSES) -> str:
+def compose_yaml(processes: Sequence[Process] = PROCESSES, shards: int = 1) -> str:
     """``docker-compose.yml`` as text."""
-    return HEADER + yaml.dump(compose(processes), Dumper=_Dumper, sort_keys=False, width=110)
+    return HEADER + yaml.dump(compose(processes, shards), Dumper=_Dumper, sort_keys=False, width=110)
 
 
 def procfile(processes: Sequence[Process] = PROCESSES) -> str:
@@ -152,21 +156,21 @@ def procfile(processes: Sequence[Process] = PROCESSES) -> str:
     return "".join(f"{p.name}: {' '.join(p.command)}\n" for p in processes)
 
 
-def rendered(processes: Sequence[Process] = PROCESSES) -> dict[str, str]:
+def rendered(processes: Sequence[Process] = PROCESSES, shards: int = 1) -> dict[str, str]:
     """Every manifest by file name."""
-    return {"docker-compose.yml": compose_yaml(processes), "Procfile": procfile(processes)}
+    return {"docker-compose.yml": compose_yaml(processes, shards), "Procfile": procfile(processes)}
 
 
-def stale(root: Path) -> list[str]:
+def stale(root: Path, shards: int = 1) -> list[str]:
     """The manifests under ``root`` that differ from (or are missing next to) what the table gives."""
-    return [name for name, text in rendered().items()
+    return [name for name, text in rendered(shards=shards).items()
             if not (root / name).is_file() or (root / name).read_text() != text]
 
 
-def write(root: Path) -> list[Path]:
+def write(root: Path, shards: int = 1) -> list[Path]:
     """Write every manifest under ``root``; returns the paths written."""
     paths = []
-    for name, text in rendered().items():
+    for name, text in rendered(shards=shards).items():
         (root / name).write_text(text)
         paths.append(root / name)
     return paths

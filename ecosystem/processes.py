@@ -28,6 +28,8 @@ class Process:
         port_setting: for ``http`` and ``flower``, the Settings field holding its port.
         interval_setting: for ``loop``, the Settings field holding its tick interval (its health check's clock).
         replicas: how many copies ``cogo up`` starts.
+        sharded: one copy per shard, each consuming only its own shard's queues (``COGO_SHARD``), so runs of
+            one shard never wait behind another's; otherwise every copy consumes every shard.
     """
 
     name: str
@@ -38,10 +40,17 @@ class Process:
     port_setting: str | None = None
     interval_setting: str | None = None
     replicas: int = 1
+    sharded: bool = False
 
-    def queues(self, shards: int) -> list[str]:
-        """The Celery queues this process consumes when the fleet runs ``shards`` shards."""
-        return [queue_name(service, role, shard) for service, role in self.routes for shard in range(shards)]
+    def queues(self, shards: int, shard: int = -1) -> list[str]:
+        """The Celery queues this process consumes when the fleet runs ``shards`` shards: a sharded process
+        started for one shard (``shard`` ≥ 0) consumes only that shard's."""
+        mine = [shard] if self.sharded and shard >= 0 else range(shards)
+        return [queue_name(service, role, s) for service, role in self.routes for s in mine]
+
+    def copies(self, shards: int) -> int:
+        """How many copies ``cogo up`` starts: one per shard for a sharded process, else its replicas."""
+        return shards if self.sharded and shards > 1 else self.replicas
 
     @property
     def command(self) -> list[str]:
@@ -55,10 +64,10 @@ PROCESSES: tuple[Process, ...] = (
             port_setting="api_port"),
     Process("cogo-orchestrator-brain", "celery", "ecosystem.entrypoints:brain",
             "loads a run's state, plans purely, applies decisions in two phases",
-            routes=((ORCHESTRATOR, DECIDE),)),
+            routes=((ORCHESTRATOR, DECIDE),), sharded=True),
     Process("cogo-executor-dispatcher", "celery", "ecosystem.entrypoints:dispatcher",
             "admits assignments (model allow-list, run and root budgets) and routes them; re-admits retries",
-            routes=((ORCHESTRATOR, EXECUTE),)),
+            routes=((ORCHESTRATOR, EXECUTE),), sharded=True),
     Process("cogo-codegen-service", "celery", "ecosystem.entrypoints:codegen",
             "spec → artifacts/<taskId>/edits.json", routes=(codegen.ROUTE,)),
     Process("cogo-build-test-worker", "celery", "ecosystem.entrypoints:build_test",

@@ -309,8 +309,9 @@ def process_state(process: Any, fleet: Mapping[str, Any]) -> tuple[str, str]:
         return supervised
     if process.kind == "celery":
         replies = [c for c in fleet.get("consumers") or [] if c.get("name") == process.name]
+        copies = process.copies(int(fleet.get("shards") or 1))
         if replies:
-            return f"up ({len(replies)} of {process.replicas})" if process.replicas > 1 else "up", \
+            return f"up ({len(replies)} of {copies})" if copies > 1 else "up", \
                 f"{len(replies)} consumer(s) answered: {', '.join(c.get('hostname', '') for c in replies)}"
         queues = set(process.queues(int(fleet.get("shards") or 1)))
         busy = sum(q.get("running", 0) for q in fleet.get("queues") or [] if q.get("queue") in queues)

@@ -49,6 +49,27 @@ def test_compose_has_every_process_of_the_table_running_its_cogo_command():
     assert all(c[:2] == ["cogo", "process"] and c[2] in NAMES for c in commands if c != ["cogo", "migrate"])
 
 
+def test_compose_for_three_shards_runs_a_brain_and_a_dispatcher_per_shard_and_the_rest_once():
+    services = manifests.compose(shards=3)["services"]
+    for name in ("cogo-orchestrator-brain", "cogo-executor-dispatcher"):
+        assert name not in services
+        for shard in range(3):
+            env = services[f"{name}-{shard}"]["environment"]
+            assert (env["COGO_SHARD"], env["COGO_SHARDS"]) == (str(shard), "3")
+            assert services[f"{name}-{shard}"]["command"] == ["cogo", "process", name]
+    assert services["cogo-rag-embed"]["environment"]["COGO_SHARDS"] == "3"
+    assert "COGO_SHARD" not in services["cogo-rag-embed"]["environment"]
+
+
+def test_a_sharded_process_consumes_its_own_shard_or_every_shard():
+    brain = next(p for p in PROCESSES if p.name == "cogo-orchestrator-brain")
+    assert brain.queues(3, 1) == ["orchestrator.decide.1"]
+    assert brain.queues(3) == ["orchestrator.decide.0", "orchestrator.decide.1", "orchestrator.decide.2"]
+    assert (brain.copies(1), brain.copies(4)) == (1, 4)
+    embed = next(p for p in PROCESSES if p.name == "cogo-rag-embed")
+    assert embed.queues(2, 1) == ["rag.embed.0", "rag.embed.1"] and embed.copies(4) == 1
+
+
 def test_compose_restarts_each_process_and_checks_its_health_with_cogo_health():
     services = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
     for process in PROCESSES:

@@ -161,7 +161,7 @@ class Outcome:
         self._trace(conn, "dispatch.attempt.failed", error=failure.problem.to_dict())
         self._trace(conn, "dispatch.retry.scheduled", backoff_ms=backoff_ms, next_attempt=self.claim.attempt + 1,
                     max_attempts=self.claim.max_attempts)
-        queue = execute_queue(self.claim.run_id or "", self.runtime.settings.shards)
+        queue = execute_queue(self.claim.route.shard)
         self.deliveries.append(Delivery(TASK_EXECUTE, queue, self.claim.id, backoff_ms / 1000))
         return "retry"
 
@@ -209,7 +209,7 @@ class Outcome:
         if c.run_id:
             self.deliveries.append(outcomes.report(
                 conn, assignment_id=c.id, run_id=c.run_id, tenant=c.tenant, payload=c.payload, kind=kind,
-                now=self.now, shards=self.runtime.settings.shards,
+                now=self.now, shard=self.claim.route.shard,
                 body={**body, "attempts": c.attempt, "usage": self.usage}))
 
 

@@ -272,7 +272,7 @@ def race_fleet(engine, seen: dict, *, slow_tokens: int = 950, dies: bool = False
 
 def retry_after(fleet: Fleet, seen: dict) -> None:
     """Send `after`'s admission again (the drains here drop its re-checks, which only wait)."""
-    fleet.publisher.send([Delivery(TASK_EXECUTE, execute_queue(seen["run_id"], 1), seen["after"])])
+    fleet.publisher.send([Delivery(TASK_EXECUTE, execute_queue(0), seen["after"])])
 
 
 def test_an_abandoned_attempt_keeps_its_reservation_while_it_runs(engine):

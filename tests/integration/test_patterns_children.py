@@ -7,6 +7,9 @@ from sqlalchemy import select
 
 from bus import introspection
 from bus.errors import WorkFailed
+from bus.routing import shard_for
+from bus.schema import agent_messages
+from bus.settings import Settings
 from coordinator import commands
 from coordinator.explain import explain
 from coordinator.schema import runs
@@ -78,6 +81,23 @@ def test_three_levels_of_nesting_show_the_parent_run_id_chain(engine):
     with fleet.engine.connect() as conn:
         start = introspection.read(conn, root, type_prefix="decision.subworkflow.start")[0]
     assert start["data"]["child_run_id"] == chain[1]["id"] and start["data"]["depth"] == 1
+
+
+def test_a_run_tree_lives_in_its_roots_shard(engine):
+    # Children get ids of their own, which hash elsewhere: every row and every message of the tree must still go to
+    # the root's shard, so one brain and one dispatcher own the tree (and the budget it shares).
+    fleet = Fleet(engine, {("t", "work"): plus_one}, registry=registry_of(*nested(4)),
+                  settings=Settings(broker_url="memory://", shards=8).checked())
+    root = submit(fleet, "level-0", {"n": 1}, run_id="5b0c8e3e-2f1d-4c8a-9e57-0d3f6a1b2c4d")  # children's ids follow
+    fleet.drain()
+    chain = assert_parent_chain(fleet, root, 4)
+    shard = shard_for(root, 8)
+    assert {shard_for(r["id"], 8) for r in chain[1:]} - {shard}, "the children's own ids hash elsewhere"
+    with fleet.engine.connect() as conn:
+        shards = {r.shard for r in conn.execute(select(agent_messages.c.shard).where(
+            agent_messages.c.run_id.in_([r["id"] for r in chain])))}
+    assert shards == {shard}
+    assert {d.queue.rsplit(".", 1)[1] for d in fleet.publisher.sent} == {str(shard)}
 
 
 def test_nesting_five_levels_deep(engine):
