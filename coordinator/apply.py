@@ -158,7 +158,8 @@ class Phase1:
         if c.new_fans:
             conn.execute(insert(fan_ins), [{"run_id": run_id, "fan_id": f.fan_id, "join_node": f.join_node,
                                             "expected": f.expected, "arrived": list(f.arrived), "fired": f.fired,
-                                            "created_at": now, "updated_at": now} for f in c.new_fans])
+                                            "owner_token_id": f.owner, "created_at": now, "updated_at": now}
+                                           for f in c.new_fans])
         for fan in c.fan_updates:
             stmt = (update(fan_ins).where(fan_ins.c.run_id == run_id, fan_ins.c.fan_id == fan.fan_id,
                                           fan_ins.c.fired.is_(False))

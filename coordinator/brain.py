@@ -25,6 +25,7 @@ from coordinator import events as ev
 from coordinator.apply import Effects, Phase1, phase2
 from coordinator.definitions import Registry
 from coordinator.planning import plan
+from coordinator.planning.working import NeedsWholeState
 from coordinator.schema import runs
 from coordinator.state import RUN_FAILED, RUN_TERMINAL
 from coordinator.store import load_state
@@ -87,13 +88,18 @@ class Brain:
                 return "early", Effects(deliveries=[Delivery(TASK_DECIDE, queue, message_id, countdown)])
             try:
                 event = ev.from_row(id=message_id, run_id=row.run_id, kind=row.kind, payload=row.payload)
-                state = load_state(conn, row.run_id, self.registry)
+                # An event about one token loads what it touches; planning asks for the rest when it needs it.
+                state = load_state(conn, row.run_id, self.registry, focus=getattr(event, "token_id", None) or None)
             except CogoError as exc:
                 if faults.is_infrastructure(exc):
                     raise
                 _reject(conn, message_id, row, exc, now)
                 return "rejected", None
-            the_plan = plan(state, event, now=now)
+            try:
+                the_plan = plan(state, event, now=now)
+            except NeedsWholeState:
+                state = load_state(conn, row.run_id, self.registry)
+                the_plan = plan(state, event, now=now)
             # The inbox: the first brain to move the row applies it. The run version this event produced
             # orders the run's history exactly (replay reads it).
             if not ledger.move(conn, message_id, from_=(ledger.QUEUED,), to=ledger.DONE, now=now,

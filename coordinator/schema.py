@@ -79,6 +79,8 @@ fan_ins = Table(
     Column("expected", Integer, nullable=False),
     Column("arrived", JSON, nullable=False),
     Column("fired", Boolean, nullable=False, default=False),
+    Column("owner_token_id", String(200)),  # the token that waits for the join: loaded with an arrival
+
     Column("created_at", Double, nullable=False),
     Column("updated_at", Double, nullable=False),
 )

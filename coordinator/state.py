@@ -59,6 +59,8 @@ class FanIn:
     arrived: tuple[int, ...] = ()
     """The branch indexes that have reached the join, in arrival order."""
     fired: bool = False
+    owner: str | None = None
+    """The token that waits for the join (the fan-out's own token)."""
 
 
 @dataclass(frozen=True)
@@ -94,6 +96,12 @@ class WorkflowState:
     token_seq: int = 0
     catalog: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
     """The registered versions of every workflow the definition's subworkflow nodes name."""
+    whole: bool = True
+    """False when only what one event touches was loaded (its token, the owners of the open fan-ins and their
+    branch scopes): planning asks for the whole state (``NeedsWholeState``) before it looks at anything else."""
+    unloaded: tuple[int, int] = (0, 0)
+    """Of a partial state: how many active tokens were left out, ``(working, waiting)`` — what the run's status
+    (running or waiting) needs to know of them."""
 
     def active_tokens(self) -> list[Token]:
         """Tokens that are not finished, in creation order."""

@@ -133,7 +133,9 @@ def check_and_fire(b: PlanBuilder, fan_id: str, *, token: Token | None = None) -
 
 
 def fire(b: PlanBuilder, fan: FanIn, join: JoinNode) -> None:
-    """Merge, cancel the branches still running, drop the scopes, and go on from the join once."""
+    """Merge, cancel the branches still running, drop the scopes, and go on from the join once (the one arrival
+    that needs every branch's scope: the others load only their own)."""
+    b.require_whole()
     owner = b.owner_of(fan.fan_id)
     branches = tuple(sorted(fan.arrived))
     rows = tuple(b.scopes.get(scope_id(b, fan.fan_id, i), {}) for i in branches)

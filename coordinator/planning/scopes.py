@@ -29,6 +29,7 @@ def scope_id(b: PlanBuilder, fan_id: str, index: int) -> str:
 
 def fan_scopes(b: PlanBuilder, fan_id: str, expected: int) -> tuple[str, ...]:
     """The fan's branch scopes that still exist, in branch order."""
+    b.require_whole()
     ids = (scope_id(b, fan_id, i) for i in range(expected))
     return tuple(s for s in ids if s in b.scopes)
 

@@ -40,6 +40,12 @@ from coordinator.state import (
 _TOKEN_FIELDS = tuple(f.name for f in fields(Token))
 
 
+class NeedsWholeState(Exception):  # noqa: N818 - a request, not an error
+    """Planning needs more than the partial state it was given (every active token, every branch scope): the
+    brain loads the whole state and plans again. Raised before any decision depends on what is missing, so a
+    plan made on a partial state is exactly the plan the whole state gives."""
+
+
 def visit_key(scope: str | None, node_id: str) -> str:
     """The key of ``visits`` that counts entries of ``node_id`` in ``scope`` (loop bounds)."""
     return f"{scope or ''}/{node_id}"
@@ -95,12 +101,19 @@ class WorkingCopy:
         self.output: Any = None
         self.error: Problem | None = None
 
+    def require_whole(self) -> None:
+        """Ask for the whole state unless it was loaded (see ``NeedsWholeState``)."""
+        if not self.state.whole:
+            raise NeedsWholeState
+
     def active(self) -> list[Token]:
         """Tokens still active, in creation order (planning must not depend on a database's row order)."""
+        self.require_whole()
         return sorted((t for t in self.tokens.values() if t.status in TOKEN_ACTIVE), key=lambda t: token_seq_of(t.id))
 
     def idle(self) -> bool:
         """Whether no token is active any more."""
+        self.require_whole()
         return not any(t.status in TOKEN_ACTIVE for t in self.tokens.values())
 
     def mutate(self, decision: d.Decision) -> None:
@@ -130,8 +143,11 @@ class WorkingCopy:
         token waits for something outside the run, else running."""
         if self.status in RUN_TERMINAL or self.status == RUN_PENDING:
             return self.status
+        working, waiting = self.state.unloaded  # active tokens a partial state left out
         active = [t for t in self.tokens.values() if t.status in TOKEN_ACTIVE]
-        return RUN_WAITING if active and all(t.status == WAITING for t in active) else RUN_RUNNING
+        if working or not (active or waiting):
+            return RUN_RUNNING
+        return RUN_WAITING if all(t.status == WAITING for t in active) else RUN_RUNNING
 
     def freeze(self) -> WorkflowState:
         """The state ``load_state`` would read after phase 1 committed these decisions."""
@@ -267,7 +283,7 @@ def _drop_scopes(w: WorkingCopy, x: d.DropBranchTables) -> None:
 
 
 def _open_fan(w: WorkingCopy, x: d.OpenFanIn) -> None:
-    w.fan_ins[x.fan_id] = FanIn(x.fan_id, x.join_node, x.expected)
+    w.fan_ins[x.fan_id] = FanIn(x.fan_id, x.join_node, x.expected, owner=x.owner_token_id)
     w.opened[x.fan_id] = None
     w.op("operation.fan_in.open", x.owner_token_id, fan_id=x.fan_id, join=x.join_node, expected=x.expected)
 

@@ -81,7 +81,7 @@ def test_flower_refuses_its_ui_and_api_without_the_right_credentials(fleet):
 def test_flower_lists_every_celery_worker_process_of_the_table(fleet):
     expected = {f"{c.process.name}@{socket.gethostname()}.{c.pid}" for c in fleet.children
                 if c.process.kind == "celery"}
-    assert len(expected) == len(CELERY_PROCESSES) == 6
+    assert len(expected) == sum(p.copies(SHARDS) for p in CELERY_PROCESSES) == 8  # a brain and a dispatcher per shard
 
     def listed() -> set[str] | None:
         response = _flower(fleet, "/api/workers", refresh="1")
@@ -100,10 +100,15 @@ def test_flower_lists_every_routed_queue_of_every_shard_with_its_length(fleet):
     assert {f"{service}.{role}.{shard}" for service, role in
             [("orchestrator", "decide"), ("orchestrator", "execute"), ("codegen", "generate"),
              ("code", "build-test"), ("rag", "embed"), ("kg", "build")] for shard in range(SHARDS)} == set(expected)
-    response = _flower(fleet, "/api/queues/length")
-    assert response.status_code == 200, response.text
-    lengths = {q["name"]: q["messages"] for q in response.json()["active_queues"]}
-    assert set(expected) <= set(lengths), lengths
+
+    def every_queue() -> dict[str, int] | None:  # Flower lists the queues of the workers it has inspected so far
+        _flower(fleet, "/api/workers", refresh="1")
+        response = _flower(fleet, "/api/queues/length")
+        assert response.status_code == 200, response.text
+        lengths = {q["name"]: q["messages"] for q in response.json()["active_queues"]}
+        return lengths if set(expected) <= set(lengths) else None
+
+    lengths = wait_until(every_queue, timeout=60, interval=1.0, message="Flower to list every routed queue")
     assert all(isinstance(lengths[q], int) and lengths[q] >= 0 for q in expected)
 
 

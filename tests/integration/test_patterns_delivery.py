@@ -85,13 +85,15 @@ def test_completions_racing_for_the_join_fire_it_once(engine, monkeypatch):
 
     loads = []
 
-    def racing_load(conn, rid, registry):
-        loads.append(rid)
-        return stale if len(loads) == 1 else load_state(conn, rid, registry)
+    def racing_load(conn, rid, registry, **kwargs):
+        loads.append(kwargs.get("focus"))
+        return stale if len(loads) == 1 else load_state(conn, rid, registry, **kwargs)
 
     monkeypatch.setattr(brain_module, "load_state", racing_load)
     assert fleet.brain.handle(outcomes[1].id) == "applied"
-    assert len(loads) == 2  # the stale plan hit the version check and was planned again
+    # The stale plan hit the version check and was planned again: on what the arrival touches, then, as it fires
+    # the join, on the whole state.
+    assert len(loads) == 3 and loads[1] is not None and loads[2] is None
     fleet.drain()
     trace = types(fleet, run_id)
     assert trace.count("operation.fan_in.arrive") == 2 and trace.count("operation.fan_in.fire") == 1

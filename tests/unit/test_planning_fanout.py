@@ -241,3 +241,42 @@ def test_a_foreach_never_spawns_past_the_ceiling_whatever_its_definition_says():
     at_ceiling = Sim(wide, {"items": list(range(FOREACH_CEILING))})
     at_ceiling.start()
     assert len(at_ceiling.dispatched()) == FOREACH_CEILING
+
+
+def partial(state, focus: str):
+    """What ``load_state(focus=...)`` reads: the focus token, the owners of the open fan-ins, their scopes."""
+    from dataclasses import replace
+
+    from coordinator.state import WAITING
+    keep = {focus, *(f.owner for f in state.fan_ins.values())}
+    tokens = {k: t for k, t in state.tokens.items() if k in keep}
+    left = [t for k, t in state.tokens.items() if k not in keep]
+    return replace(state, tokens=tokens, scopes={s: v for s, v in state.scopes.items()
+                                                if s in {t.scope for t in tokens.values()}},
+                   whole=False, unloaded=(sum(t.status != WAITING for t in left), sum(t.status == WAITING for t in left)))
+
+
+@pytest.mark.parametrize("mode, m", [("all", None), ("any", None), ("m_of_n", 3)])
+def test_an_arrival_planned_on_what_it_touches_is_the_plan_of_the_whole_state_or_asks_for_it(mode, m):
+    from coordinator import events as ev
+    from coordinator.planning import plan
+    from coordinator.planning.working import NeedsWholeState
+
+    sim = Sim(foreach(mode, m), {"items": list(range(6))})
+    sim.start()
+    asked = 0
+    while sim.status not in ("completed", "failed"):
+        token = sorted(sim.dispatched())[0]
+        whole_state = sim.state
+        event = ev.TaskCompleted(f"x{token}", whole_state.run.id, token_id=token, output={"v": token},
+                                 assignment_id=whole_state.tokens[token].assignment_id, attempts=1)
+        expected = plan(whole_state, event, now=sim.now)
+        try:
+            got = plan(partial(whole_state, token), event, now=sim.now)
+        except NeedsWholeState:
+            asked += 1
+        else:
+            assert got.items == expected.items and got.changes == expected.changes
+            assert got.next_state.run.status == expected.next_state.run.status
+        sim.complete(token, {"v": token})
+    assert asked == 1  # only the arrival that fires the join needs every branch
