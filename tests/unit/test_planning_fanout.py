@@ -251,9 +251,10 @@ def partial(state, focus: str):
     keep = {focus, *(f.owner for f in state.fan_ins.values())}
     tokens = {k: t for k, t in state.tokens.items() if k in keep}
     left = [t for k, t in state.tokens.items() if k not in keep]
+    waiting = sum(t.status == WAITING for t in left)
     return replace(state, tokens=tokens, scopes={s: v for s, v in state.scopes.items()
                                                 if s in {t.scope for t in tokens.values()}},
-                   whole=False, unloaded=(sum(t.status != WAITING for t in left), sum(t.status == WAITING for t in left)))
+                   whole=False, unloaded=(len(left) - waiting, waiting))
 
 
 @pytest.mark.parametrize("mode, m", [("all", None), ("any", None), ("m_of_n", 3)])
