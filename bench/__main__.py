@@ -15,7 +15,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 def parse(argv: list[str]) -> argparse.Namespace:
     """The command line."""
-    parser = argparse.ArgumentParser(prog="python -m bench", description="cogo vs plain Celery (issue 4)")
+    parser = argparse.ArgumentParser(prog="python -m bench", description="cogo vs plain Celery vs DBOS")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run every scenario and write <out>/latest.json and latest.png")
     run.add_argument("--quick", action="store_true", help="tiny counts: a smoke run of a few seconds per ledger")

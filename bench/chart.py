@@ -5,7 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-SIDES = (("cogo", "#d1495b"), ("celery", "#00798c"))
+# A bar's label, colour, and where its side's result sits in a scenario's (DBOS's is per polling interval
+# where the interval matters).
+COGO, CELERY = ("cogo", "#d1495b", ("cogo",)), ("plain Celery", "#00798c", ("celery",))
+DBOS = ("DBOS", "#edae49", ("dbos",))
+DBOS_SHORT = ("DBOS, short polling", "#edae49", ("dbos", "short_polling"))
+DBOS_DEFAULT = ("DBOS, default polling", "#66a182", ("dbos", "default_polling"))
 
 
 def draw(result: dict[str, Any], path: Path) -> bool:
@@ -18,16 +23,22 @@ def draw(result: dict[str, Any], path: Path) -> bool:
     import matplotlib.pyplot as plt
 
     ledgers = result["ledgers"]
-    fig, axes = plt.subplots(2, 3, figsize=(16, 9))
+    polled = (COGO, CELERY, DBOS_SHORT, DBOS_DEFAULT)
+    large = f"{result['config'].get('large_fanout_items', 10_000):,}"
+    fig, axes = plt.subplots(2, 3, figsize=(18, 10))
     _bars(axes[0][0], ledgers, "step latency p50 / p99 (ms, log)",
-          [("p50", "step_latency", "p50_ms"), ("p99", "step_latency", "p99_ms")], log=True)
-    _bars(axes[0][1], ledgers, "throughput (runs or tasks / s)", [("", "throughput", "per_s")])
-    _bars(axes[0][2], ledgers, "ingress (requests / s)", [("", "ingress", "per_s")])
-    _bars(axes[1][0], ledgers, "fan-out + join wall time (s)", [("", "fanout", "wall_s")])
+          [("p50", "step_latency", "p50_ms"), ("p99", "step_latency", "p99_ms")], (COGO, CELERY, DBOS), log=True)
+    _bars(axes[0][1], ledgers, "throughput (runs, tasks or workflows / s, log)", [("", "throughput", "per_s")],
+          polled, log=True)
+    _bars(axes[0][2], ledgers, "ingress (requests / s)", [("", "ingress", "per_s")], (COGO, CELERY))
+    _bars(axes[1][0], ledgers, "fan-out + join wall time (s, log)",
+          [(f"{result['config']['fanout_items']:,}", "fanout", "wall_s"), (large, "large_fanout", "wall_s")],
+          polled, log=True)
     _growth(axes[1][1], ledgers)
     _rss(axes[1][2], ledgers)
-    fig.suptitle(f"cogo vs plain Celery — {result['mode']} run, {result['machine']['cores']} cores, "
-                 f"{result['config']['worker_processes']} worker processes each")
+    fig.suptitle(f"cogo vs plain Celery vs DBOS — {result['mode']} run, {result['machine']['cores']} cores, "
+                 f"{result['config']['worker_processes']} worker processes each; DBOS short polling "
+                 f"{_short_polling(result)}")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=90)
@@ -35,13 +46,20 @@ def draw(result: dict[str, Any], path: Path) -> bool:
     return True
 
 
-def _bars(ax, ledgers: dict, title: str, series: list[tuple[str, str, str]], *, log: bool = False) -> None:
+def _short_polling(result: dict[str, Any]) -> str:
+    """The short polling interval, as the DBOS side configured it."""
+    interval = result["config"].get("dbos", {}).get("polling_interval_s", {}).get("short_polling")
+    return "not measured" if interval is None else f"{interval:g} s, default polling DBOS's own"
+
+
+def _bars(ax, ledgers: dict, title: str, series: list[tuple[str, str, str]], sides: tuple, *,
+          log: bool = False) -> None:
     labels = [f"{kind}{' ' + tag if tag else ''}" for kind in ledgers for tag, _, _ in series]
-    width = 0.38
-    for offset, (side, color) in enumerate(SIDES):
-        values = [_num(ledgers[kind].get(scenario, {}).get(side, {}).get(key))
+    width = 0.8 / len(sides)
+    for offset, (side, color, path) in enumerate(sides):
+        values = [_num(_at(ledgers[kind].get(scenario, {}), path).get(key))
                   for kind in ledgers for _, scenario, key in series]
-        xs = [i + (offset - 0.5) * width for i in range(len(labels))]
+        xs = [i + (offset - (len(sides) - 1) / 2) * width for i in range(len(labels))]
         ax.bar(xs, [v or 0 for v in values], width, label=side, color=color)
         for x, v in zip(xs, values, strict=True):
             ax.annotate("n/a" if v is None else f"{v:.3g}", (x, v or 0), ha="center", va="bottom", fontsize=8)
@@ -74,6 +92,13 @@ def _rss(ax, ledgers: dict) -> None:
     ax.set_title("cogo: RSS (MiB) vs runs (x: after the fan-out and the loop)")
     ax.set_xlabel("runs so far")
     ax.legend(fontsize=8)
+
+
+def _at(data: dict, path: tuple[str, ...]) -> dict:
+    """``data[path[0]][path[1]]…``, or ``{}`` where a level is missing."""
+    for part in path:
+        data = data.get(part, {})
+    return data
 
 
 def _num(value: Any) -> float | None:

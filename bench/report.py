@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import platform
 import sqlite3
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,8 @@ def versions(broker_url: str, postgres_url: str | None) -> dict[str, str]:
     import sqlalchemy
 
     out = {"python": platform.python_version(), "celery": celery.__version__, "kombu": kombu.__version__,
-           "redis_py": redis.__version__, "sqlalchemy": sqlalchemy.__version__, "sqlite": sqlite3.sqlite_version}
+           "redis_py": redis.__version__, "sqlalchemy": sqlalchemy.__version__, "sqlite": sqlite3.sqlite_version,
+           "dbos": metadata.version("dbos")}
     client = redis.Redis.from_url(broker_url)
     out["redis_server"] = client.info("server")["redis_version"]
     client.close()

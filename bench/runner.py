@@ -1,17 +1,18 @@
-"""The bench run: for each ledger, start the cogo fleet and run every scenario for cogo and plain Celery,
-interleaved in rounds, while the plain-Celery workers stay up on the same Redis broker."""
+"""The bench run: for each ledger, start the cogo fleet and the DBOS workers (on a system database of the same
+kind) and run every scenario for cogo, plain Celery and DBOS, interleaved in rounds, while the plain-Celery
+workers stay up on the same Redis broker."""
 
 from __future__ import annotations
 
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import psutil
 
-from bench import celery_side, cogo_side, fleet
+from bench import celery_side, cogo_side, dbos_side, fleet
 from bench.stats import latency_ms, ratio
 from bus.db import make_engine
 from ecosystem.launcher import Fleet, redact
@@ -29,6 +30,9 @@ class Sizes:
     ingress_seconds: float
     ingress_concurrency: int
     fanout_items: int
+    large_fanout_items: int
+    large_fanout_timeout_s: float
+    dbos_idle_window_s: float
     growth_loops: int
     growth_fresh_runs: int
     handler_runs: int
@@ -36,9 +40,11 @@ class Sizes:
 
 FULL = Sizes(latency_runs=300, latency_round=50, throughput_runs=10_000, throughput_rounds=4,
              ingress_requests=3_000, ingress_seconds=15.0, ingress_concurrency=4, fanout_items=1_000,
+             large_fanout_items=10_000, large_fanout_timeout_s=600.0, dbos_idle_window_s=5.0,
              growth_loops=1_000, growth_fresh_runs=50, handler_runs=300)
 QUICK = Sizes(latency_runs=20, latency_round=10, throughput_runs=60, throughput_rounds=2, ingress_requests=60,
-              ingress_seconds=5.0, ingress_concurrency=2, fanout_items=20, growth_loops=10, growth_fresh_runs=3,
+              ingress_seconds=5.0, ingress_concurrency=2, fanout_items=20, large_fanout_items=50,
+              large_fanout_timeout_s=60.0, dbos_idle_window_s=1.0, growth_loops=10, growth_fresh_runs=3,
               handler_runs=10)
 
 
@@ -48,9 +54,11 @@ class Context:
 
     cogo: cogo_side.Cogo
     plain: celery_side.Plain
+    dbos: dbos_side.Dbos
     fleet: Fleet
     sizes: Sizes
     rss: list[dict]
+    dbos_rss: list[dict] = field(default_factory=list)
     database_url: str = ""
     runs_done: int = 0
 
@@ -61,6 +69,10 @@ class Context:
             sample[key] = round(psutil.Process(fleet.pid_of(self.fleet, name)).memory_info().rss / 2**20, 2)
         self.rss.append(sample)
 
+    def sample_dbos_rss(self, phase: str) -> None:
+        """Record the RSS (MiB) of every DBOS worker process after ``phase``."""
+        self.dbos_rss.append({"phase": phase, "rss_mib": self.dbos.rss_mib()})
+
 
 def rounds(total: int, size: int) -> list[int]:
     """``total`` split into rounds of at most ``size``."""
@@ -68,8 +80,8 @@ def rounds(total: int, size: int) -> list[int]:
 
 
 def step_latency(ctx: Context) -> dict:
-    """Chains of three no-op steps, cogo and Celery alternating in rounds."""
-    gaps: dict[str, list[float]] = {"cogo": [], "celery": []}
+    """Chains of three no-op steps, cogo, Celery and DBOS alternating in rounds."""
+    gaps: dict[str, list[float]] = {"cogo": [], "celery": [], "dbos": []}
     hops: dict[str, list[float]] = {h: [] for h in cogo_side.HOPS}
     failed = 0
     for n in rounds(ctx.sizes.latency_runs, ctx.sizes.latency_round):
@@ -79,26 +91,38 @@ def step_latency(ctx: Context) -> dict:
             hops[hop] += values
         failed += got["failed"]
         gaps["celery"] += celery_side.chain_latency(ctx.plain, n)["transitions_s"]
+        gaps["dbos"] += dbos_side.chain_latency(ctx.dbos, n)["transitions_s"]
         ctx.runs_done += n
     out = {side: {**latency_ms(v), "runs": ctx.sizes.latency_runs} for side, v in gaps.items()}
     out["cogo"]["failed_runs"] = failed
     out["cogo"]["hops_p50_ms"] = {h: latency_ms(v)["p50_ms"] for h, v in hops.items()}
+    out["dbos"]["polling_interval_s"] = ctx.dbos.polling_s[dbos_side.LATENCY_VARIANT]
     out["ratio"] = {k: ratio(out["cogo"][f"{k}_ms"], out["celery"][f"{k}_ms"]) for k in ("p50", "p90", "p99")}
+    out["ratio_dbos"] = {k: ratio(out["cogo"][f"{k}_ms"], out["dbos"][f"{k}_ms"]) for k in ("p50", "p90", "p99")}
     return out
 
 
 def throughput(ctx: Context) -> dict:
-    """One-step runs vs no-op tasks, as fast as they can be submitted, alternating in rounds."""
+    """One-step runs vs no-op tasks vs one-step workflows (at each DBOS polling interval), as fast as they can
+    be submitted, alternating in rounds."""
     per_round = rounds(ctx.sizes.throughput_runs, -(-ctx.sizes.throughput_runs // ctx.sizes.throughput_rounds))
     cogo, celery = [], []
+    dbos: dict[str, list[dict]] = {v: [] for v in dbos_side.VARIANTS}
     ctx.sample_rss()
-    for n in per_round:
+    ctx.sample_dbos_rss("started")
+    for i, n in enumerate(per_round):
         cogo.append(cogo_side.throughput(ctx.cogo, n, on_poll=ctx.sample_rss))
         ctx.runs_done += n
         ctx.sample_rss()
         celery.append(celery_side.throughput(ctx.plain, n))
-    out = {"cogo": _total(cogo, "runs"), "celery": _total(celery, "tasks")}
+        for variant in dbos_side.VARIANTS:
+            dbos[variant].append(dbos_side.throughput(ctx.dbos, n, variant))
+        ctx.sample_dbos_rss(f"throughput round {i + 1}")
+    out = {"cogo": _total(cogo, "runs"), "celery": _total(celery, "tasks"),
+           "dbos": {v: {**_total(r, "workflows"), "polling_interval_s": ctx.dbos.polling_s[v]}
+                    for v, r in dbos.items()}}
     out["ratio"] = {"per_s": ratio(out["cogo"]["per_s"], out["celery"]["per_s"])}
+    out["ratio_dbos"] = {v: {"per_s": ratio(out["cogo"]["per_s"], d["per_s"])} for v, d in out["dbos"].items()}
     return out
 
 
@@ -124,11 +148,40 @@ def ingress(ctx: Context) -> dict:
 
 
 def fanout(ctx: Context) -> dict:
-    """A foreach of N no-op tasks and its join vs a chord of N."""
-    out = {"celery": celery_side.fanout(ctx.plain, ctx.sizes.fanout_items),
-           "cogo": cogo_side.fanout(ctx.cogo, ctx.sizes.fanout_items)}
+    """A foreach of N no-op tasks and its join vs a chord of N vs a DBOS parent workflow awaiting N children."""
+    items = ctx.sizes.fanout_items
+    out = {"celery": celery_side.fanout(ctx.plain, items), "cogo": cogo_side.fanout(ctx.cogo, items),
+           "dbos": {v: dbos_side.fanout(ctx.dbos, items, v, timeout_s=120 + items * 0.2) for v in dbos_side.VARIANTS}}
+    ctx.sample_dbos_rss(f"fan-out of {items}")
     out["ratio"] = {"wall": ratio(out["cogo"].get("wall_s"), out["celery"].get("wall_s"))}
+    out["ratio_dbos"] = {v: {"wall": ratio(out["cogo"].get("wall_s"), d.get("wall_s"))} for v, d in out["dbos"].items()}
     return out
+
+
+def large_fanout(ctx: Context) -> dict:
+    """The DBOS fan-out at 10,000 children (a Celery chord of as many beside it); each DBOS one is given
+    ``large_fanout_timeout_s`` and reported skipped past it."""
+    items, timeout_s = ctx.sizes.large_fanout_items, ctx.sizes.large_fanout_timeout_s
+    out = {"celery": celery_side.fanout(ctx.plain, items),
+           "dbos": {v: dbos_side.fanout(ctx.dbos, items, v, timeout_s=timeout_s) for v in dbos_side.VARIANTS},
+           "cogo": {"status": "not_run",
+                    "reason": f"a cogo join reloads every active token at each arrival, quadratic in the width: "
+                              f"~{(items / ctx.sizes.fanout_items) ** 2:,.0f} × the {ctx.sizes.fanout_items:,}-item "
+                              f"fan-out's time"}}
+    ctx.sample_dbos_rss(f"fan-out of {items}")
+    return out
+
+
+def memory(ctx: Context) -> dict:
+    """RSS of each DBOS worker process after every phase so far, and its CPU while idle (its queues'
+    polling, which it spends whatever else the machine runs)."""
+    window_s = ctx.sizes.dbos_idle_window_s
+    peak = max(mib for s in ctx.dbos_rss for mib in s["rss_mib"])
+    return {"dbos": {"processes": len(ctx.dbos.pids), "samples": ctx.dbos_rss, "max_mib": peak,
+                     "last_mib": ctx.dbos_rss[-1]["rss_mib"], "idle_cpu_pct": ctx.dbos.idle_cpu_pct(window_s),
+                     "idle_window_s": window_s},
+            "cogo": {"status": "not_applicable", "reason": "the brain's and dispatcher's RSS are under growth"},
+            "celery": {"status": "not_applicable", "reason": "not measured"}}
 
 
 def growth(ctx: Context) -> dict:
@@ -177,19 +230,20 @@ def rss_growth(samples: list[dict]) -> dict:
 
 SCENARIOS: dict[str, Callable[[Context], dict]] = {
     "step_latency": step_latency, "throughput": throughput, "ingress": ingress, "fanout": fanout, "growth": growth,
-    "handler_cost": handler_cost,
+    "handler_cost": handler_cost, "large_fanout": large_fanout, "memory": memory,
 }
 
 
 def run_ledger(kind: str, *, broker_url: str, plain: celery_side.Plain, workdir: Path, sizes: Sizes,
                workers: int, log: Callable[[str], None]) -> dict:
-    """Every scenario on one ledger, with its own cogo fleet."""
+    """Every scenario on one ledger, with its own cogo fleet and its own DBOS workers."""
     results: dict[str, dict] = {}
-    with fleet.ledger(kind, workdir / kind) as url, \
-            fleet.cogo_fleet(broker_url=broker_url, database_url=url, workdir=workdir / kind, workers=workers) as cogo:
+    with (fleet.ledger(kind, workdir / kind) as url,
+          fleet.cogo_fleet(broker_url=broker_url, database_url=url, workdir=workdir / kind, workers=workers) as cogo,
+          dbos_side.workers(kind, workdir / kind / "dbos", count=workers) as dbos):
         engine = make_engine(url)
         client = cogo_side.Cogo(cogo.api_url, engine, api_key=cogo.api_key)
-        ctx = Context(client, plain, cogo, sizes, rss=[], database_url=url)
+        ctx = Context(client, plain, dbos, cogo, sizes, rss=[], database_url=url)
         try:
             for name, scenario in SCENARIOS.items():
                 log(f"[{kind}] {name} …")
@@ -218,4 +272,6 @@ def run(*, ledgers: list[str], quick: bool, workers: int, broker_url: str, workd
             plain.close()
     return {"mode": "quick" if quick else "full", "started_at": started, "duration_s": round(time.time() - started, 1),
             "load_avg": {"before": [round(x, 2) for x in load_before], "after": [round(x, 2) for x in os.getloadavg()]},
-            "config": {"worker_processes": workers, "broker": redact(broker_url), **asdict(sizes)}, "ledgers": results}
+            "config": {"worker_processes": workers, "broker": redact(broker_url), **asdict(sizes),
+                       "dbos": dbos_side.config(workers)},
+            "ledgers": results}

@@ -1,7 +1,7 @@
 """A smoke run of the benchmark (``python -m bench run --quick --ledger sqlite``), so it cannot silently rot.
 
-It asserts that every scenario reports its keys with numbers — never what the numbers are: timings belong
-in ``bench/results``, not in a test.
+It asserts that every scenario reports its keys with numbers, and that the counts are right (every DBOS
+child ran, every gap was measured) — never what the timings are: they belong in ``bench/results``, not in a test.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import pytest
 pytestmark = [pytest.mark.e2e]
 ROOT = Path(__file__).resolve().parents[2]
 SIDES = ("cogo", "celery")
+DBOS_VARIANTS = ("short_polling", "default_polling")
 
 
 def numbers(mapping: dict, *keys: str) -> None:
@@ -26,21 +27,33 @@ def numbers(mapping: dict, *keys: str) -> None:
         assert isinstance(mapping.get(key), Number), f"{key!r} is not a number in {mapping!r}"
 
 
+def positive(mapping: dict, *keys: str) -> None:
+    """Every key holds a number above zero."""
+    numbers(mapping, *keys)
+    for key in keys:
+        assert mapping[key] > 0, f"{key!r} is not positive in {mapping!r}"
+
+
 @pytest.fixture(scope="module")
-def result(tmp_path_factory) -> dict:
+def out(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("bench") / "results"
     argv = [sys.executable, "-m", "bench", "run", "--quick", "--ledger", "sqlite", "--out", str(out)]
     done = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=280, check=False)
     assert done.returncode == 0, done.stderr[-4000:]
-    written = json.loads((out / "latest.json").read_text())
-    assert json.loads(done.stdout) == written, "the printed JSON is the written JSON"
+    assert json.loads(done.stdout) == json.loads((out / "latest.json").read_text()), \
+        "the printed JSON is the written JSON"
     if importlib.util.find_spec("matplotlib") is not None:
         assert (out / "latest.png").stat().st_size > 0
-    return written
+    return out
+
+
+@pytest.fixture(scope="module")
+def result(out) -> dict:
+    return json.loads((out / "latest.json").read_text())
 
 
 def test_it_names_versions_and_machine(result):
-    for key in ("python", "celery", "kombu", "redis_server", "sqlite"):
+    for key in ("python", "celery", "kombu", "redis_server", "sqlite", "dbos"):
         assert isinstance(result["versions"][key], str) and result["versions"][key]
     numbers(result["machine"], "cores", "memory_gib")
     assert list(result["ledgers"]) == ["sqlite"]
@@ -88,3 +101,60 @@ def test_every_target_is_judged_or_says_why_not(result):
     assert result["targets"]
     for target in result["targets"]:
         assert target["met"] in (True, False) or target.get("note"), target
+
+
+def test_dbos_step_latency_is_two_gaps_per_three_step_workflow(result):
+    latency = result["ledgers"]["sqlite"]["step_latency"]
+    dbos = latency["dbos"]
+    assert dbos["runs"] == result["config"]["latency_runs"] and dbos["count"] == 2 * dbos["runs"]
+    positive(dbos, "p50_ms", "p90_ms", "p99_ms", "polling_interval_s")
+    assert dbos["p50_ms"] <= dbos["p90_ms"] <= dbos["p99_ms"] <= dbos["max_ms"]
+    numbers(latency["ratio_dbos"], "p50", "p90", "p99")
+
+
+def test_dbos_throughput_is_measured_at_the_default_and_a_short_polling_interval(result):
+    throughput = result["ledgers"]["sqlite"]["throughput"]
+    for variant in DBOS_VARIANTS:
+        dbos = throughput["dbos"][variant]
+        assert dbos["workflows"] == result["config"]["throughput_runs"]
+        positive(dbos, "per_s", "seconds", "submit_per_s", "polling_interval_s")
+        assert len(dbos["rounds_per_s"]) == result["config"]["throughput_rounds"]
+        numbers(throughput["ratio_dbos"][variant], "per_s")
+    intervals = {v: throughput["dbos"][v]["polling_interval_s"] for v in DBOS_VARIANTS}
+    assert intervals["short_polling"] < intervals["default_polling"]
+
+
+@pytest.mark.parametrize(("scenario", "size"), [("fanout", "fanout_items"), ("large_fanout", "large_fanout_items")])
+def test_every_dbos_fanout_child_ran_and_the_parent_saw_each_result(result, scenario, size):
+    fanout = result["ledgers"]["sqlite"][scenario]
+    items = result["config"][size]
+    for variant in DBOS_VARIANTS:
+        dbos = fanout["dbos"][variant]
+        assert dbos["status"] == "ok", dbos
+        assert dbos["items"] == dbos["results"] == items
+        positive(dbos, "wall_s", "polling_interval_s")
+        assert dbos["rows_written"] > items  # every child's status row at least, and the parent's
+    positive(fanout["celery"], "wall_s")
+    assert fanout["celery"]["results"] == items
+
+
+def test_dbos_worker_memory_is_sampled_for_each_process(result):
+    memory = result["ledgers"]["sqlite"]["memory"]["dbos"]
+    processes = result["config"]["dbos"]["worker_processes"]
+    assert memory["processes"] == processes == result["config"]["worker_processes"]
+    assert memory["samples"][0]["phase"] == "started"
+    for sample in memory["samples"]:
+        assert len(sample["rss_mib"]) == processes and all(mib > 0 for mib in sample["rss_mib"])
+    assert memory["max_mib"] == max(mib for s in memory["samples"] for mib in s["rss_mib"])
+    assert len(memory["idle_cpu_pct"]) == processes and all(pct >= 0 for pct in memory["idle_cpu_pct"])
+
+
+def test_the_table_command_shows_the_three_sides(out):
+    argv = [sys.executable, "-m", "bench", "table", str(out / "latest.json")]
+    done = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=60, check=True)
+    lines = done.stdout.splitlines()
+    assert lines[0] == "| ledger | scenario | cogo | plain Celery | DBOS | cogo / Celery | cogo / DBOS |"
+    p50 = next(line for line in lines if "step latency p50" in line).split("|")
+    assert all(cell.strip() not in ("", "—") for cell in p50[3:8]), p50
+    assert sum("throughput" in line and "DBOS queue polling" in line for line in lines) == len(DBOS_VARIANTS)
+    assert any("DBOS worker RSS" in line for line in lines)
