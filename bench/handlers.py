@@ -90,7 +90,7 @@ def _measure(engine: Engine, queue: Queue, counter: Counter, *, runs: int, workf
     registry = Registry.load(Path(__file__).resolve().parent / "workflows")
     settings = Settings(broker_url="memory://", home=Path(tempfile.gettempdir()) / "cogo-bench-handlers").checked()
     routes = {TASK_DECIDE: Brain(engine=engine, publisher=queue, registry=registry, shards=1).handle,
-              TASK_EXECUTE: Dispatcher(engine=engine, publisher=queue, shards=1).handle,
+              TASK_EXECUTE: Dispatcher(engine=engine, publisher=queue).handle,
               TASK_WORK: Runtime(engine=engine, publisher=queue, settings=settings, handlers=HANDLERS).handle}
     event.listen(Engine, "before_cursor_execute", counter)
     try:

@@ -58,12 +58,12 @@ def write(conn: Connection, events: Sequence[IntrospectionEvent], *, now: float)
     return len(events)
 
 
-def read(conn: Connection, run_id: str, *, category: str | None = None, type_prefix: str | None = None,
-         after_id: int = 0, limit: int = 10_000) -> list[dict[str, Any]]:
-    """One run's events in the order they were written, optionally filtered."""
+def read(conn: Connection, run_id: str, *, category: str | Sequence[str] | None = None,
+         type_prefix: str | None = None, after_id: int = 0, limit: int = 10_000) -> list[dict[str, Any]]:
+    """One run's events in the order they were written, optionally filtered (``category``: one or several)."""
     stmt = select(ie).where(ie.c.run_id == run_id, ie.c.id > after_id)
     if category:
-        stmt = stmt.where(ie.c.category == category)
+        stmt = stmt.where(ie.c.category.in_([category] if isinstance(category, str) else list(category)))
     if type_prefix:
         stmt = stmt.where(ie.c.type.startswith(type_prefix, autoescape=True))
     rows = conn.execute(stmt.order_by(ie.c.id).limit(limit)).mappings().all()

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import Connection, Update, and_, bindparam, insert, or_, update
+from sqlalchemy import Connection, Update, and_, bindparam, func, insert, or_, select, update
 from sqlalchemy.sql import ClauseElement
 
 from bus.envelope import Usage
@@ -98,6 +98,11 @@ def brain_event(*, run_id: str, tenant: str, kind: str, payload: dict[str, Any],
 
 _INSERT_MESSAGES = insert(m)
 _INSERT_BUS_EVENTS = insert(bus_events)
+
+
+def highest_open_shard(conn: Connection) -> int | None:
+    """The highest shard that unfinished work was written on (None: no open row)."""
+    return conn.execute(select(func.max(m.c.shard)).where(m.c.status.in_(sorted(OPEN)))).scalar()
 
 
 def insert_messages(conn: Connection, messages: Sequence[NewMessage], *, now: float) -> None:

@@ -143,6 +143,8 @@ class Phase1:
         self._write_scopes(c)
         if c.ended:
             self._close_timers()
+            for timer in [msg.id for msg in self.messages if msg.kind == "timer" and msg.run_id == run_id]:
+                self.unsend(timer)  # scheduled in the step that ended the run: nothing left to wake
         self._write_approvals()
         self._start_children()
         self._abandon()
@@ -285,6 +287,8 @@ def _cancel_children(p: Phase1, x: d.CancelActiveTokens) -> None:
         token = p.state.tokens.get(token_id)
         if token is not None and token.child_run_id:
             p.send(p.decide_row(token.child_run_id, "cancel", {"reason": f"parent: {x.reason}"}))
+        else:  # a child started in this same step is never created
+            p.children = [c for c in p.children if c.token_id != token_id]
 
 
 def _abandon(p: Phase1, x: d.AbandonAssignments) -> None:

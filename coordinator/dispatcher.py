@@ -34,10 +34,10 @@ WAITING_FOR_SHOWN = 20
 class Dispatcher:
     """Handles ``cogo.execute`` messages."""
 
-    def __init__(self, *, engine: Engine, publisher: Publisher, shards: int,
-                 allowed_models: frozenset[str] | None = None, clock: Callable[[], float] = time.time,
-                 sleep: Callable[[float], None] = time.sleep, sql_events: bool = False):
-        self.engine, self.publisher, self.shards, self.clock = engine, publisher, shards, clock
+    def __init__(self, *, engine: Engine, publisher: Publisher, allowed_models: frozenset[str] | None = None,
+                 clock: Callable[[], float] = time.time, sleep: Callable[[float], None] = time.sleep,
+                 sql_events: bool = False):
+        self.engine, self.publisher, self.clock = engine, publisher, clock
         self.sql_events = sql_events
         self.allowed_models, self.sleep = allowed_models, sleep
 

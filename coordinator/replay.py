@@ -152,8 +152,7 @@ def fidelity(conn: Connection, run_id: str, steps: list[Step]) -> dict[str, Any]
     """Whether replaying reproduces the trace the brain recorded for the run: what it decided and why
     (``decision.*``) and what each decision did to the state (``operation.*``), event by event."""
     planned = ("decision", "operation")
-    trace = [(e["type"], e["token_id"], e["node_id"], e["data"]) for e in read(conn, run_id)
-             if e["category"] in planned]
+    trace = [(e["type"], e["token_id"], e["node_id"], e["data"]) for e in every_event(conn, run_id, planned)]
     replayed, owner = [], []
     for step in steps:
         for e in step.plan.events:
@@ -167,6 +166,15 @@ def fidelity(conn: Connection, run_id: str, steps: list[Step]) -> dict[str, Any]
     if len(trace) != len(replayed):
         return {"faithful": False, "first_mismatch": {"recorded_count": len(trace), "replayed_count": len(replayed)}}
     return {"faithful": True, "first_mismatch": None}
+
+
+def every_event(conn: Connection, run_id: str, categories: tuple[str, ...], *, page: int = 10_000
+                ) -> list[dict[str, Any]]:
+    """Every event of these categories, page by page (a wide run writes more than one read returns)."""
+    events: list[dict[str, Any]] = []
+    while batch := read(conn, run_id, category=categories, after_id=events[-1]["id"] if events else 0, limit=page):
+        events += batch
+    return events
 
 
 def replay_run(engine: Engine, run_id: str, definition_path: str | Path | None = None, *,

@@ -76,7 +76,7 @@ def dispatcher(settings: Settings, name: str) -> None:
 
     admission = Dispatcher(engine=make_engine(settings.database_url),
                            publisher=Publisher(make_celery(settings, name=f"{name}-producer")),
-                           shards=settings.shards, allowed_models=settings.model_allow_list,
+                           allowed_models=settings.model_allow_list,
                            sql_events=settings.sql_events)
     run_consumer(settings, name=name, queues=by_name(name).queues(settings.shards, settings.shard),
                  task_name=TASK_EXECUTE, handle=admission.handle)

@@ -28,6 +28,7 @@ from rich.console import Console
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
+from bus import ledger
 from bus.errors import CogoError, ConfigError, LedgerUnavailable
 from bus.settings import Settings
 from coordinator import supervision_report
@@ -69,6 +70,30 @@ def migrate_ledger(settings: Settings) -> None:
                                 f"{getattr(exc, 'orig', None) or exc}") from exc
     finally:
         engine.dispose()
+
+
+def check_shards(settings: Settings) -> None:
+    """Refuse a shard count below the highest shard that unfinished work was written on.
+
+    Raises:
+        ConfigError: such work exists. LedgerUnavailable: the ledger cannot be read.
+    """
+    from bus.db import make_engine
+
+    engine = make_engine(settings.database_url)
+    try:
+        with engine.connect() as conn:
+            highest = ledger.highest_open_shard(conn)
+    except SQLAlchemyError as exc:
+        raise LedgerUnavailable(f"cannot read the ledger at {redact(settings.database_url)}: "
+                                f"{getattr(exc, 'orig', None) or exc}") from exc
+    finally:
+        engine.dispose()
+    if highest is not None and highest >= settings.shards:
+        # Their queues would have no consumer: those runs would never move again.
+        raise ConfigError(f"the ledger holds unfinished work on shard {highest}, but COGO_SHARDS={settings.shards}: "
+                          f"start with COGO_SHARDS={highest + 1} or more (the shard count may grow, never shrink, "
+                          f"while work is open)", details={"variable": "COGO_SHARDS", "highest_open_shard": highest})
 
 
 BROKER_URL_FILE = "broker.url"
@@ -234,6 +259,7 @@ class Fleet:
         try:
             self.settings = self._resolve(self.settings)
             migrate_ledger(self.settings)
+            check_shards(self.settings)
             ensure_admin_key(self.settings)
             self._spawn_all()
             self._await_ready()

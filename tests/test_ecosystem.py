@@ -21,6 +21,7 @@ import yaml
 from rich.console import Console
 from typer.testing import CliRunner
 
+from bus import ledger
 from bus.errors import ConfigError
 from bus.settings import Settings
 from ecosystem import flower, manifests
@@ -505,3 +506,23 @@ def test_a_crash_looping_child_is_reported_and_left_stopped(tmp_path):
         assert buffer.getvalue().count("toy-short restarted") == 2
         fleet.tend()
         assert fleet.children[0].poll() is not None and _alive(fleet.children[1].pid)
+
+
+def test_a_fleet_refuses_fewer_shards_than_its_unfinished_work_was_written_on(tmp_path):
+    import time as clock
+
+    from bus.db import make_engine
+    from bus.routing import Route
+    from ecosystem.launcher import check_shards, migrate_ledger
+
+    settings = Settings(home=tmp_path, broker_url="memory://", shards=4).checked()
+    migrate_ledger(settings)
+    engine = make_engine(settings.database_url)
+    with engine.begin() as conn:
+        ledger.insert_messages(conn, [ledger.NewMessage(route=Route("rag", "embed", 3, "acme"), kind="assignment",
+                                                        payload={}, run_id="r")], now=clock.time())
+    engine.dispose()
+    check_shards(settings)  # as many shards as it was written with: fine
+    with pytest.raises(ConfigError, match="COGO_SHARDS=4 or more") as refused:
+        check_shards(replace(settings, shards=2))
+    assert refused.value.details["highest_open_shard"] == 3

@@ -246,7 +246,7 @@ def test_a_locked_ledger_is_retried_not_counted_as_a_crash(locked_sqlite):
 def test_a_ledger_locked_through_every_retry_leaves_the_assignment_queued_not_denied(locked_sqlite):
     engine, lock = locked_sqlite
     fleet = Fleet(engine, {("rag", "embed"): echo})
-    fleet.dispatcher = Dispatcher(engine=engine, publisher=fleet.publisher, shards=1, clock=fleet.clock,
+    fleet.dispatcher = Dispatcher(engine=engine, publisher=fleet.publisher, clock=fleet.clock,
                                   sleep=lambda _s: None)
     fleet.routes[TASK_EXECUTE] = fleet.dispatcher.handle
     run_id = submit(fleet, "embed", {"text": "hello"})

@@ -294,7 +294,7 @@ def test_a_model_outside_the_allow_list_is_denied(engine):
                         "agent": {"agent_id": "x", "model": "gpt-9-ultra"}, "next": "b"}, "b": {"kind": "end"}}}))
     handler = Calls()
     fleet = Fleet(engine, {("rag", "embed"): handler}, registry=registry)
-    fleet.dispatcher = Dispatcher(engine=engine, publisher=fleet.publisher, shards=1, clock=fleet.clock,
+    fleet.dispatcher = Dispatcher(engine=engine, publisher=fleet.publisher, clock=fleet.clock,
                                   allowed_models=Settings(allowed_models="cogo-local, gpt-4o-mini").model_allow_list)
     fleet.routes["cogo.execute"] = fleet.dispatcher.handle
     run_id = submit(fleet, intent="pricey")

@@ -63,7 +63,7 @@ def test_two_dispatchers_cannot_both_admit_the_last_of_a_budget(engine, attempt)
             pending.append(delivery)
         else:
             fleet.deliver(delivery)
-    second = Dispatcher(engine=engine, publisher=fleet.publisher, shards=1, clock=fleet.clock)
+    second = Dispatcher(engine=engine, publisher=fleet.publisher, clock=fleet.clock)
     barrier = threading.Barrier(2)
     results: list[str] = []
 

@@ -179,7 +179,7 @@ def test_settling_a_sibling_while_another_dispatcher_admits_never_overspends(eng
     admission = take(fleet, lambda d: d.task == TASK_EXECUTE and d.message_id == a2)
     settlement = take(fleet, lambda d: d.message_id == outcome_of(fleet, b1))
     brain = Brain(engine=engine, publisher=fleet.publisher, registry=fleet.registry, shards=1, clock=fleet.clock)
-    dispatcher = Dispatcher(engine=engine, publisher=fleet.publisher, shards=1, clock=fleet.clock)
+    dispatcher = Dispatcher(engine=engine, publisher=fleet.publisher, clock=fleet.clock)
     barrier = threading.Barrier(2)
     results: dict[str, str] = {}
 
@@ -209,7 +209,7 @@ def test_two_dispatchers_racing_for_siblings_admit_one_and_defer_the_other(engin
         fleet.deliver(take(fleet, lambda d, n=node: d.message_id == outcome_of(fleet, assignment(fleet, run_id, n))))
     pending = [take(fleet, lambda d, n=node: d.task == TASK_EXECUTE and d.message_id == assignment(fleet, run_id, n))
                for node in ("a2", "b2")]
-    second = Dispatcher(engine=engine, publisher=fleet.publisher, shards=1, clock=fleet.clock)
+    second = Dispatcher(engine=engine, publisher=fleet.publisher, clock=fleet.clock)
     barrier = threading.Barrier(2)
     results: list[str] = []
 

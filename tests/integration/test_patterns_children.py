@@ -144,3 +144,25 @@ def test_cancelling_a_parent_cancels_its_children(engine):
     chain = family(fleet, root)
     assert [r["status"] for r in chain] == ["cancelled"] * 3
     assert chain[2]["error"]["message"].startswith("parent: parent: operator")
+
+
+DOOMED = """
+name: doomed
+start: split
+nodes:
+  split: {kind: parallel, branches: [kid, broken], join: merge}
+  kid: {kind: subworkflow, workflow: level-0, input_mapping: {n: "`1`"}, next: merge}
+  broken: {kind: end, status: failed}
+  merge: {kind: join, mode: all, next: done}
+  done: {kind: end}
+"""
+
+
+def test_a_child_started_and_cancelled_in_one_step_is_never_created(engine):
+    # Branch 0 starts a child while branch 1 fails the run in the same plan: the child's token is cancelled before
+    # it was ever written, so no child run may exist to run unwatched and spend its root's budget.
+    fleet = Fleet(engine, {("t", "work"): plus_one}, registry=registry_of(DOOMED, *nested(1)))
+    root = submit(fleet, "doomed")
+    fleet.drain()
+    assert run_row(fleet, root)["status"] == "failed"
+    assert [r["id"] for r in family(fleet, root)] == [root]

@@ -165,3 +165,30 @@ def test_task_timeout_fires_when_no_outcome_arrives(engine):
     assert run["status"] == "completed" and run["output"] == {"late": True}
     assert types(fleet, run_id, "decision.task") == ["decision.task.dispatch", "decision.task.timeout",
                                                      "decision.task.failed"]
+
+
+RACE_TO_THE_END = """
+name: race-to-the-end
+start: split
+nodes:
+  split: {kind: parallel, branches: [slow, quick], join: merge}
+  slow: {kind: task, route: {service: t, role: slow}, agent: {agent_id: w}, timeout_ms: 60000, next: merge}
+  quick: {kind: end, output: {won: "`true`"}}
+  merge: {kind: join, mode: all, next: done}
+  done: {kind: end}
+"""
+
+
+def test_a_timer_scheduled_in_the_step_that_ends_the_run_is_never_written(engine):
+    from sqlalchemy import func, select
+
+    from bus.schema import agent_messages as m
+
+    fleet = Fleet(engine, {("t", "slow"): lambda ctx, payload: WorkResult(output={})},
+                  registry=registry_of(RACE_TO_THE_END))
+    run_id = submit(fleet, "race-to-the-end")
+    fleet.drain()
+    assert run_row(fleet, run_id)["status"] == "completed"
+    with engine.connect() as conn:
+        timers = conn.execute(select(func.count()).where(m.c.run_id == run_id, m.c.kind == "timer")).scalar()
+    assert timers == 0  # the slow task's timeout was planned in the step that ended the run: nothing to wake

@@ -64,6 +64,17 @@ def test_replay_reproduces_the_recorded_trace_and_finds_one_that_was_changed(eng
     assert report["first_mismatch"]["recorded"][0] == "decision.gate.evaluate"
 
 
+def test_the_recorded_trace_is_read_whole_however_many_pages_it_takes(engine):
+    from bus.introspection import read
+    from coordinator.replay import every_event
+
+    fleet, run_id = finished_run(engine)
+    with engine.connect() as conn:
+        whole = [e for e in read(conn, run_id) if e["category"] in ("decision", "operation")]
+        assert len(whole) > 3 * 7
+        assert every_event(conn, run_id, ("decision", "operation"), page=7) == whole
+
+
 def test_a_changed_definition_shows_where_the_decisions_differ(engine, tmp_path):
     fleet, run_id = finished_run(engine)
     changed = yaml.safe_load(GATED)

@@ -88,7 +88,7 @@ class Fleet:
         self.publisher = RecordingPublisher(self.clock)
         common = {"engine": self.engine, "publisher": self.publisher, "clock": self.clock}
         self.brain = Brain(registry=self.registry, shards=self.settings.shards, fail_fast=self.fail_fast, **common)
-        self.dispatcher = Dispatcher(shards=self.settings.shards, **common)
+        self.dispatcher = Dispatcher(**common)
         self.runtime = Runtime(settings=self.settings, handlers=self.handlers, rng=lambda: 0.5, **common)
         self.reclaimer = Reclaimer(settings=self.settings, depth=lambda _q: 0, **common)
         self.routes: dict[str, Callable[[str], str]] = {
