@@ -132,8 +132,11 @@ class Brain:
             error = CogoError(f"the brain failed {row.attempts} times on this event: {type(exc).__name__}: {exc}",
                               code="brain.crashed")
             _reject(conn, message_id, row, error, now)
+            reported = row.payload.get("assignment_id") if isinstance(row.payload, dict) else None
             gave_up = commands.enqueue_event(conn, run_id=row.run_id, tenant=row.tenant, kind=ev.GaveUp.kind,
-                                             payload={"rejected_event": message_id, "error": error.to_dict()},
+                                             payload={"rejected_event": message_id, "error": error.to_dict(),
+                                                      **({"assignment_id": reported} if isinstance(reported, str)
+                                                         else {})},
                                              now=now, shard=row.shard)
         try:
             return "rejected", self._handle(gave_up.message_id)[1]

@@ -127,6 +127,8 @@ class GaveUp(Event):
 
     rejected_event: str = ""
     error: Problem = field(default_factory=lambda: Problem("error.unknown"))
+    assignment_id: str = ""
+    """The assignment whose outcome the rejected event reported, if it was one: its spend is still settled."""
 
     kind = "gave_up"
 

@@ -41,8 +41,9 @@ BEFORE_START = (ev.Start, ev.Cancel, ev.GaveUp)
 def plan(state: WorkflowState, event: ev.Event, *, now: float) -> Plan:
     """Decide what ``event`` means for the run in ``state``."""
     b = PlanBuilder(state, now=now)
-    if isinstance(event, (ev.TaskCompleted, ev.TaskFailed)) and event.assignment_id:
-        # Whatever the outcome means for the run (even nothing, for a run that ended), its spend is settled.
+    if isinstance(event, (ev.TaskCompleted, ev.TaskFailed, ev.GaveUp)) and event.assignment_id:
+        # Whatever the outcome means for the run (even nothing, for a run that ended, or an outcome the brain
+        # gave up on), its spend is settled.
         b.emit("decision.assignment.settle", assignment_id=event.assignment_id,
                reason="its outcome reached the brain")
         b.decide(d.SettleAssignment(event.assignment_id))

@@ -238,3 +238,39 @@ def test_fail_fast_raises_a_planner_bug_in_the_test(engine, monkeypatch):
     monkeypatch.setattr(brain_module, "plan", broken)
     with pytest.raises(RuntimeError, match="a bug in planning"):
         fleet.drain()
+
+
+def _metered(ctx, payload):
+    ctx.meter(tokens=7)
+    return WorkResult(output={"ok": True})
+
+
+def test_an_outcome_the_brain_gives_up_on_is_still_settled(engine, monkeypatch):
+    fleet = Fleet(engine, {("rag", "embed"): _metered})
+    run_id = submit(fleet, "embed", {"documents": [{"id": "d1", "text": "settle me"}]})
+    real = brain_module.plan
+
+    def broken_on_outcomes(state, event, *, now):
+        if event.kind == "task_completed":
+            raise RuntimeError("a bug in planning outcomes")
+        return real(state, event, now=now)
+
+    monkeypatch.setattr(brain_module, "plan", broken_on_outcomes)
+    held = []
+    fleet.drain(skip=lambda d: d.task == "cogo.decide" and held.append(d) is None and _is_outcome(engine, d))
+    [outcome] = [d for d in held if _is_outcome(engine, d)]
+    assert [fleet.deliver(outcome) for _ in range(MAX_CRASHES)] == ["crashed"] * (MAX_CRASHES - 1) + ["rejected"]
+    fleet.drain()
+    with engine.connect() as conn:
+        run = run_view(conn, run_id)
+        assignment = conn.execute(select(agent_messages).where(agent_messages.c.run_id == run_id,
+                                                               agent_messages.c.kind == "assignment")).one()
+    assert run["status"] == "failed" and run["error"]["code"] == "brain.crashed"
+    assert assignment.status == "settled" and assignment.usage_tokens == 7
+    assert run["spent_tokens"] == assignment.usage_tokens  # what it spent reached its run, once
+
+
+def _is_outcome(engine, delivery) -> bool:
+    with engine.connect() as conn:
+        kind = conn.execute(select(agent_messages.c.kind).where(agent_messages.c.id == delivery.message_id)).scalar()
+    return kind == "task_completed"
