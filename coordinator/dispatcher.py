@@ -181,8 +181,8 @@ def _budgets(conn, run_id: str | None, *, exclude: str) -> list[BudgetSnapshot]:
     """
     if run_id is None:
         return []
-    root_id = conn.execute(select(runs.c.root_run_id).where(runs.c.id == run_id)).scalar()
-    if root_id is None:
+    root_id = _budgeted_root(conn, run_id)
+    if root_id is None:  # no budget above the assignment: nothing to hold it against, no lock to take
         return []
     conn.execute(select(runs.c.id).where(runs.c.id == root_id).with_for_update())
     rows = {r.id: r for r in conn.execute(_tree_statement(), {"root": root_id, "exclude": exclude})}
@@ -196,6 +196,23 @@ def _budgets(conn, run_id: str | None, *, exclude: str) -> list[BudgetSnapshot]:
             found.append(_snapshot_of(node.id, node.budget, _subtree(node.id, children), rows))
         node = rows.get(node.parent_run_id) if node.id != root_id else None
     return found
+
+
+def _budgeted_root(conn, run_id: str) -> str | None:
+    """The root of ``run_id``'s tree when the run or one of its ancestors has a budget, else None. A run's
+    budget never changes once it exists, so this needs no lock: a tree without budgets admits without reading
+    or locking anything else, whatever its width."""
+    node: str | None = run_id
+    budgeted, root = False, None
+    while node is not None:
+        row = conn.execute(select(runs.c.parent_run_id, runs.c.root_run_id, runs.c.budget)
+                           .where(runs.c.id == node)).first()
+        if row is None:
+            return None
+        budgeted = budgeted or bool(row.budget)
+        root = row.root_run_id or node
+        node = row.parent_run_id
+    return root if budgeted else None
 
 
 def _tree_statement():
