@@ -243,7 +243,8 @@ class Phase1:
                 spent_tokens=runs.c.spent_tokens + tokens_, spent_cost_usd=runs.c.spent_cost_usd + cost))
         for assignment_id, usage in settled:
             self.op_at("dispatch.assignment.settled", assignment_id, tokens=usage.tokens, cost_usd=usage.cost_usd)
-        self.effects.deliveries += self._wake_deferred()
+        if self.run.budget or self.run.parent_run_id:  # only a budget defers: a tree without one has none waiting
+            self.effects.deliveries += self._wake_deferred()
 
     def _wake_deferred(self) -> list[Delivery]:
         tree = select(runs.c.id).where(runs.c.root_run_id == (self.run.root_run_id or self.run.id))

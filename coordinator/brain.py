@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from sqlalchemy import Engine, select, update
+from sqlalchemy import Engine, bindparam, or_, select, update
 
 from bus import faults, ledger
 from bus.celery_app import TASK_DECIDE
@@ -77,38 +77,48 @@ class Brain:
 
     def _step(self, message_id: str) -> tuple[str, Effects | None]:
         now = self.clock()
-        with self.engine.begin() as conn, traced(conn, self.sql_events) as trace:
-            row = conn.execute(select(m.c.status, m.c.kind, m.c.payload, m.c.run_id, m.c.retry_at, m.c.tenant,
-                                      m.c.shard).where(m.c.id == message_id)).first()
-            if row is None or row.status != ledger.QUEUED:
-                return "duplicate", None
-            if row.retry_at is not None and row.retry_at > now + EARLY_TOLERANCE_S:
-                countdown = row.retry_at - now
-                queue = decide_queue(row.shard)
-                return "early", Effects(deliveries=[Delivery(TASK_DECIDE, queue, message_id, countdown)])
-            try:
-                event = ev.from_row(id=message_id, run_id=row.run_id, kind=row.kind, payload=row.payload)
-                # An event about one token loads what it touches; planning asks for the rest when it needs it.
-                state = load_state(conn, row.run_id, self.registry, focus=getattr(event, "token_id", None) or None)
-            except CogoError as exc:
-                if faults.is_infrastructure(exc):
-                    raise
-                _reject(conn, message_id, row, exc, now)
-                return "rejected", None
-            try:
-                the_plan = plan(state, event, now=now)
-            except NeedsWholeState:
-                state = load_state(conn, row.run_id, self.registry)
-                the_plan = plan(state, event, now=now)
-            # The inbox: the first brain to move the row applies it. The run version this event produced
-            # orders the run's history exactly (replay reads it).
-            if not ledger.move(conn, message_id, from_=(ledger.QUEUED,), to=ledger.DONE, now=now,
-                               values={"run_version": state.run.version + 1}):
-                return "duplicate", None
-            phase1 = Phase1(conn, state, cause_id=message_id, now=now, shards=self.shards, registry=self.registry,
-                            sql_trace=trace)
-            effects = phase1.apply(the_plan)
-        return "applied", effects
+        try:
+            with self.engine.begin() as conn, traced(conn, self.sql_events) as trace:
+                # The inbox, the transaction's first statement: the first brain to take the row applies it; if
+                # anything below fails, the transaction and the take roll back together.
+                row = conn.execute(_TAKE, {"_id": message_id, "_now": now,
+                                           "_due": now + EARLY_TOLERANCE_S}).first()
+                if row is None:
+                    return self._not_taken(conn, message_id, now)
+                try:
+                    event = ev.from_row(id=message_id, run_id=row.run_id, kind=row.kind, payload=row.payload)
+                    # An event about one token loads what it touches; planning asks for the rest when it needs it.
+                    state = load_state(conn, row.run_id, self.registry,
+                                       focus=getattr(event, "token_id", None) or None)
+                except CogoError as exc:
+                    if faults.is_infrastructure(exc):
+                        raise
+                    raise _Rejected(exc) from exc
+                if row.run_version != state.run.version + 1:  # the run moved between the take and the load
+                    raise Conflict(f"run {row.run_id} changed while {message_id} was taken")
+                try:
+                    the_plan = plan(state, event, now=now)
+                except NeedsWholeState:
+                    state = load_state(conn, row.run_id, self.registry)
+                    the_plan = plan(state, event, now=now)
+                phase1 = Phase1(conn, state, cause_id=message_id, now=now, shards=self.shards,
+                                registry=self.registry, sql_trace=trace)
+                effects = phase1.apply(the_plan)
+            return "applied", effects
+        except _Rejected as rejected:  # the take rolled back: the row is queued again, to be failed here
+            with self.engine.begin() as conn:
+                row = conn.execute(select(m.c.run_id, m.c.tenant).where(m.c.id == message_id)).first()
+                if row is not None:
+                    _reject(conn, message_id, row, rejected.error, now)
+            return "rejected", None
+
+    def _not_taken(self, conn, message_id: str, now: float) -> tuple[str, Effects | None]:
+        """A row the take left alone: gone or no longer queued (a duplicate delivery), or not due yet (early)."""
+        row = conn.execute(select(m.c.status, m.c.retry_at, m.c.shard).where(m.c.id == message_id)).first()
+        if row is None or row.status != ledger.QUEUED:
+            return "duplicate", None
+        countdown = max(0.0, (row.retry_at or now) - now)
+        return "early", Effects(deliveries=[Delivery(TASK_DECIDE, decide_queue(row.shard), message_id, countdown)])
 
 
     def _crashed(self, message_id: str, exc: Exception) -> tuple[str, Effects | None]:
@@ -143,6 +153,21 @@ class Brain:
         except Exception:  # noqa: BLE001 - committed: the reclaimer sends the gave_up event again
             log.warning("the gave_up event of run %s is left to the reclaimer", row.run_id, exc_info=True)
             return "rejected", None
+
+
+class _Rejected(Exception):  # noqa: N818 - control flow out of the transaction it rolls back
+    def __init__(self, error: CogoError):
+        super().__init__(str(error))
+        self.error = error
+
+
+_TAKE = (update(m).where(m.c.id == bindparam("_id"), m.c.status == ledger.QUEUED,
+                         or_(m.c.retry_at.is_(None), m.c.retry_at <= bindparam("_due")))
+         .values(status=ledger.DONE, updated_at=bindparam("_now"),
+                 # The run version this event produces, which orders the run's history exactly (replay reads it).
+                 run_version=select(runs.c.version + 1).where(runs.c.id == m.c.run_id).scalar_subquery())
+         .returning(m.c.kind, m.c.payload, m.c.run_id, m.c.tenant, m.c.shard, m.c.run_version))
+"""Take a due, queued decide row: ``queued → done`` in one statement that also reads what the event needs."""
 
 
 def _fail_directly(conn, message_id: str, row: Any, now: float) -> list[Delivery]:

@@ -29,6 +29,7 @@ runs = Table(
     Column("spent_tokens", Integer, nullable=False, default=0),
     Column("spent_cost_usd", Double, nullable=False, default=0.0),
     Column("visits", JSON, nullable=False),
+    Column("open_fans", Integer, nullable=False, default=0),  # unfired fan-ins: none, and an event skips them
     Column("token_seq", Integer, nullable=False, default=0),
     Column("version", Integer, nullable=False, default=0),
     Column("created_at", Double, nullable=False),

@@ -26,8 +26,8 @@ def load_state(conn: Connection, run_id: str, registry: Registry, *,
     row = conn.execute(select(runs, *(_ACTIVE_COUNTS if focus else ())).where(runs.c.id == run_id)).mappings().first()
     if row is None:
         raise NotFound(f"no run {run_id}", code="run.unknown")
-    open_fans = conn.execute(select(fan_ins).where(fan_ins.c.run_id == run_id,
-                                                   fan_ins.c.fired.is_(False))).mappings().all()
+    open_fans = [] if not row["open_fans"] else conn.execute(
+        select(fan_ins).where(fan_ins.c.run_id == run_id, fan_ins.c.fired.is_(False))).mappings().all()
     owners = [f["owner_token_id"] for f in open_fans]
     whole = focus is None or None in owners  # a fan-in written before owners were recorded: load everything
     active = tokens.c.status.in_(TOKEN_ACTIVE)
@@ -42,6 +42,8 @@ def load_state(conn: Connection, run_id: str, registry: Registry, *,
         scopes = conn.execute(stmt).all()
     definition = registry.get(row["workflow"], row["workflow_version"])
     waiting = sum(1 for t in loaded if t["status"] == WAITING)
+    if not whole and not open_fans and row["active_tokens"] == len(loaded):
+        whole = True  # no token was left out and there is no scope to leave out: this is the whole state
     return WorkflowState(
         run=run_info(row),
         definition=definition,

@@ -162,7 +162,8 @@ class WorkingCopy:
         before = self.state
         status = self.run_status()
         ended = status in RUN_TERMINAL and before.run.status not in RUN_TERMINAL
-        run = {"status": status, "context": self.context, "visits": self.visits, "token_seq": self.seq}
+        run = {"status": status, "context": self.context, "visits": self.visits, "token_seq": self.seq,
+               "open_fans": len(self.fan_ins)}
         if ended:
             run.update(output=self.output, error=self.error.to_dict() if self.error else None)
         updates = []
