@@ -526,3 +526,19 @@ def test_a_fleet_refuses_fewer_shards_than_its_unfinished_work_was_written_on(tm
     with pytest.raises(ConfigError, match="COGO_SHARDS=4 or more") as refused:
         check_shards(replace(settings, shards=2))
     assert refused.value.details["highest_open_shard"] == 3
+
+
+def test_a_command_killed_by_a_test_takes_what_it_started_with_it():
+    # A failed test kills its `cogo up` with Running.kill: the fleet under it must not outlive the test.
+    from tests.support.running import Running
+
+    started = Running([sys.executable, "-c", "import subprocess, sys, time; "
+                       "subprocess.Popen([sys.executable, '-c', 'import signal, time; "
+                       "signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(300)']); time.sleep(300)"],
+                      env=dict(os.environ))
+    wait_until(lambda: psutil.Process(started.proc.pid).children(), timeout=10, interval=0.05,
+               message="the command to start its child")
+    [child] = psutil.Process(started.proc.pid).children()
+    started.kill(grace_s=5)
+    wait_until(lambda: not child.is_running() or child.status() == psutil.STATUS_ZOMBIE, timeout=10, interval=0.05,
+               message="the child to be gone")

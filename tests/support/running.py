@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import threading
 from pathlib import Path
+
+import psutil
 
 
 class Running:
@@ -32,8 +35,18 @@ class Running:
         self._reader.join(timeout=10)
         return code
 
-    def kill(self) -> None:
-        """SIGKILL it if it still runs."""
-        if self.proc.poll() is None:
+    def kill(self, grace_s: float = 20.0) -> None:
+        """Stop it and everything it started, if it still runs: SIGTERM first (a ``cogo up`` stops its fleet),
+        SIGKILL past ``grace_s``, then any process it left behind — a failed test must not leak a fleet."""
+        if self.proc.poll() is not None:
+            return
+        descendants = psutil.Process(self.proc.pid).children(recursive=True)
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
+        for orphan in descendants:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                orphan.kill()
