@@ -57,7 +57,6 @@ class Phase1:
         self.shard = shard_for(self.run.root_run_id or self.run.id, shards)  # the run tree's: every row it writes
         self.events: list[IntrospectionEvent] = []
         self.messages: list[ledger.NewMessage] = []
-        self.sent_assignments: set[str] = set()
         self.abandoned: dict[str, str] = {}
         """Assignment id → why: to be moved to ``dead``."""
         self.to_settle: list[str] = []
@@ -269,7 +268,6 @@ def _dispatch(p: Phase1, x: d.DispatchToken) -> None:
                                  x.input).wire()
     p.send(ledger.NewMessage(route=route, kind="assignment", payload=payload, run_id=p.run.id,
                              causation_id=p.cause_id, max_attempts=x.max_attempts, id=x.assignment_id))
-    p.sent_assignments.add(x.assignment_id)
     p.op("dispatch.token.enqueued", x.token_id, x.node_id, assignment_id=x.assignment_id, queue=route.queue)
 
 
@@ -294,7 +292,7 @@ def _cancel_children(p: Phase1, x: d.CancelActiveTokens) -> None:
 
 def _abandon(p: Phase1, x: d.AbandonAssignments) -> None:
     for assignment_id in x.assignment_ids:
-        if not (assignment_id in p.sent_assignments and p.unsend(assignment_id)):  # same step: never sent
+        if not p.unsend(assignment_id):  # dispatched in this same step: never sent
             p.abandoned.setdefault(assignment_id, x.reason)
             p.mark(assignment_id)
 

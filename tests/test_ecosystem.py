@@ -542,3 +542,10 @@ def test_a_command_killed_by_a_test_takes_what_it_started_with_it():
     started.kill(grace_s=5)
     wait_until(lambda: not child.is_running() or child.status() == psutil.STATUS_ZOMBIE, timeout=10, interval=0.05,
                message="the child to be gone")
+
+
+def test_a_test_flushes_only_a_redis_server_it_started(tmp_path):
+    from tests.support.owned import flush_own
+
+    with pytest.raises(AssertionError, match="not a redis-server this run started"):
+        flush_own(EmbeddedRedis(tmp_path, port=6379))  # the machine's port, never started here: refused

@@ -15,7 +15,6 @@ import time
 from typing import Any
 
 import pytest
-import redis
 
 from tests.e2e.conftest import fleet_settings
 from tests.support.fault_fleet import (
@@ -29,6 +28,7 @@ from tests.support.fault_fleet import (
     kill_and_await_restart,
     owned_fault_fleet,
 )
+from tests.support.owned import flush_own
 
 pytestmark = pytest.mark.e2e
 
@@ -92,7 +92,7 @@ def test_a_killed_reclaimer_is_restarted_and_still_resends_what_the_broker_lost(
     kill_and_await_restart(fleet, RECLAIMER)
     restarted_at = time.time()
     work.await_waiting_in_broker()  # steps the held worker has not taken: only the broker holds their messages
-    redis.Redis.from_url(BROKERS[id(fleet)].url).flushall()  # the server this module started: those messages are lost
+    flush_own(BROKERS[id(fleet)])  # the server this module started: those messages are lost
     work.release()
     work.assert_completed()
     assert [r for r in work.audit("reclaimed") if r.created_at >= restarted_at], \

@@ -29,6 +29,16 @@ from ecosystem.net import free_port
 from tests.support.services import in_ci
 
 
+def flush_own(server: EmbeddedRedis) -> None:
+    """``FLUSHALL`` on a redis-server this test run started and still runs — never the machine's Redis nor one a
+    URL from the environment names: a server is flushed only through the object that started it."""
+    import redis
+
+    started = getattr(server, "_proc", None)
+    assert started is not None and started.poll() is None, f"{server.url}: not a redis-server this run started"
+    redis.Redis.from_url(server.url).flushall()
+
+
 class OwnedRedis(EmbeddedRedis):
     """A redis-server of the test's own; ``flush`` and ``restart`` are faults a test may inject.
 
@@ -46,9 +56,7 @@ class OwnedRedis(EmbeddedRedis):
 
     def flush(self) -> None:
         """``FLUSHALL``: every queued message is gone."""
-        import redis
-
-        redis.Redis.from_url(self.url).flushall()
+        flush_own(self)
 
     def restart(self, *, down_s: float = 0.0) -> None:
         """Stop the server (it keeps nothing on disk), wait ``down_s``, start it again on the same port."""
