@@ -204,25 +204,32 @@ _IDLE = or_(m.c.status != DEAD, m.c.lease_until.is_(None), m.c.lease_until <= bi
 that was running when it was abandoned may still spend; that attempt's end (``close_abandoned``), or the
 reclaimer once the lease ran out, clears it."""
 
+_SETTLED = (m.c.id, m.c.run_id, m.c.usage_tokens, m.c.usage_cost_usd, m.c.held_tokens, m.c.held_cost_usd)
 _SETTLE = (update(m).where(m.c.id == bindparam("_id"), m.c.status.in_(FINAL), _IDLE)
            .values(status=SETTLED, settled_at=bindparam("_now"), updated_at=bindparam("_now"))
-           .returning(m.c.usage_tokens, m.c.usage_cost_usd))
-
-
-def settle(conn: Connection, message_id: str, *, now: float) -> Usage | None:
-    """``done | failed | dead → settled``; returns the assignment's total usage, or None if already settled
-    (or if it is ``dead`` with an abandoned attempt that may still be running)."""
-    row = conn.execute(_SETTLE, {"_id": message_id, "_now": now}).first()
-    return None if row is None else Usage(tokens=row.usage_tokens, cost_usd=row.usage_cost_usd)
+           .returning(*_SETTLED))
 
 
 @dataclass(frozen=True)
 class Settled:
-    """An assignment settled by ``settle_abandoned``: its run and its total usage."""
+    """A settled assignment: its run, its total usage, and what it held against budgets (None: nothing)."""
 
     id: str
     run_id: str | None
     usage: Usage
+    held: Usage | None
+
+    @classmethod
+    def of(cls, row: Any) -> Settled:
+        held = None if row.held_tokens is None else Usage(tokens=row.held_tokens, cost_usd=row.held_cost_usd or 0.0)
+        return cls(row.id, row.run_id, Usage(tokens=row.usage_tokens, cost_usd=row.usage_cost_usd), held)
+
+
+def settle(conn: Connection, message_id: str, *, now: float) -> Settled | None:
+    """``done | failed | dead → settled``; returns what it settled, or None if already settled (or if it is
+    ``dead`` with an abandoned attempt that may still be running)."""
+    row = conn.execute(_SETTLE, {"_id": message_id, "_now": now}).first()
+    return None if row is None else Settled.of(row)
 
 
 def settle_abandoned(conn: Connection, message_ids: Iterable[str], *, now: float) -> list[Settled]:
@@ -232,9 +239,8 @@ def settle_abandoned(conn: Connection, message_ids: Iterable[str], *, now: float
         return []
     rows = conn.execute(update(m).where(m.c.id.in_(ids), m.c.status == DEAD, _IDLE)
                         .values(status=SETTLED, settled_at=bindparam("_now"), updated_at=bindparam("_now"))
-                        .returning(m.c.id, m.c.run_id, m.c.usage_tokens, m.c.usage_cost_usd),
-                        {"_now": now}).all()
-    return [Settled(r.id, r.run_id, Usage(tokens=r.usage_tokens, cost_usd=r.usage_cost_usd)) for r in rows]
+                        .returning(*_SETTLED), {"_now": now}).all()
+    return [Settled.of(r) for r in rows]
 
 
 def close_abandoned(conn: Connection, message_id: str, *, attempt: int, now: float,

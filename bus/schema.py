@@ -27,6 +27,9 @@ metadata = MetaData(naming_convention={
 })
 
 ID = String(36)
+HELD_FINAL = "{t}held_tokens IS NOT NULL AND {t}status IN ('done', 'failed', 'dead')"
+"""An assignment that held budget and ended (or was abandoned) but is not settled yet (``{t}``: a table
+prefix, so a query can name the partial index's predicate exactly)."""
 BIGID = BigInteger().with_variant(Integer, "sqlite")  # SQLite autoincrements only INTEGER PRIMARY KEY
 
 agent_messages = Table(
@@ -51,6 +54,10 @@ agent_messages = Table(
     Column("result_url", Text, nullable=True),
     Column("usage_tokens", Integer, nullable=False, default=0),
     Column("usage_cost_usd", Double, nullable=False, default=0.0),
+    # What an admitted assignment holds against the budgets above it until it is settled (its own budget);
+    # NULL when it holds nothing (not admitted, or no budget above it).
+    Column("held_tokens", Integer, nullable=True),
+    Column("held_cost_usd", Double, nullable=True),
     Column("created_at", Double, nullable=False),
     Column("updated_at", Double, nullable=False),
     Column("published_at", Double, nullable=True),
@@ -60,6 +67,9 @@ agent_messages = Table(
     Index(None, "status", "updated_at"),
     Index(None, "run_id"),
     Index(None, "causation_id"),
+    # Admission's read of the holds that ended but are not settled yet: few, whatever the table's size.
+    Index("ix_agent_messages_held_final", "run_id",
+          sqlite_where=text(HELD_FINAL.format(t="")), postgresql_where=text(HELD_FINAL.format(t=""))),
     # The reclaimer's scan: only rows that are not finished, so it stays small as the table grows.
     Index("ix_agent_messages_open", "status", "updated_at",
           sqlite_where=text("status NOT IN ('settled', 'done', 'failed', 'dead')"),

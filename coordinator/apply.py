@@ -26,6 +26,7 @@ from bus.outbox import Delivery, Publisher, delivery_for
 from bus.routing import Route, execute_queue, shard_for
 from bus.schema import agent_messages
 from bus.sql_trace import SqlTrace
+from coordinator import budgets
 from coordinator import decisions as d
 from coordinator.definitions import Registry
 from coordinator.planning.builder import Plan
@@ -60,6 +61,8 @@ class Phase1:
         self.abandoned: dict[str, str] = {}
         """Assignment id → why: to be moved to ``dead``."""
         self.to_settle: list[str] = []
+        self.above: budgets.Chain | None = None
+        """The budgeted runs above this run, when this step settles anything under them."""
         self.marks: dict[str, int] = {}
         """Assignment id → where in ``events`` its abandonment or settlement was decided."""
         self.placed: list[tuple[int, IntrospectionEvent]] = []
@@ -128,6 +131,10 @@ class Phase1:
     def _write(self, c: Changes) -> None:
         """The changes first (the run's version check is the first statement), then the effects."""
         conn, run_id, now = self.conn, self.run.id, self.now
+        if self.to_settle or self.abandoned:  # settling changes budget counters: the tree's root is locked first
+            self.above = budgets.chain(conn, run_id) if self.run.budget or self.run.parent_run_id else None
+            if self.above is not None and self.above.root_id != run_id:
+                budgets.lock_root(conn, self.above)
         values = {**c.run, **({"ended_at": now} if c.ended else {})}
         stmt = (update(runs).where(runs.c.id == run_id, runs.c.version == self.run.version)
                 .values(version=runs.c.version + 1, updated_at=now, **values))
@@ -224,25 +231,23 @@ class Phase1:
         """Settle the outcomes this step consumed and the abandoned assignments no attempt is running (an
         attempt that may still run keeps its reservation until it ends: ``ledger.close_abandoned``, or the
         reclaimer once its lease ran out, reports it back to be settled). Each adds its total usage, read from
-        the row, to the run — once, because only the first settle returns it. Until then the dispatcher counts
-        that usage as unsettled spend, so settling changes no budget sum; what the row held beyond it is free,
-        so the tree's assignments deferred for budget are asked again now rather than after their back-off.
-        After the changes: rows are locked in the dispatcher's order (run, then assignment)."""
-        settled: list[tuple[str, Usage]] = []
-        for assignment_id in self.to_settle:
-            usage = ledger.settle(self.conn, assignment_id, now=self.now)
-            if usage is not None:
-                settled.append((assignment_id, usage))
-        settled += [(row.id, row.usage) for row in ledger.settle_abandoned(self.conn, self.abandoned, now=self.now)]
+        the row, to the run — once, because only the first settle returns it — and, under budgets, moves what
+        it held to spent on the tree's counters (``coordinator.budgets``); what it held beyond its usage is
+        free, so the tree's assignments deferred for budget are asked again now rather than after their
+        back-off. After the changes: rows are locked in the dispatcher's order (root run, run, assignment)."""
+        settled = [s for a in self.to_settle if (s := ledger.settle(self.conn, a, now=self.now)) is not None]
+        settled += ledger.settle_abandoned(self.conn, self.abandoned, now=self.now)
         if not settled:
             return
-        tokens_, cost = sum(u.tokens for _, u in settled), sum(u.cost_usd for _, u in settled)
-        if tokens_ or cost:
+        spent = sum((s.usage for s in settled), Usage())
+        if spent.tokens or spent.cost_usd:
             self.conn.execute(update(runs).where(runs.c.id == self.run.id).values(
-                spent_tokens=runs.c.spent_tokens + tokens_, spent_cost_usd=runs.c.spent_cost_usd + cost))
-        for assignment_id, usage in settled:
-            self.op_at("dispatch.assignment.settled", assignment_id, tokens=usage.tokens, cost_usd=usage.cost_usd)
-        if self.run.budget or self.run.parent_run_id:  # only a budget defers: a tree without one has none waiting
+                spent_tokens=runs.c.spent_tokens + spent.tokens, spent_cost_usd=runs.c.spent_cost_usd + spent.cost_usd))
+        if self.above is not None:
+            budgets.settle(self.conn, self.above, settled)
+        for s in settled:
+            self.op_at("dispatch.assignment.settled", s.id, tokens=s.usage.tokens, cost_usd=s.usage.cost_usd)
+        if self.above is not None:  # only a budget defers: a tree without one has none waiting
             self.effects.deliveries += self._wake_deferred()
 
     def _wake_deferred(self) -> list[Delivery]:

@@ -2,14 +2,15 @@
 
 Budgets are admission control. Every budget in the tree (the run's own, each ancestor's that has one,
 the root's) is compared with its *commitment*: what was settled, plus the recorded usage of every
-assignment not settled yet, plus what the assignments that may still spend could spend beyond what they
-recorded (their budget, which covers all their attempts together). An assignment is admitted only if its
-whole budget fits on top of that, so spend can never pass a budget, whatever the order in which outcomes
-are reported and settled, and retries, fan-out branches and child runs can never multiply a budget.
+assignment that ended but is not settled yet, plus what the assignments still in flight hold (their budget,
+which covers all their attempts together; ``coordinator.budgets`` keeps these as counters). An assignment
+is admitted only if its whole budget fits on top of that, so spend can never pass a budget, whatever the
+order in which outcomes are reported and settled, and retries, fan-out branches and child runs can never
+multiply a budget.
 
-An assignment that does not fit now but would fit once the in-flight assignments end having spent only what
-they recorded so far is *deferred* (asked again later), not denied: a denial is for a budget that its
-spend alone already leaves too small.
+An assignment that does not fit now but would fit once the in-flight assignments end having spent nothing
+more is *deferred* (asked again later), not denied: a denial is for a budget that its spend alone already
+leaves too small.
 """
 
 from __future__ import annotations
@@ -50,8 +51,8 @@ class BudgetSnapshot:
     Attributes:
         budget: ``{maxCostUsd, maxTokens}`` (either may be absent), or None for no budget.
         spent_*: settled usage.
-        unsettled_*: usage recorded on assignments the brain has not settled yet (final or not).
-        reserved_*: what assignments that may still spend could spend beyond their recorded usage.
+        unsettled_*: usage recorded on assignments that ended but the brain has not settled yet.
+        reserved_*: what the assignments still in flight hold (their budgets).
         run_id: the run whose budget this is.
         in_flight: how many assignments may still spend.
     """

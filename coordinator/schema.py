@@ -28,6 +28,13 @@ runs = Table(
     Column("budget", JSON, nullable=True),
     Column("spent_tokens", Integer, nullable=False, default=0),
     Column("spent_cost_usd", Double, nullable=False, default=0.0),
+    # A budgeted run's counters over its whole subtree (coordinator.budgets): settled spend, and what the
+    # admitted, unsettled assignments under it hold (their budgets) and how many they are.
+    Column("tree_spent_tokens", Integer, nullable=False, default=0),
+    Column("tree_spent_cost_usd", Double, nullable=False, default=0.0),
+    Column("tree_held_tokens", Integer, nullable=False, default=0),
+    Column("tree_held_cost_usd", Double, nullable=False, default=0.0),
+    Column("tree_in_flight", Integer, nullable=False, default=0),
     Column("visits", JSON, nullable=False),
     Column("open_fans", Integer, nullable=False, default=0),  # unfired fan-ins: none, and an event skips them
     Column("token_seq", Integer, nullable=False, default=0),
@@ -37,6 +44,7 @@ runs = Table(
     Column("ended_at", Double, nullable=True),
     Index(None, "status", "updated_at"),
     Index(None, "parent_run_id"),
+    Index(None, "root_run_id"),
     Index(None, "tenant", "created_at"),
 )
 

@@ -53,6 +53,10 @@ class WorkContext:
     def meter(self, *, tokens: int = 0, cost_usd: float = 0.0) -> None:
         """Add what was just spent; raise BudgetExceeded the moment the budget is broken."""
         self.usage = self.usage + Usage(tokens=tokens, cost_usd=cost_usd)
+        self.check_budget()
+
+    def check_budget(self) -> None:
+        """Raise BudgetExceeded when the usage so far (every attempt) breaks the assignment's budget."""
         broken = self.usage.exceeds(self.assignment.budget)
         if broken:
             raise BudgetExceeded(

@@ -58,6 +58,17 @@ def classify(exc: BaseException) -> Failure:
     return Failure(Problem("work.exception", tail, True))
 
 
+def _over_budget(ctx: WorkContext) -> Failure | None:
+    """An attempt whose metered usage broke its budget fails for good, whatever the handler raised: only a
+    final outcome may carry usage past the budget, so what admission holds for unfinished work (its budget)
+    is never less than what it spent."""
+    try:
+        ctx.check_budget()
+    except BudgetExceeded as exc:
+        return classify(exc)
+    return None
+
+
 class Runtime:
     """Runs assignments for a set of routes in this process."""
 
@@ -98,12 +109,13 @@ class Runtime:
         try:
             with self.leases.hold(claim), _ttl_guard(ctx):
                 result = handler(ctx, envelope.input or {})
+            ctx.check_budget()  # a handler that swallowed BudgetExceeded does not get to succeed
             if not isinstance(result, WorkResult):
                 raise WorkFailed(f"handler returned {type(result).__name__}, not WorkResult", retryable=False)
             check_json(result.output, where="output")  # hostile output never reaches the ledger
             return result, None, ctx
         except Exception as exc:  # every failure becomes data; the worker never dies of a handler
-            return None, classify(exc), ctx
+            return None, _over_budget(ctx) or classify(exc), ctx
 
     def _finish(self, claim: ledger.Claim, ctx: WorkContext | None, result: WorkResult | None,
                 failure: Failure | None) -> str:

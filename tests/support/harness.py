@@ -231,9 +231,13 @@ def overspent(engine: Engine, root_id: str, *,
 
     with engine.connect() as conn:
         tree = {r.id: r for r in conn.execute(select(runs.c.id, runs.c.parent_run_id, runs.c.budget,
-                                                     runs.c.spent_tokens, runs.c.spent_cost_usd)
+                                                     runs.c.spent_tokens, runs.c.spent_cost_usd,
+                                                     runs.c.tree_spent_tokens, runs.c.tree_spent_cost_usd,
+                                                     runs.c.tree_held_tokens, runs.c.tree_held_cost_usd,
+                                                     runs.c.tree_in_flight)
                                               .where(runs.c.root_run_id == root_id))}
-        rows = conn.execute(select(m.c.run_id, m.c.status, m.c.usage_tokens, m.c.usage_cost_usd, m.c.payload)
+        rows = conn.execute(select(m.c.run_id, m.c.status, m.c.usage_tokens, m.c.usage_cost_usd, m.c.payload,
+                                   m.c.held_tokens, m.c.held_cost_usd)
                             .where(m.c.run_id.in_(list(tree)), m.c.kind == "assignment")).all()
     own = {run_id: [float(r.spent_tokens), float(r.spent_cost_usd), 0.0, 0.0] for run_id, r in tree.items()}
     for row in rows:
@@ -254,6 +258,26 @@ def overspent(engine: Engine, root_id: str, *,
             problems.append(f"run {run_id}: {tokens:.0f} tokens spent over a budget of {r.budget}")
         if cost > r.budget.get("maxCostUsd", float("inf")) + spare_cost + 1e-9:
             problems.append(f"run {run_id}: ${cost:.6f} spent over a budget of {r.budget}")
+    return problems + _counter_problems(tree, rows)
+
+
+def _counter_problems(tree: Mapping, rows: list) -> list[str]:
+    """Every budgeted run whose counters (``coordinator.budgets``) differ from what its subtree's rows say:
+    settled spend, and the holds of admitted assignments not settled yet. True at every commit."""
+    problems = []
+    for run_id, r in tree.items():
+        if not r.budget:
+            continue
+        members = {x for x in tree if _under(x, run_id, tree)}
+        held = [row for row in rows if row.run_id in members and row.held_tokens is not None
+                and row.status != "settled"]
+        expected = [sum(tree[x].spent_tokens for x in members), sum(tree[x].spent_cost_usd for x in members),
+                    sum(h.held_tokens for h in held), sum(h.held_cost_usd for h in held), len(held)]
+        have = [r.tree_spent_tokens, r.tree_spent_cost_usd, r.tree_held_tokens, r.tree_held_cost_usd,
+                r.tree_in_flight]
+        if any(abs(a - b) > 1e-6 for a, b in zip(have, expected, strict=True)):
+            problems.append(f"run {run_id}'s budget counters (spent tokens, spent $, held tokens, held $, in "
+                            f"flight) are {have}; its subtree's rows say {expected}")
     return problems
 
 

@@ -8,8 +8,9 @@
 * **nothing applied twice**: an assignment's outcome was planned once (one ``decision.task.completed`` or
   ``decision.task.failed`` per assignment), an assignment succeeded at most once (one ``execute_done``), a
   join fired once (one ``operation.fan_in.fire`` per fan-in);
-* **nothing overspent**: every budget in every run tree holds (``tests.support.harness.overspent``), and each
-  run's settled spend is exactly the usage recorded on its settled assignments.
+* **nothing overspent**: every budget in every run tree holds (``tests.support.harness.overspent``), each
+  run's settled spend is exactly the usage recorded on its settled assignments, and every budgeted run's
+  counters (``coordinator.budgets``) equal what its subtree's rows say (the same function).
 
 An empty list is a ledger that held.
 """
