@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from celery import signals
 from celery.worker.consumer import Consumer
@@ -48,14 +48,20 @@ def _closing_what_is_left(close: Callable[[], None]) -> Callable[[], None]:
 
 
 def run_consumer(settings: Settings, *, name: str, queues: list[str], task_name: str,
-                 handle: Callable[[str], None]) -> None:
-    """Consume ``queues`` forever, calling ``handle(message_id)`` for each ``task_name`` message."""
+                 handle: Callable[[str], object],
+                 handle_batch: Callable[[Sequence[str]], object] | None = None) -> None:
+    """Consume ``queues`` forever, calling ``handle(message_id)`` for each row id of a ``task_name`` message
+    (or ``handle_batch(ids)`` once for all of them, when given: ``bus.outbox.BATCHED``)."""
     app = make_celery(settings, name=name, queues=queues)
     app.conf.worker_consumer = f"{__name__}:CogoConsumer"
 
     @app.task(name=task_name, bind=False, acks_late=True)
-    def _task(message_id: str) -> None:
-        handle(message_id)
+    def _task(*message_ids: str) -> None:
+        if handle_batch is not None:
+            handle_batch(message_ids)
+            return
+        for message_id in message_ids:
+            handle(message_id)
 
     @signals.worker_ready.connect(weak=False)
     def _ready(**_kwargs) -> None:

@@ -56,6 +56,31 @@ def delivery_for(msg: ledger.NewMessage, *, now: float) -> Delivery:
     return Delivery(task, queue, msg.id, countdown)
 
 
+BATCHED = frozenset({TASK_EXECUTE})
+"""Tasks whose consumer takes several rows per message (one transaction): the dispatcher. A step's fan-out
+is then one hop and one admission transaction per ``BATCH_MAX`` assignments, not one per assignment. The
+worker's messages are never batched (each assignment goes to whichever worker is free), nor the brain's."""
+BATCH_MAX = 100
+
+
+def messages(deliveries: Iterable[Delivery]) -> list[tuple[Delivery, list[str]]]:
+    """The Celery messages for ``deliveries``: one per delivery, except that deliveries of a ``BATCHED`` task
+    due now on one queue share messages of up to ``BATCH_MAX`` row ids, in their order."""
+    out: list[tuple[Delivery, list[str]]] = []
+    open_batches: dict[tuple[str, str], list[str]] = {}
+    for d in deliveries:
+        if d.task not in BATCHED or d.countdown_s:
+            out.append((d, [d.message_id]))
+            continue
+        ids = open_batches.get((d.task, d.queue))
+        if ids is None or len(ids) >= BATCH_MAX:
+            ids = open_batches[(d.task, d.queue)] = [d.message_id]
+            out.append((d, ids))
+        else:
+            ids.append(d.message_id)
+    return out
+
+
 class Publisher:
     """Sends deliveries through one Celery app's producer pool."""
 
@@ -71,10 +96,10 @@ class Publisher:
         sent = 0
         try:
             with self.app.producer_or_acquire() as producer:
-                for d in deliveries:
-                    self.app.send_task(d.task, args=[d.message_id], queue=d.queue, routing_key=d.queue,
+                for d, ids in messages(deliveries):
+                    self.app.send_task(d.task, args=ids, queue=d.queue, routing_key=d.queue,
                                        countdown=d.countdown_s or None, producer=producer)
-                    sent += 1
+                    sent += len(ids)
         except Exception as exc:  # kombu raises many transport types; one boundary, one error
             log.warning("publish failed after %d sends; the reclaimer will re-send: %s", sent, exc)
             raise BrokerUnavailable(f"could not publish to the broker: {exc}") from exc

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import Connection, select, text, update
 
@@ -44,14 +45,15 @@ class Chain:
     """Run id → parent run id, for the runs walked up from the assignment's run."""
 
 
-def chain(conn: Connection, run_id: str | None) -> Chain | None:
+def chain(conn: Connection, run_id: str | None, *, first: Any = None) -> Chain | None:
     """The budgeted runs above (and at) ``run_id``, or None when none has a budget: then there is nothing to
     hold and nothing to lock, whatever the tree's width. Read without a lock (budgets and parents never
-    change)."""
+    change). ``first``: ``run_id``'s own ``(parent_run_id, root_run_id, budget)`` when the caller read it
+    already (the dispatcher reads it with the assignment), so a root run costs no statement at all."""
     node, budgeted, parents, root = run_id, [], {}, None
     while node is not None:
-        row = conn.execute(select(runs.c.parent_run_id, runs.c.root_run_id, runs.c.budget)
-                           .where(runs.c.id == node)).first()
+        row = first if node == run_id and first is not None else conn.execute(
+            select(runs.c.parent_run_id, runs.c.root_run_id, runs.c.budget).where(runs.c.id == node)).first()
         if row is None:
             return None
         if row.budget:

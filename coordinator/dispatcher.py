@@ -6,15 +6,16 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, bindparam, select
 
 from bus import faults, ledger, outcomes
 from bus.celery_app import TASK_EXECUTE, TASK_WORK
 from bus.envelope import AssignmentEnvelope, TokenRef
 from bus.errors import BrokerUnavailable, CogoError
-from bus.introspection import write
+from bus.introspection import IntrospectionEvent, write
 from bus.outbox import EARLY_TOLERANCE_S, Delivery, Publisher
 from bus.routing import Route, execute_queue
 from bus.schema import agent_messages as m
@@ -30,6 +31,37 @@ DEFER_MIN_S = 0.25
 DEFER_MAX_S = 5.0
 """A deferred assignment is asked again after a delay doubling from ``DEFER_MIN_S`` up to ``DEFER_MAX_S``."""
 WAITING_FOR_SHOWN = 20
+
+
+@dataclass
+class _Written:
+    """What one admission transaction sends after it commits and the rows it writes last, in one statement
+    each (audit rows, trace events): a batch writes in the order one at a time would."""
+
+    deliveries: list[Delivery] = field(default_factory=list)
+    audit: list[dict[str, Any]] = field(default_factory=list)
+    events: list[IntrospectionEvent] = field(default_factory=list)
+    chains: dict[str | None, budgets.Chain | None] = field(default_factory=dict)
+
+    def chain(self, conn, row: Any) -> budgets.Chain | None:
+        """The budgets above ``row``'s run, read once per run and transaction (they never change)."""
+        if row.run_id not in self.chains:
+            first = _RunOf(row.run_parent_run_id, row.run_root_run_id, row.run_budget) if row.run_found else None
+            self.chains[row.run_id] = budgets.chain(conn, row.run_id, first=first)
+        return self.chains[row.run_id]
+
+
+class _RunOf(NamedTuple):
+    parent_run_id: str | None
+    root_run_id: str | None
+    budget: Any
+
+
+_ROWS = (select(m, runs.c.parent_run_id.label("run_parent_run_id"), runs.c.root_run_id.label("run_root_run_id"),
+                runs.c.budget.label("run_budget"), runs.c.id.is_not(None).label("run_found"))
+         .select_from(m.outerjoin(runs, runs.c.id == m.c.run_id))
+         .where(m.c.id.in_(bindparam("ids", expanding=True))))
+"""The assignments of one message, each with its run's place in its tree (what admission needs first)."""
 
 
 class Dispatcher:
@@ -59,40 +91,42 @@ class Dispatcher:
         if self.sql_events and len(message_ids) > 1:
             return [self.handle(message_id) for message_id in message_ids]
         what = f"admission of {message_ids[0]}" + (f" and {len(message_ids) - 1} more" if len(message_ids) > 1 else "")
-        outcomes, deliveries = faults.retrying(lambda: self._handle(message_ids), what=what, sleep=self.sleep)
+        results, deliveries = faults.retrying(lambda: self._handle(message_ids), what=what, sleep=self.sleep)
         if deliveries:
             try:
                 self.publisher.send(deliveries)
             except BrokerUnavailable as exc:  # committed: the reclaimer sends what could not be sent
                 log.warning("sending after %s left to the reclaimer: %s", what, exc)
-        return outcomes
+        return results
 
     def _handle(self, message_ids: Sequence[str]) -> tuple[list[str], list[Delivery]]:
         now = self.clock()
-        deliveries: list[Delivery] = []
+        out = _Written()
         with self.engine.begin() as conn, traced(conn, self.sql_events) as trace:
-            rows = {r.id: r for r in conn.execute(select(m).where(m.c.id.in_(message_ids)))}
-            outcomes = [self._one(conn, rows.get(message_id), now, deliveries) for message_id in message_ids]
+            rows = {r.id: r for r in conn.execute(_ROWS, {"ids": list(message_ids)})}
+            results = [self._one(conn, rows.get(message_id), now, out) for message_id in message_ids]
             row = rows.get(message_ids[0])
-            if trace is not None and row is not None and row.run_id and outcomes[0] not in ("duplicate", "early"):
-                write(conn, trace.events(row.run_id), now=now)  # sql_events: one assignment per transaction
-            return outcomes, deliveries
+            if trace is not None and row is not None and row.run_id and results[0] not in ("duplicate", "early"):
+                out.events += trace.events(row.run_id)  # sql_events: one assignment per transaction
+            ledger.record(conn, out.audit, now=now)  # the batch's audit rows and events, one statement each
+            write(conn, out.events, now=now)
+            return results, out.deliveries
 
-    def _one(self, conn, row: Any, now: float, deliveries: list[Delivery]) -> str:
+    def _one(self, conn, row: Any, now: float, out: _Written) -> str:
         if row is None or row.status not in (ledger.QUEUED, ledger.RETRY_WAIT):
             return "duplicate"
         if (row.retry_at or 0) > now + EARLY_TOLERANCE_S:  # a retry's backoff or a deferral not yet over
-            deliveries.append(Delivery(TASK_EXECUTE, execute_queue(row.shard), row.id, row.retry_at - now))
+            out.deliveries.append(Delivery(TASK_EXECUTE, execute_queue(row.shard), row.id, row.retry_at - now))
             return "early"
-        return self._admit(conn, row, now, deliveries)
+        return self._admit(conn, row, now, out)
 
-    def _admit(self, conn, row: Any, now: float, deliveries: list[Delivery]) -> str:
+    def _admit(self, conn, row: Any, now: float, out: _Written) -> str:
         route = Route(row.service, row.role, row.shard, row.tenant)
         envelope = AssignmentEnvelope.of(row.payload)
         token = envelope.token
         above = None
         try:
-            above = budgets.chain(conn, row.run_id) if row.status == ledger.QUEUED else None
+            above = out.chain(conn, row) if row.status == ledger.QUEUED else None
             verdict = self._verdict(conn, row, envelope, above)
         except Exception as exc:  # malformed data must fail this assignment, not loop through the reclaimer
             if faults.is_infrastructure(exc):  # not the assignment's fault: retried, never a denial
@@ -103,9 +137,9 @@ class Dispatcher:
                 log.exception("admission of %s failed", row.id)
                 verdict = Verdict(False, "policy.error", f"admission failed: {type(exc).__name__}: {exc}")
         if verdict.deferred:
-            return self._defer(conn, row, verdict, token, now, deliveries)
+            return self._defer(conn, row, verdict, token, now, out)
         if not verdict.admitted:
-            self._deny(conn, row, verdict, token, now, deliveries)
+            self._deny(conn, row, verdict, token, now, out)
             return "denied"
         retry = row.status == ledger.RETRY_WAIT
         # The backoff or deferral it waited out is over: a dispatched row's age is its own (the reclaimer's rule).
@@ -116,14 +150,14 @@ class Dispatcher:
             return "duplicate"
         if above is not None:
             budgets.reserve(conn, above, budget)
-        ledger.record(conn, [{"message_id": row.id, "run_id": row.run_id, "tenant": row.tenant,
-                              "kind": "execute_enqueued", "attempt": row.attempts + 1,
-                              "detail": {"queue": route.queue, "retry": retry}}], now=now)
+        out.audit.append({"message_id": row.id, "run_id": row.run_id, "tenant": row.tenant,
+                          "kind": "execute_enqueued", "attempt": row.attempts + 1,
+                          "detail": {"queue": route.queue, "retry": retry}})
         if row.run_id:
-            write(conn, [token.event("dispatch.assignment.admitted", row.run_id,
-                                     {"assignment_id": row.id, "queue": route.queue, "attempt": row.attempts + 1,
-                                      "retry": retry})], now=now)
-        deliveries.append(Delivery(TASK_WORK, route.queue, row.id))
+            out.events.append(token.event("dispatch.assignment.admitted", row.run_id,
+                                          {"assignment_id": row.id, "queue": route.queue,
+                                           "attempt": row.attempts + 1, "retry": retry}))
+        out.deliveries.append(Delivery(TASK_WORK, route.queue, row.id))
         return "dispatched"
 
     def _verdict(self, conn, row: Any, envelope: AssignmentEnvelope, above: budgets.Chain | None) -> Verdict:
@@ -143,7 +177,7 @@ class Dispatcher:
                 verdict = answer
         return verdict
 
-    def _defer(self, conn, row: Any, verdict: Verdict, token: TokenRef, now: float, deliveries: list[Delivery]) -> str:
+    def _defer(self, conn, row: Any, verdict: Verdict, token: TokenRef, now: float, out: _Written) -> str:
         """Leave the assignment queued and ask again after a doubling delay: the budget it needs is held by
         assignments in flight, which may end having spent less than they reserved."""
         first = row.retry_at is None
@@ -153,30 +187,29 @@ class Dispatcher:
         if first and row.run_id:  # said once: the later re-checks are the same wait
             detail = {**dict(verdict.detail or {}),
                       "waiting_for": _in_flight(conn, (verdict.detail or {}).get("run_id") or row.run_id, row.id)}
-            ledger.record(conn, [{"message_id": row.id, "run_id": row.run_id, "tenant": row.tenant,
-                                  "kind": "execute_deferred", "attempt": row.attempts,
-                                  "detail": {"code": verdict.code, "message": verdict.reason, **detail}}], now=now)
-            write(conn, [token.event("dispatch.assignment.deferred", row.run_id,
-                                     {"assignment_id": row.id, "reason": "budget", "code": verdict.code,
-                                      "message": verdict.reason, "retry_in_ms": round(delay_s * 1000), **detail})],
-                  now=now)
-        deliveries.append(Delivery(TASK_EXECUTE, execute_queue(row.shard), row.id, delay_s))
+            out.audit.append({"message_id": row.id, "run_id": row.run_id, "tenant": row.tenant,
+                              "kind": "execute_deferred", "attempt": row.attempts,
+                              "detail": {"code": verdict.code, "message": verdict.reason, **detail}})
+            out.events.append(token.event("dispatch.assignment.deferred", row.run_id,
+                                          {"assignment_id": row.id, "reason": "budget", "code": verdict.code,
+                                           "message": verdict.reason, "retry_in_ms": round(delay_s * 1000),
+                                           **detail}))
+        out.deliveries.append(Delivery(TASK_EXECUTE, execute_queue(row.shard), row.id, delay_s))
         return "deferred"
 
-    def _deny(self, conn, row: Any, verdict: Verdict, token: TokenRef, now: float, deliveries: list[Delivery]) -> None:
+    def _deny(self, conn, row: Any, verdict: Verdict, token: TokenRef, now: float, out: _Written) -> None:
         error = verdict.problem().to_dict()
         if not ledger.move(conn, row.id, from_=(row.status,), to=ledger.FAILED, now=now,
                            values={"last_error": f"{verdict.code}: {verdict.reason}", "last_error_at": now}):
             return
         kind = "budget_violation" if verdict.code.startswith("budget") else "policy_denied"
-        ledger.record(conn, [{"message_id": row.id, "run_id": row.run_id, "tenant": row.tenant, "kind": kind,
-                              "attempt": row.attempts, "detail": error}], now=now)
+        out.audit.append({"message_id": row.id, "run_id": row.run_id, "tenant": row.tenant, "kind": kind,
+                          "attempt": row.attempts, "detail": error})
         if row.run_id:
-            write(conn, [token.event("dispatch.assignment.denied", row.run_id, {"assignment_id": row.id, **error})],
-                  now=now)
-            deliveries.append(outcomes.report(conn, assignment_id=row.id, run_id=row.run_id, tenant=row.tenant,
-                                              payload=row.payload, kind=outcomes.TASK_FAILED, now=now,
-                                              shard=row.shard, body={"error": error, "attempts": row.attempts}))
+            out.events.append(token.event("dispatch.assignment.denied", row.run_id, {"assignment_id": row.id, **error}))
+            out.deliveries.append(outcomes.report(conn, assignment_id=row.id, run_id=row.run_id, tenant=row.tenant,
+                                                  payload=row.payload, kind=outcomes.TASK_FAILED, now=now,
+                                                  shard=row.shard, body={"error": error, "attempts": row.attempts}))
 
 
 def _in_flight(conn, run_id: str, exclude: str) -> list[str]:

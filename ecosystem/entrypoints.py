@@ -79,7 +79,7 @@ def dispatcher(settings: Settings, name: str) -> None:
                            allowed_models=settings.model_allow_list,
                            sql_events=settings.sql_events)
     run_consumer(settings, name=name, queues=by_name(name).queues(settings.shards, settings.shard),
-                 task_name=TASK_EXECUTE, handle=admission.handle)
+                 task_name=TASK_EXECUTE, handle=admission.handle, handle_batch=admission.handle_batch)
 
 
 def _serve(settings: Settings, name: str, handlers: Mapping[tuple[str, str], Handler]) -> None:

@@ -211,12 +211,13 @@ nodes:
 ]
 
 
-def record(scenario: Scenario, workdir: Path) -> dict[str, Any]:
-    """Run one scenario and return its golden document."""
+def record(scenario: Scenario, workdir: Path, *, batched: bool = False) -> dict[str, Any]:
+    """Run one scenario and return its golden document (``batched``: admissions delivered as the publisher
+    groups them)."""
     engine = make_engine(f"sqlite:///{workdir / (scenario.name + '.db')}")
     upgrade(engine)
     registry = registry_of(*scenario.definitions, builtin=True)
-    fleet = Fleet(engine, scenario.handlers, registry=registry)
+    fleet = Fleet(engine, scenario.handlers, registry=registry, batched=batched)
     run_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"cogo:golden:{scenario.name}"))
     submit(fleet, scenario.workflow, scenario.payload, run_id=run_id)
     if scenario.act:

@@ -48,9 +48,9 @@ def _tuples_read_per_admission(engine, monkeypatch, width: int) -> list[int]:
             "FROM pg_stat_xact_user_tables WHERE relname IN ('runs', 'agent_messages') "
             "AND schemaname = current_schema()")).scalar())
 
-    def starting(conn, run_id):
+    def starting(conn, run_id, **known):
         started.append(tuples(conn))
-        return chain(conn, run_id)
+        return chain(conn, run_id, **known)
 
     def checked(conn, found):
         found_snapshots = snapshots(conn, found)

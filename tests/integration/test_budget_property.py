@@ -178,8 +178,8 @@ def forget_earlier_examples(engine) -> None:
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
                                  HealthCheck.data_too_large, HealthCheck.large_base_example])
 @given(body=tree, seed=st.integers(0, 2**16), cancel_at=st.none() | st.integers(1, 40),
-       chaos=st.randoms(use_true_random=False))
-def test_no_budget_in_the_tree_is_ever_passed(engine, body, seed, cancel_at, chaos):
+       chaos=st.randoms(use_true_random=False), batched=st.booleans())
+def test_no_budget_in_the_tree_is_ever_passed(engine, body, seed, cancel_at, chaos, batched):
     forget_earlier_examples(engine)
     name = f"b{seed}-{zlib.crc32(repr(body).encode()) % 10**6}"
     compiler = Compiler(name)
@@ -188,7 +188,7 @@ def test_no_budget_in_the_tree_is_ever_passed(engine, body, seed, cancel_at, cha
     registry = Registry([parse_definition(d) for d in compiler.definitions])
     box: list[Chaos] = []
     fleet = Fleet(engine, {("t", "work"): handler(seed, lambda: box[0])}, registry=registry, fail_fast=True,
-                  settings=Settings(broker_url="memory://", lease_s=4.0).checked())
+                  batched=batched, settings=Settings(broker_url="memory://", lease_s=4.0).checked())
     root = submit(fleet, name, {"flag": True, "items": compiler.items},
                   run_id=str(uuid.uuid5(uuid.NAMESPACE_URL, name)))
     box.append(Chaos(fleet, root, chaos, cancel_at=cancel_at))
@@ -204,7 +204,7 @@ def test_no_budget_in_the_tree_is_ever_passed(engine, body, seed, cancel_at, cha
     assert [r.id for r in rows if r.status != ledger.SETTLED] == []
     assert spent[0] == sum(r.usage_tokens for r in rows)  # settled exactly once each
     assert abs(spent[1] - sum(r.usage_cost_usd for r in rows)) < 1e-9
-    event(f"root {family[root]}")
+    event(f"root {family[root]}" + (", admissions batched" if batched else ""))
     event(f"steps<{100 * (box[0].steps // 100 + 1)}")
     event(f"{len(rows)} assignments" if len(rows) < 4 else "4+ assignments")
     with engine.connect() as conn:

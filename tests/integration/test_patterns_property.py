@@ -136,13 +136,15 @@ def count(conn, table, *where) -> int:
 @settings(max_examples=150, deadline=None, derandomize=True,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
                                  HealthCheck.data_too_large, HealthCheck.large_base_example])
-@given(body=block, flag=st.booleans(), seed=st.integers(0, 2**16), chaos=st.randoms(use_true_random=False))
-def test_random_workflows_always_end_cleanly(sqlite_engine, body, flag, seed, chaos):
+@given(body=block, flag=st.booleans(), seed=st.integers(0, 2**16), chaos=st.randoms(use_true_random=False),
+       batched=st.booleans())
+def test_random_workflows_always_end_cleanly(sqlite_engine, body, flag, seed, chaos, batched):
     name = f"p{seed}-{zlib.crc32(repr(body).encode()) % 10**6}"
     compiler = Compiler(name)
     compiler.workflow(name, body)
     registry = Registry([parse_definition(d) for d in compiler.definitions])
-    fleet = Fleet(sqlite_engine, {("t", "work"): outcomes(seed)}, registry=registry, fail_fast=True)
+    fleet = Fleet(sqlite_engine, {("t", "work"): outcomes(seed)}, registry=registry, fail_fast=True,
+                  batched=batched)
     root = submit(fleet, name, {"flag": flag, "items": compiler.items})
     drain_chaotically(fleet, chaos, duplicate=0.25)
 

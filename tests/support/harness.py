@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from sqlalchemy import Engine
 
 from bus.celery_app import TASK_DECIDE, TASK_EXECUTE, TASK_WORK
-from bus.outbox import Delivery
+from bus.outbox import Delivery, messages
 from bus.reclaimer import Reclaimer
 from bus.settings import Settings
 from coordinator.brain import Brain
@@ -38,20 +38,25 @@ class Clock:
 class RecordingPublisher:
     """Stands where ``bus.outbox.Publisher`` stands: records what would have been sent."""
 
-    def __init__(self, clock: Clock):
-        self.clock = clock
+    def __init__(self, clock: Clock, *, batched: bool = False):
+        self.clock, self.batched = clock, batched
         self.sent: list[Delivery] = []
         self._heap: list[tuple[float, int, Delivery]] = []
         self._seq = itertools.count()
+        self.batch_of: dict[int, list[str]] = {}
+        """``batched``: the row ids one Celery message carries, keyed by its first delivery (``id()``)."""
         self.app = None
 
     def send(self, deliveries) -> int:
-        count = 0
-        for d in deliveries:
-            self.sent.append(d)
+        """Record ``deliveries``; ``batched``, as ``bus.outbox.Publisher`` groups them into messages."""
+        deliveries = list(deliveries)
+        self.sent.extend(deliveries)
+        grouped = messages(deliveries) if self.batched else [(d, [d.message_id]) for d in deliveries]
+        for d, ids in grouped:
+            if len(ids) > 1:
+                self.batch_of[id(d)] = ids
             heapq.heappush(self._heap, (self.clock.now + d.countdown_s, next(self._seq), d))
-            count += 1
-        return count
+        return len(deliveries)
 
     def pending(self) -> list[Delivery]:
         """What is waiting to be delivered, in due order."""
@@ -83,9 +88,11 @@ class Fleet:
     trace: list[tuple[str, str, str]] = field(default_factory=list)
     fail_fast: bool = False
     """Re-raise an exception of planning or phase 1 in the test, instead of counting it as a brain crash."""
+    batched: bool = False
+    """Deliver as the real publisher sends: a step's admissions in one message, one dispatcher transaction."""
 
     def __post_init__(self) -> None:
-        self.publisher = RecordingPublisher(self.clock)
+        self.publisher = RecordingPublisher(self.clock, batched=self.batched)
         common = {"engine": self.engine, "publisher": self.publisher, "clock": self.clock}
         self.brain = Brain(registry=self.registry, shards=self.settings.shards, fail_fast=self.fail_fast, **common)
         self.dispatcher = Dispatcher(**common)
@@ -95,7 +102,12 @@ class Fleet:
             TASK_DECIDE: self.brain.handle, TASK_EXECUTE: self.dispatcher.handle, TASK_WORK: self.runtime.handle}
 
     def deliver(self, delivery: Delivery) -> str:
-        """Hand one delivery to its consumer, as the broker would."""
+        """Hand one delivery to its consumer, as the broker would (a batched one: all its rows at once)."""
+        ids = self.publisher.batch_of.get(id(delivery))  # a duplicate of the message carries them all again
+        if ids is not None:
+            outcomes = self.dispatcher.handle_batch(ids)
+            self.trace.extend((delivery.task, i, o) for i, o in zip(ids, outcomes, strict=True))
+            return outcomes[0]
         outcome = self.routes[delivery.task](delivery.message_id)
         self.trace.append((delivery.task, delivery.message_id, outcome))
         return outcome
