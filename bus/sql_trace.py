@@ -39,11 +39,12 @@ class SqlTrace:
 
 
 def statement_of(sql: str) -> tuple[str, str | None]:
-    """``(kind, table)`` of one SQL statement: its verb (``other`` for anything else) and the first table."""
+    """``(kind, table)`` of one SQL statement: its verb (``other`` for anything else) and the first table
+    outside any subquery (a column's ``EXISTS (SELECT … FROM other)`` does not name the statement's table)."""
     words = sql.lstrip().split(None, 1)
     kind = words[0].lower() if words else "other"
-    found = _TABLE.search(sql)
-    return (kind if kind in KINDS else "other"), (found.group(1) if found else None)
+    top = [f for f in _TABLE.finditer(sql) if sql.count("(", 0, f.start()) == sql.count(")", 0, f.start())]
+    return (kind if kind in KINDS else "other"), (top[0].group(1) if top else None)
 
 
 @contextlib.contextmanager

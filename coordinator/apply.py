@@ -31,7 +31,7 @@ from coordinator import decisions as d
 from coordinator.definitions import Registry
 from coordinator.planning.builder import Plan
 from coordinator.planning.working import Changes
-from coordinator.schema import approvals, branch_scopes, fan_ins, runs, tokens
+from coordinator.schema import approvals, branch_scopes, fan_ins, run_visits, runs, tokens
 from coordinator.state import WorkflowState
 
 log = logging.getLogger(__name__)
@@ -147,6 +147,7 @@ class Phase1:
                          .values(updated_at=now, **changed))
         self._write_fans(c)
         self._write_scopes(c)
+        self._write_visits(c)
         if c.ended:
             self._close_timers()
             for timer in [msg.id for msg in self.messages if msg.kind == "timer" and msg.run_id == run_id]:
@@ -187,6 +188,20 @@ class Phase1:
             conn.execute(update(branch_scopes).where(branch_scopes.c.id == scope).values(data=data))
         if c.dropped_scopes:
             conn.execute(delete(branch_scopes).where(branch_scopes.c.id.in_(c.dropped_scopes)))
+
+    def _write_visits(self, c: Changes) -> None:
+        conn, run_id = self.conn, self.run.id
+        new = [{"run_id": run_id, "scope": s, "node_id": n, "count": k} for s, n, k, existed in c.branch_visits
+               if not existed]
+        if new:
+            conn.execute(insert(run_visits), new)
+        for scope, node_id, count, existed in c.branch_visits:
+            if existed:
+                conn.execute(update(run_visits).where(run_visits.c.run_id == run_id, run_visits.c.scope == scope,
+                                                      run_visits.c.node_id == node_id).values(count=count))
+        if c.dropped_visits:
+            conn.execute(delete(run_visits).where(run_visits.c.run_id == run_id,
+                                                  run_visits.c.scope.in_(c.dropped_visits)))
 
     def _close_timers(self) -> None:
         """A run that ended has nothing left to wake: its pending timers (a decided approval's deadline, a node

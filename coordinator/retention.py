@@ -14,7 +14,7 @@ from sqlalchemy import Engine, delete, select
 from bus import ledger
 from bus.schema import agent_messages as m
 from bus.schema import bus_events, introspection_events
-from coordinator.schema import approvals, branch_scopes, fan_ins, idempotency_keys, runs, tokens
+from coordinator.schema import approvals, branch_scopes, fan_ins, idempotency_keys, run_visits, runs, tokens
 from coordinator.state import RUN_TERMINAL
 
 log = logging.getLogger(__name__)
@@ -42,6 +42,7 @@ def prune(engine: Engine, *, retention_days: float, clock: Callable[[], float] =
         for table, column in ((introspection_events, introspection_events.c.run_id),
                               (bus_events, bus_events.c.run_id), (m, m.c.run_id), (tokens, tokens.c.run_id),
                               (fan_ins, fan_ins.c.run_id), (branch_scopes, branch_scopes.c.run_id),
+                              (run_visits, run_visits.c.run_id),
                               (approvals, approvals.c.run_id), (idempotency_keys, idempotency_keys.c.run_id),
                               (runs, runs.c.id)):
             if ids:

@@ -69,6 +69,16 @@ tokens = Table(
     Index(None, "run_id", "status"),
 )
 
+run_visits = Table(
+    # A branch's loop counters (how many times a node was entered in one branch scope): a row each, so an
+    # event reads and writes its own branch's, not every branch's (the run row keeps the root scope's).
+    "run_visits", metadata,
+    Column("run_id", ID, primary_key=True),
+    Column("scope", String(64), primary_key=True),
+    Column("node_id", String(128), primary_key=True),
+    Column("count", Integer, nullable=False),
+)
+
 branch_scopes = Table(
     "branch_scopes", metadata,
     Column("id", String(64), primary_key=True),

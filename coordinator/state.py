@@ -99,6 +99,8 @@ class WorkflowState:
     whole: bool = True
     """False when only what one event touches was loaded (its token, the owners of the open fan-ins and their
     branch scopes): planning asks for the whole state (``NeedsWholeState``) before it looks at anything else."""
+    visit_scopes: frozenset[str] = frozenset()
+    """Of a partial state: the branch scopes whose loop counters (``visits``) were loaded."""
     unloaded: tuple[int, int] = (0, 0)
     """Of a partial state: how many active tokens were left out, ``(working, waiting)`` — what the run's status
     (running or waiting) needs to know of them."""

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Connection, func, select
+from sqlalchemy import Connection, exists, func, select
 
 from bus.errors import NotFound
 from coordinator.definitions import Registry
-from coordinator.schema import branch_scopes, fan_ins, runs, tokens
+from coordinator.planning.working import visit_key
+from coordinator.schema import branch_scopes, fan_ins, run_visits, runs, tokens
 from coordinator.state import TOKEN_ACTIVE, WAITING, FanIn, RunInfo, Token, WorkflowState
 from coordinator.timefmt import with_iso
 
@@ -23,7 +24,8 @@ def load_state(conn: Connection, run_id: str, registry: Registry, *,
     Raises:
         NotFound: no such run.
     """
-    row = conn.execute(select(runs, *(_ACTIVE_COUNTS if focus else ())).where(runs.c.id == run_id)).mappings().first()
+    row = conn.execute(select(runs, _BRANCH_VISITS, *(_ACTIVE_COUNTS if focus else ()))
+                       .where(runs.c.id == run_id)).mappings().first()
     if row is None:
         raise NotFound(f"no run {run_id}", code="run.unknown")
     open_fans = [] if not row["open_fans"] else conn.execute(
@@ -42,13 +44,20 @@ def load_state(conn: Connection, run_id: str, registry: Registry, *,
         scopes = conn.execute(stmt).all()
     definition = registry.get(row["workflow"], row["workflow_version"])
     waiting = sum(1 for t in loaded if t["status"] == WAITING)
-    if not whole and not open_fans and row["active_tokens"] == len(loaded):
-        whole = True  # no token was left out and there is no scope to leave out: this is the whole state
+    if not whole and not open_fans and not row["branch_visits"] and row["active_tokens"] == len(loaded):
+        whole = True  # no token, scope or loop counter was left out: this is the whole state
+    visit_scopes = frozenset(t["scope"] for t in loaded if t["scope"])
+    visits = dict(row["visits"] or {})
+    if row["branch_visits"] and (whole or visit_scopes):
+        stmt = select(run_visits.c.scope, run_visits.c.node_id, run_visits.c.count).where(run_visits.c.run_id == run_id)
+        if not whole:
+            stmt = stmt.where(run_visits.c.scope.in_(visit_scopes))
+        visits |= {visit_key(r.scope, r.node_id): r.count for r in conn.execute(stmt)}
     return WorkflowState(
         run=run_info(row),
         definition=definition,
         context=row["context"] or {},
-        visits=row["visits"] or {},
+        visits=visits,
         tokens={t["id"]: token_from_row(t) for t in loaded},
         fan_ins={f["fan_id"]: FanIn(f["fan_id"], f["join_node"], f["expected"], tuple(f["arrived"]), f["fired"],
                                     f["owner_token_id"]) for f in open_fans},
@@ -56,6 +65,7 @@ def load_state(conn: Connection, run_id: str, registry: Registry, *,
         token_seq=row["token_seq"],
         catalog=registry.catalog(definition),
         whole=whole,
+        visit_scopes=frozenset() if whole else visit_scopes,
         unloaded=(0, 0) if whole else (row["active_tokens"] - row["waiting_tokens"] - (len(loaded) - waiting),
                                        row["waiting_tokens"] - waiting),
     )
@@ -66,6 +76,8 @@ def _count_tokens(statuses: frozenset[str] | set[str], label: str) -> Any:
     return stmt.scalar_subquery().label(label)
 
 
+_BRANCH_VISITS = exists().where(run_visits.c.run_id == runs.c.id).label("branch_visits")
+"""Read with the run row: whether any branch has loop counters (most runs have none: no statement for them)."""
 _ACTIVE_COUNTS = (_count_tokens(TOKEN_ACTIVE, "active_tokens"), _count_tokens({WAITING}, "waiting_tokens"))
 """Read with the run row: what a partial state's run status needs of the tokens it leaves out."""
 _TOKEN_COLUMNS = (tokens.c.id, tokens.c.node_id, tokens.c.status, tokens.c.scope, tokens.c.fan_id,

@@ -11,7 +11,6 @@ from coordinator.definitions import EndNode, GateNode, NotifyNode, TaskNode, Tra
 from coordinator.expressions import evaluate, render, truthy
 from coordinator.planning.builder import PlanBuilder
 from coordinator.planning.scopes import branch_of, drop_fan, unreachable
-from coordinator.planning.working import visit_key
 from coordinator.state import COMPLETED, FAILED, PENDING, RUN_TERMINAL, Token, token_seq_of
 
 EntryRule = Callable[[PlanBuilder, Token, Any], None]
@@ -34,7 +33,7 @@ def place(b: PlanBuilder, node_id: str, *, scope: str | None = None, fan_id: str
     Returns:
         The new token, or None when the loop bound stopped the run.
     """
-    visits = b.visits.get(visit_key(scope, node_id), 0) + 1
+    visits = b.visits_of(scope, node_id) + 1
     if visits > 1 + b.definition.max_loops:
         fail_workflow(b, Problem("loop.max_feedback_loops",
                                  f"node {node_id!r} would run {visits} times; the workflow allows "

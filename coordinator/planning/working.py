@@ -51,13 +51,18 @@ def visit_key(scope: str | None, node_id: str) -> str:
     return f"{scope or ''}/{node_id}"
 
 
+def visit_scope(key: str) -> str:
+    """The branch scope of a ``visits`` key ('' for the run's root scope)."""
+    return key.rsplit("/", 1)[0]
+
+
 @dataclass(frozen=True)
 class Changes:
     """What phase 1 writes for one plan: the difference between the loaded state and the next one."""
 
     run: dict[str, Any]
-    """The run row's new values (status, context, visits, token sequence; output, error and an end when the
-    run finished)."""
+    """The run row's new values (status, context, the root scope's visits, token sequence; output, error and an
+    end when the run finished)."""
     ended: bool
     new_tokens: tuple[tuple[Token, Any], ...] = ()
     """Tokens created in this step, each with its error (a token may be created and finished in one step)."""
@@ -71,6 +76,10 @@ class Changes:
     """``(scope, fan_id, branch_index, data)`` of the branch scopes created in this step."""
     scope_updates: tuple[tuple[str, dict[str, Any]], ...] = ()
     dropped_scopes: tuple[str, ...] = ()
+    branch_visits: tuple[tuple[str, str, int, bool], ...] = ()
+    """``(scope, node_id, count, existed)`` of the branch loop counters that changed (``run_visits`` rows)."""
+    dropped_visits: tuple[str, ...] = ()
+    """Branch scopes whose loop counters go with them."""
 
 
 class WorkingCopy:
@@ -100,6 +109,14 @@ class WorkingCopy:
         self.dropped: dict[str, None] = {}
         self.output: Any = None
         self.error: Problem | None = None
+
+    def visits_of(self, scope: str | None, node_id: str) -> int:
+        """How many times ``node_id`` was entered in ``scope``; a branch whose counters were not loaded asks for
+        the whole state (a scope new in this step has none)."""
+        key = visit_key(scope, node_id)
+        if scope and key not in self.visits and scope not in self.state.visit_scopes:
+            self.require_whole()
+        return self.visits.get(key, 0)
 
     def require_whole(self) -> None:
         """Ask for the whole state unless it was loaded (see ``NeedsWholeState``)."""
@@ -162,8 +179,8 @@ class WorkingCopy:
         before = self.state
         status = self.run_status()
         ended = status in RUN_TERMINAL and before.run.status not in RUN_TERMINAL
-        run = {"status": status, "context": self.context, "visits": self.visits, "token_seq": self.seq,
-               "open_fans": len(self.fan_ins)}
+        run = {"status": status, "context": self.context, "token_seq": self.seq, "open_fans": len(self.fan_ins),
+               "visits": {k: n for k, n in self.visits.items() if not visit_scope(k)}}
         if ended:
             run.update(output=self.output, error=self.error.to_dict() if self.error else None)
         updates = []
@@ -191,6 +208,9 @@ class WorkingCopy:
             scope_updates=tuple((s, data) for s, data in self.scopes.items()
                                 if s in before.scopes and data is not before.scopes[s] and s not in self.dropped),
             dropped_scopes=tuple(s for s in self.dropped if s not in self.scope_origin),
+            branch_visits=tuple((visit_scope(k), k.rsplit("/", 1)[1], n, k in before.visits)
+                                for k, n in self.visits.items() if visit_scope(k) and before.visits.get(k) != n),
+            dropped_visits=tuple(s for s in self.dropped if s not in self.scope_origin),
         )
 
 

@@ -38,6 +38,8 @@ def test_each_statement_of_a_step_is_an_event_with_its_table_rows_and_duration(e
 
 def test_a_statement_is_read_for_its_kind_and_first_table():
     assert statement_of('SELECT runs.id FROM runs WHERE runs.id = ?') == ("select", "runs")
+    assert statement_of("SELECT runs.id, EXISTS (SELECT * FROM run_visits WHERE run_visits.run_id = runs.id) AS b "
+                        "FROM runs WHERE runs.id = ?") == ("select", "runs")
     assert statement_of('INSERT INTO "agent_messages" (id) VALUES (?)') == ("insert", "agent_messages")
     assert statement_of("UPDATE tokens SET status=? WHERE id=?") == ("update", "tokens")
     assert statement_of("DELETE FROM fan_ins WHERE run_id=?") == ("delete", "fan_ins")

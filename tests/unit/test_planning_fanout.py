@@ -244,7 +244,8 @@ def test_a_foreach_never_spawns_past_the_ceiling_whatever_its_definition_says():
 
 
 def partial(state, focus: str):
-    """What ``load_state(focus=...)`` reads: the focus token, the owners of the open fan-ins, their scopes."""
+    """What ``load_state(focus=...)`` reads: the focus token, the owners of the open fan-ins, their scopes and
+    those scopes' loop counters."""
     from dataclasses import replace
 
     from coordinator.state import WAITING
@@ -252,9 +253,10 @@ def partial(state, focus: str):
     tokens = {k: t for k, t in state.tokens.items() if k in keep}
     left = [t for k, t in state.tokens.items() if k not in keep]
     waiting = sum(t.status == WAITING for t in left)
-    return replace(state, tokens=tokens, scopes={s: v for s, v in state.scopes.items()
-                                                if s in {t.scope for t in tokens.values()}},
-                   whole=False, unloaded=(len(left) - waiting, waiting))
+    loaded = {t.scope for t in tokens.values() if t.scope}
+    return replace(state, tokens=tokens, scopes={s: v for s, v in state.scopes.items() if s in loaded},
+                   visits={k: n for k, n in state.visits.items() if k.rsplit("/", 1)[0] in {"", *loaded}},
+                   visit_scopes=frozenset(loaded), whole=False, unloaded=(len(left) - waiting, waiting))
 
 
 @pytest.mark.parametrize("mode, m", [("all", None), ("any", None), ("m_of_n", 3)])
