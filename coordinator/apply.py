@@ -136,6 +136,10 @@ class Phase1:
             if self.above is not None and self.above.root_id != run_id:
                 budgets.lock_root(conn, self.above)
         values = {**c.run, **({"ended_at": now} if c.ended else {})}
+        if c.active_delta:
+            values["active_tokens"] = runs.c.active_tokens + c.active_delta
+        if c.waiting_delta:
+            values["waiting_tokens"] = runs.c.waiting_tokens + c.waiting_delta
         stmt = (update(runs).where(runs.c.id == run_id, runs.c.version == self.run.version)
                 .values(version=runs.c.version + 1, updated_at=now, **values))
         if conn.execute(stmt).rowcount != 1:

@@ -36,7 +36,11 @@ runs = Table(
     Column("tree_held_cost_usd", Double, nullable=False, default=0.0),
     Column("tree_in_flight", Integer, nullable=False, default=0),
     Column("visits", JSON, nullable=False),
-    Column("open_fans", Integer, nullable=False, default=0),  # unfired fan-ins: none, and an event skips them
+    Column("open_fans", Integer, nullable=False, default=0),
+    # How many of its tokens are active, and how many of those wait: a partial state's run status needs them
+    # for the tokens it leaves out (kept by phase 1 with every token it writes; never counted per event).
+    Column("active_tokens", Integer, nullable=False, default=0),
+    Column("waiting_tokens", Integer, nullable=False, default=0),  # unfired fan-ins: none, and an event skips them
     Column("token_seq", Integer, nullable=False, default=0),
     Column("version", Integer, nullable=False, default=0),
     Column("created_at", Double, nullable=False),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Connection, exists, func, select
+from sqlalchemy import Connection, exists, select
 
 from bus.errors import NotFound
 from coordinator.definitions import Registry
@@ -24,18 +24,20 @@ def load_state(conn: Connection, run_id: str, registry: Registry, *,
     Raises:
         NotFound: no such run.
     """
-    row = conn.execute(select(runs, _BRANCH_VISITS, *(_ACTIVE_COUNTS if focus else ()))
-                       .where(runs.c.id == run_id)).mappings().first()
+    row = conn.execute(select(runs, _BRANCH_VISITS).where(runs.c.id == run_id)).mappings().first()
     if row is None:
         raise NotFound(f"no run {run_id}", code="run.unknown")
     open_fans = [] if not row["open_fans"] else conn.execute(
         select(fan_ins).where(fan_ins.c.run_id == run_id, fan_ins.c.fired.is_(False))).mappings().all()
     owners = [f["owner_token_id"] for f in open_fans]
     whole = focus is None or None in owners  # a fan-in written before owners were recorded: load everything
-    active = tokens.c.status.in_(TOKEN_ACTIVE)
-    if not whole:
-        active = active & tokens.c.id.in_([focus, *owners])
-    loaded = conn.execute(select(*_TOKEN_COLUMNS).where(tokens.c.run_id == run_id, active)).mappings().all()
+    if whole:
+        loaded = conn.execute(select(*_TOKEN_COLUMNS).where(tokens.c.run_id == run_id,
+                                                           tokens.c.status.in_(TOKEN_ACTIVE))).mappings().all()
+    else:  # by primary key, whatever the run's width; a finished one is not loaded
+        loaded = [t for t in conn.execute(select(*_TOKEN_COLUMNS).where(tokens.c.run_id == run_id,
+                                                                        tokens.c.id.in_([focus, *owners])))
+                  .mappings().all() if t["status"] in TOKEN_ACTIVE]
     scopes = []
     if open_fans:
         stmt = select(branch_scopes.c.id, branch_scopes.c.data).where(branch_scopes.c.run_id == run_id)
@@ -71,15 +73,8 @@ def load_state(conn: Connection, run_id: str, registry: Registry, *,
     )
 
 
-def _count_tokens(statuses: frozenset[str] | set[str], label: str) -> Any:
-    stmt = select(func.count()).select_from(tokens).where(tokens.c.run_id == runs.c.id, tokens.c.status.in_(statuses))
-    return stmt.scalar_subquery().label(label)
-
-
 _BRANCH_VISITS = exists().where(run_visits.c.run_id == runs.c.id).label("branch_visits")
 """Read with the run row: whether any branch has loop counters (most runs have none: no statement for them)."""
-_ACTIVE_COUNTS = (_count_tokens(TOKEN_ACTIVE, "active_tokens"), _count_tokens({WAITING}, "waiting_tokens"))
-"""Read with the run row: what a partial state's run status needs of the tokens it leaves out."""
 _TOKEN_COLUMNS = (tokens.c.id, tokens.c.node_id, tokens.c.status, tokens.c.scope, tokens.c.fan_id,
                   tokens.c.branch_index, tokens.c.attempt, tokens.c.iteration, tokens.c.assignment_id,
                   tokens.c.child_run_id, tokens.c.wait, tokens.c.output)

@@ -76,6 +76,9 @@ class Changes:
     """``(scope, fan_id, branch_index, data)`` of the branch scopes created in this step."""
     scope_updates: tuple[tuple[str, dict[str, Any]], ...] = ()
     dropped_scopes: tuple[str, ...] = ()
+    active_delta: int = 0
+    waiting_delta: int = 0
+    """How the run's counts of active and of waiting tokens change (``runs.active_tokens``, ``waiting_tokens``)."""
     branch_visits: tuple[tuple[str, str, int, bool], ...] = ()
     """``(scope, node_id, count, existed)`` of the branch loop counters that changed (``run_visits`` rows)."""
     dropped_visits: tuple[str, ...] = ()
@@ -193,6 +196,12 @@ class WorkingCopy:
             if token_id in self.errors:
                 changed["error"] = _as_dict(self.errors[token_id])
             updates.append((token_id, changed))
+        active_delta = waiting_delta = 0
+        for token_id, token in self.tokens.items():
+            old = None if token_id in self.created else before.tokens.get(token_id)
+            if token is not old:
+                active_delta += (token.status in TOKEN_ACTIVE) - (old is not None and old.status in TOKEN_ACTIVE)
+                waiting_delta += (token.status == WAITING) - (old is not None and old.status == WAITING)
         fans = {**self.fan_ins, **self.fired}
         new_scopes = tuple((s, *self.scope_origin[s], self.scopes[s]) for s in self.scope_origin
                            if s not in self.dropped)
@@ -208,6 +217,7 @@ class WorkingCopy:
             scope_updates=tuple((s, data) for s, data in self.scopes.items()
                                 if s in before.scopes and data is not before.scopes[s] and s not in self.dropped),
             dropped_scopes=tuple(s for s in self.dropped if s not in self.scope_origin),
+            active_delta=active_delta, waiting_delta=waiting_delta,
             branch_visits=tuple((visit_scope(k), k.rsplit("/", 1)[1], n, k in before.visits)
                                 for k, n in self.visits.items() if visit_scope(k) and before.visits.get(k) != n),
             dropped_visits=tuple(s for s in self.dropped if s not in self.scope_origin),

@@ -121,5 +121,7 @@ def test_the_planned_next_state_is_what_phase_one_wrote_at_every_step(engine):
         assert dict(planned.fan_ins) == dict(loaded.fan_ins)
         assert {k: dict(v) for k, v in planned.scopes.items()} == {k: dict(v) for k, v in loaded.scopes.items()}
         assert planned.token_seq == loaded.token_seq
+        assert (row["active_tokens"], row["waiting_tokens"]) == \
+            (len(planned.tokens), sum(t.status == "waiting" for t in planned.tokens.values()))
         compared += 1
     assert compared == 5  # the start and four outcomes

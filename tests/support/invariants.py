@@ -7,7 +7,8 @@
   brain event was applied (``done``); every assignment's outcome reached its run (``settled``);
 * **nothing applied twice**: an assignment's outcome was planned once (one ``decision.task.completed`` or
   ``decision.task.failed`` per assignment), an assignment succeeded at most once (one ``execute_done``), a
-  join fired once (one ``operation.fan_in.fire`` per fan-in);
+  join fired once (one ``operation.fan_in.fire`` per fan-in); each run's counts of active and waiting
+  tokens are what its tokens say;
 * **nothing overspent**: every budget in every run tree holds (``tests.support.harness.overspent``), each
   run's settled spend is exactly the usage recorded on its settled assignments, and every budgeted run's
   counters (``coordinator.budgets``) equal what its subtree's rows say (the same function).
@@ -26,7 +27,8 @@ from bus import ledger
 from bus.schema import agent_messages as m
 from bus.schema import bus_events, introspection_events
 from coordinator.schema import runs
-from coordinator.state import RUN_TERMINAL
+from coordinator.schema import tokens as token_table
+from coordinator.state import RUN_TERMINAL, TOKEN_ACTIVE, WAITING
 from tests.support.harness import overspent
 
 ONCE_PER_ASSIGNMENT = ("decision.task.completed", "decision.task.failed")
@@ -40,7 +42,11 @@ def ledger_problems(engine: Engine, *, expect_runs: int | None = None, roots: It
     problems: list[str] = []
     with engine.connect() as conn:
         all_runs = conn.execute(select(runs.c.id, runs.c.status, runs.c.parent_run_id, runs.c.root_run_id,
-                                       runs.c.spent_tokens, runs.c.spent_cost_usd)).all()
+                                       runs.c.spent_tokens, runs.c.spent_cost_usd, runs.c.active_tokens,
+                                       runs.c.waiting_tokens)).all()
+        token_counts = {(r.run_id, r.status): r.n for r in conn.execute(
+            select(token_table.c.run_id, token_table.c.status, func.count().label("n"))
+            .group_by(token_table.c.run_id, token_table.c.status))}
         rows = conn.execute(select(m.c.id, m.c.kind, m.c.status, m.c.run_id, m.c.usage_tokens, m.c.usage_cost_usd)
                             ).all()
         done_counts = Counter(r.message_id for r in conn.execute(
@@ -69,6 +75,7 @@ def ledger_problems(engine: Engine, *, expect_runs: int | None = None, roots: It
     for r in all_runs:
         if r.status not in RUN_TERMINAL:
             problems.append(f"run {r.id} did not end: {r.status}")
+    problems += token_count_problems(all_runs, token_counts)
     for row in rows:
         if row.status in ledger.OPEN:
             problems.append(f"{row.kind} {row.id} of run {row.run_id} left {row.status}")
@@ -89,6 +96,18 @@ def ledger_problems(engine: Engine, *, expect_runs: int | None = None, roots: It
         if int(tokens or 0) != r.spent_tokens or abs(float(cost or 0.0) - r.spent_cost_usd) > 1e-9:
             problems.append(f"run {r.id} spent {r.spent_tokens} tokens / ${r.spent_cost_usd:.6f}, but its settled "
                             f"assignments used {int(tokens or 0)} / ${float(cost or 0.0):.6f}")
+    return problems
+
+
+def token_count_problems(all_runs: list, token_counts: dict[tuple[str, str], int]) -> list[str]:
+    """Every run whose counts of active and waiting tokens differ from its tokens."""
+    problems = []
+    for r in all_runs:
+        active = sum(token_counts.get((r.id, s), 0) for s in TOKEN_ACTIVE)
+        waiting = token_counts.get((r.id, WAITING), 0)
+        if (r.active_tokens, r.waiting_tokens) != (active, waiting):
+            problems.append(f"run {r.id} counts {r.active_tokens} active / {r.waiting_tokens} waiting tokens; "
+                            f"its tokens say {active} / {waiting}")
     return problems
 
 
