@@ -1,4 +1,4 @@
-"""``python -m bench run|events|handlers|profile|table …`` (see bench/README.md)."""
+"""``python -m bench run|events|handlers|profile|shards|table …`` (see bench/README.md)."""
 
 from __future__ import annotations
 
@@ -37,9 +37,47 @@ def parse(argv: list[str]) -> argparse.Namespace:
     events.add_argument("--throughput-runs", type=int, default=None,
                         help="runs per side in the throughput scenario (default: as in `run`)")
     events.add_argument("--out", type=Path, default=RESULTS)
+    shards = sub.add_parser("shards", help="throughput and CPU per run of each process kind at 1, 2, 4 shards")
+    shards.add_argument("--ledger", choices=["sqlite", "postgres"], default="postgres")
+    shards.add_argument("--shards", type=shard_counts, default=(1, 2, 4), help="shard counts (default 1,2,4)")
+    shards.add_argument("--runs", type=int, default=None,
+                        help="measured runs per shard count (default: as in `run`, or the quick size with --quick)")
+    shards.add_argument("--quick", action="store_true", help="tiny counts: a smoke run")
+    shards.add_argument("--workers", type=int, default=2)
+    shards.add_argument("--out", type=Path, default=None,
+                        help="write <out>/shards.json (default bench/results; a --quick run writes only with --out)")
     table = sub.add_parser("table", help="print a result's tables as Markdown (for the README)")
     table.add_argument("path", type=Path, nargs="?", default=RESULTS / "latest.json")
     return parser.parse_args(argv)
+
+
+def shard_counts(text: str) -> tuple[int, ...]:
+    """``1,2,4`` → ``(1, 2, 4)``."""
+    try:
+        counts = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a comma-separated list of shard counts: {text!r}") from None
+    if not counts or min(counts) < 1:
+        raise argparse.ArgumentTypeError(f"shard counts must be 1 or more: {text!r}")
+    return counts
+
+
+def shard_scaling(args: argparse.Namespace) -> int:
+    """Print (and write to ``<out>/shards.json``) throughput and CPU per run at each shard count."""
+    from bench import shards
+
+    sizes = runner.QUICK if args.quick else runner.FULL
+    with tempfile.TemporaryDirectory(prefix="cogo-bench-") as tmp, fleet.own_redis(Path(tmp)) as broker:
+        result = shards.run(ledger=args.ledger, counts=args.shards, runs=args.runs or sizes.shard_runs,
+                            workers=args.workers, broker_url=broker, workdir=Path(tmp),
+                            log=lambda line: print(line, file=sys.stderr, flush=True))
+    result["mode"], result["machine"] = "quick" if args.quick else "full", report.machine()
+    out = args.out or (None if args.quick else RESULTS)
+    if out:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "shards.json").write_text(json.dumps(result, indent=1) + "\n")
+    print(json.dumps(result, indent=1))
+    return 0
 
 
 def handler_costs(args: argparse.Namespace) -> int:
@@ -82,6 +120,8 @@ def main(argv: list[str]) -> int:
         return 0
     if args.command == "events":
         return task_events(args)
+    if args.command == "shards":
+        return shard_scaling(args)
     if args.command == "profile":
         from bench.profile import profile
 

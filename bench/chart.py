@@ -31,7 +31,7 @@ def draw(result: dict[str, Any], path: Path) -> bool:
     _bars(axes[0][1], ledgers, "throughput (runs, tasks or workflows / s, log)", [("", "throughput", "per_s")],
           polled, log=True)
     _bars(axes[0][2], ledgers, "ingress (requests / s)", [("", "ingress", "per_s")], (COGO, CELERY))
-    _bars(axes[1][0], ledgers, "fan-out + join wall time (s, log)",
+    _bars(axes[1][0], ledgers, f"fan-out + join wall time (s, log){_linearity(ledgers)}",
           [(f"{result['config']['fanout_items']:,}", "fanout", "wall_s"), (large, "large_fanout", "wall_s")],
           polled, log=True)
     _growth(axes[1][1], ledgers)
@@ -57,17 +57,37 @@ def _bars(ax, ledgers: dict, title: str, series: list[tuple[str, str, str]], sid
     labels = [f"{kind}{' ' + tag if tag else ''}" for kind in ledgers for tag, _, _ in series]
     width = 0.8 / len(sides)
     for offset, (side, color, path) in enumerate(sides):
-        values = [_num(_at(ledgers[kind].get(scenario, {}), path).get(key))
-                  for kind in ledgers for _, scenario, key in series]
+        found = [(_at(ledgers[kind].get(scenario, {}), path), key) for kind in ledgers for _, scenario, key in series]
+        values = [_num(data.get(key)) for data, key in found]
         xs = [i + (offset - (len(sides) - 1) / 2) * width for i in range(len(labels))]
         ax.bar(xs, [v or 0 for v in values], width, label=side, color=color)
-        for x, v in zip(xs, values, strict=True):
-            ax.annotate("n/a" if v is None else f"{v:.3g}", (x, v or 0), ha="center", va="bottom", fontsize=8)
+        for x, v, (data, _) in zip(xs, values, found, strict=True):
+            if v is None:  # no bar: say why at the foot of the axis (a log axis has no 0 to put it at)
+                ax.annotate(_why_none(data), (x, 0.02), xycoords=("data", "axes fraction"), ha="center",
+                            va="bottom", fontsize=8, rotation=90)
+            else:
+                ax.annotate(f"{v:.3g}", (x, v), ha="center", va="bottom", fontsize=8)
     ax.set_xticks(range(len(labels)), labels, fontsize=8)
     if log:
         ax.set_yscale("log")
     ax.set_title(title)
     ax.legend(fontsize=8)
+
+
+def _why_none(data: dict) -> str:
+    """Why a side has no bar: its status (timeout, skipped, not run), or n/a."""
+    return data.get("status", "n/a").replace("_", " ")
+
+
+def _linearity(ledgers: dict) -> str:
+    """cogo's wide fan-out wall over its narrow one per ledger, for the fan-out panel's title."""
+    measured = {kind: results.get("large_fanout", {}).get("linearity") or {} for kind, results in ledgers.items()}
+    measured = {kind: m for kind, m in measured.items() if m.get("wall_ratio") is not None}
+    if not measured:
+        return ""
+    narrow, wide = next(iter(measured.values()))["items"]
+    return (f"\ncogo's {wide:,}-way wall / its {narrow:,}-way: "
+            + ", ".join(f"{kind} {m['wall_ratio']:.3g} ×" for kind, m in measured.items()))
 
 
 def _growth(ax, ledgers: dict) -> None:

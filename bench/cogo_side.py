@@ -6,6 +6,7 @@ at claim and at completion; ``runs.ended_at`` the brain's clock when the run end
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 import uuid
@@ -20,8 +21,11 @@ from coordinator.schema import runs
 
 TERMINAL = ("completed", "failed", "cancelled")
 STARTED, COMPLETED = "dispatch.assignment.started", "dispatch.assignment.completed"
+DEFERRED = "dispatch.assignment.deferred"
 BRAIN, ADMITTED = "decision.task.completed", "dispatch.assignment.admitted"
 HOPS = ("worker_to_brain", "brain_to_dispatcher", "dispatcher_to_worker")
+# How long a fan-out cancelled past its timeout is given to end before the bench moves on.
+CANCEL_WAIT_S = 60.0
 
 
 def auth_headers(api_key: str | None) -> dict[str, str]:
@@ -196,18 +200,52 @@ def fanout_supported() -> str | None:
     return None
 
 
-def fanout(cogo: Cogo, items: int) -> dict:
-    """One ``bench-fanout`` run over ``items`` items: wall time and the ledger rows it wrote."""
+def fanout(cogo: Cogo, items: int, *, timeout_s: float | None = None) -> dict:
+    """One ``bench-fanout`` run over ``items`` items: wall time, the ledger rows it wrote, and how many of its
+    assignments the dispatcher deferred for budget (0 unless a budget, not the fleet, held it back).
+
+    Past ``timeout_s`` (default 120 s + 0.2 s an item) the run is cancelled and reported as a timeout, with how
+    many items were done: a scenario never hangs on a fan-out that does not finish.
+    """
     reason = fanout_supported()
     if reason:
         return {"status": "not_run", "reason": reason}
+    timeout_s = 120 + items * 0.2 if timeout_s is None else timeout_s
     start = time.time()
     run_id = cogo.submit("bench-fanout", payload={"items": list(range(items))})
-    row = cogo.wait_run(run_id, timeout_s=120 + items * 0.2, poll_s=0.05)
+    try:
+        row = cogo.wait_run(run_id, timeout_s=max(0.0, start + timeout_s - time.time()), poll_s=0.05)
+    except TimeoutError:
+        return fanout_timeout(cogo, run_id, items=items, timeout_s=timeout_s, elapsed_s=time.time() - start)
     if row["status"] != "completed":
         return {"status": "failed", "reason": f"the fan-out run ended {row['status']}", "run_id": run_id}
     return {"status": "ok", "items": items, "wall_s": round(row["ended_at"] - start, 3),
-            "ledger_rows": ledger_rows(cogo.engine, run_id)}
+            "deferred": count_events(cogo.engine, run_id, DEFERRED), "ledger_rows": ledger_rows(cogo.engine, run_id)}
+
+
+def count_events(engine: Engine, run_id: str, type_: str) -> int:
+    """How many introspection events of ``type_`` the run wrote (one indexed count): its items done, those the
+    brain took in, or the assignments the dispatcher deferred for budget (held back by a budget, not the fleet)."""
+    with engine.connect() as conn:
+        return conn.execute(select(func.count()).select_from(ie)
+                            .where(ie.c.run_id == run_id, ie.c.type == type_)).scalar_one()
+
+
+def fanout_timeout(cogo: Cogo, run_id: str, *, items: int, timeout_s: float, elapsed_s: float) -> dict:
+    """A fan-out past its deadline: count its items the workers finished and those the brain has taken in
+    (the join waits for both), cancel it, and give the cancellation a bounded wait, so the scenarios after it
+    measure a quiet fleet."""
+    done, decided = count_events(cogo.engine, run_id, COMPLETED), count_events(cogo.engine, run_id, BRAIN)
+    cancelled = cogo.http.post(f"/api/runs/{run_id}/cancel", json={"reason": "bench: fan-out past its timeout"})
+    ended = "still running"
+    with contextlib.suppress(TimeoutError):
+        ended = cogo.wait_run(run_id, timeout_s=CANCEL_WAIT_S, poll_s=0.25)["status"]
+    return {"status": "timeout", "items": items, "items_done": done, "items_decided": decided,
+            "elapsed_s": round(elapsed_s, 1),
+            "deferred": count_events(cogo.engine, run_id, DEFERRED), "timeout_s": timeout_s, "run_id": run_id,
+            "cancel_http_status": cancelled.status_code, "status_after_cancel": ended,
+            "reason": f"not finished after {timeout_s:g} s ({done:,} of {items:,} items done, {decided:,} taken "
+                      f"in by the brain); cancelled"}
 
 
 def ledger_rows(engine: Engine, run_id: str) -> dict[str, int]:

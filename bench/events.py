@@ -24,19 +24,13 @@ from bus.db import make_engine
 MODES = {"on": True, "off": False}
 
 
-def other_database(broker_url: str) -> str:
-    """The same Redis with the next database number (``…/9`` → ``…/10``)."""
-    base, _, db = broker_url.rpartition("/")
-    return f"{base}/{int(db or 0) + 1}"
-
-
 def run(*, ledger: str, quick: bool, workers: int, broker_url: str, workdir: Path,
         log: Callable[[str], None], throughput_runs: int | None = None) -> dict:
     """Step latency and throughput with task events on and off, interleaved; the numbers and their ratio."""
     sizes = QUICK if quick else FULL
     if throughput_runs:
         sizes = replace(sizes, throughput_runs=throughput_runs)
-    brokers = {"on": broker_url, "off": other_database(broker_url)}
+    brokers = {"on": broker_url, "off": fleet.other_database(broker_url)}
     with contextlib.ExitStack() as stack:
         sides = {}
         for mode, events in MODES.items():

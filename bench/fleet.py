@@ -102,6 +102,13 @@ def own_redis(workdir: Path) -> Iterator[str]:
         broker.stop()
 
 
+def other_database(broker_url: str, offset: int = 1) -> str:
+    """The same Redis with the database ``offset`` numbers on (``…/9`` → ``…/10``): a fleet of its own on the
+    bench's one server."""
+    base, _, db = broker_url.rpartition("/")
+    return f"{base}/{int(db or 0) + offset}"
+
+
 def _signal_group(pid: int, sig: signal.Signals) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pid, sig)
@@ -139,12 +146,17 @@ def cogo_table(workers: int, *, profile: bool) -> list[Process]:
 
 @contextlib.contextmanager
 def cogo_fleet(*, broker_url: str, database_url: str, workdir: Path, workers: int,
-               profile_dir: Path | None = None, task_events: bool = True) -> Iterator[Fleet]:
-    """The cogo fleet on one ledger, started by ``ecosystem.launcher.Fleet`` and always stopped."""
-    # The bench measures how fast the fleet goes, so the per-tenant ingress rate limit must not be what stops it.
+               profile_dir: Path | None = None, task_events: bool = True, shards: int = 1) -> Iterator[Fleet]:
+    """The cogo fleet on one ledger, started by ``ecosystem.launcher.Fleet`` and always stopped; with
+    ``shards`` > 1, a brain and a dispatcher per shard (``COGO_SHARDS``)."""
+    # The bench measures how fast the fleet goes, so neither the per-tenant ingress rate limit nor the operator's
+    # budget ceiling may be what stops it: under the default ceilings ($1,000 and 1e8 tokens a run) a run holds at
+    # most 1,000 no-op assignments in flight (each reserves the default $1 and 1e5 tokens), and the rest of a
+    # 10,000-way fan-out would be deferred and asked again after a back-off of up to 5 s.
     settings = Settings(home=workdir / "home", broker_url=broker_url, database_url=database_url,
                         workflows_dir=WORKFLOWS_DIR, log_level="WARNING", task_events=task_events,
-                        rate_per_s=1e6, rate_burst=1_000_000).checked()
+                        rate_per_s=1e6, rate_burst=1_000_000, max_run_cost_usd=1e6, max_run_tokens=10**11,
+                        shards=shards).checked()
     env = {PROFILE_ENV: str(profile_dir)} if profile_dir else {}
     fleet = Fleet(settings, processes=cogo_table(workers, profile=profile_dir is not None), free_ports=True,
                   show_logs=False, env=env, cwd=ROOT, stop_timeout_s=120.0 if profile_dir else 15.0,

@@ -16,6 +16,8 @@ TARGETS = (
     ("fanout", "wall", "1,000-way fan-out + join no slower than a Celery chord of 1,000", 1.0, "max"),
 )
 GROWTH_LIMIT = 1.2
+# Issue 11: the 10,000-way fan-out within 12 × the 1,000-way one, i.e. 1.2 × the ratio of their widths.
+LINEAR_SLACK = 1.2
 RSS_FLAT_PCT = 5.0
 
 
@@ -77,12 +79,28 @@ def targets(ledgers: dict[str, dict]) -> list[dict[str, Any]]:
                 row["note"] = _why_missing(results.get(scenario, {}))
             out.append(row)
         out.extend(_growth_targets(kind, results.get("growth", {}).get("cogo", {})))
+        out.extend(_linearity_target(kind, results.get("large_fanout", {})))
     return out
 
 
 def _why_missing(result: dict) -> str:
     cogo = result.get("cogo", {})
     return cogo.get("reason") or result.get("celery", {}).get("reason") or "not measured"
+
+
+def _linearity_target(kind: str, large: dict) -> list[dict[str, Any]]:
+    """cogo's wide fan-out against its narrow one (none for a result from before cogo ran the wide one)."""
+    measured = large.get("linearity")
+    if not measured:
+        return []
+    narrow, wide = measured["items"]
+    limit = round(LINEAR_SLACK * measured["items_ratio"], 3)
+    value = measured["wall_ratio"]
+    row = {"ledger": kind, "target": f"{wide:,}-way fan-out + join ≤ {limit:g} × the {narrow:,}-way one",
+           "value": value, "limit": limit, "met": None if value is None else value <= limit}
+    if value is None:
+        row["note"] = _why_missing(large)
+    return [row]
 
 
 def _growth_targets(kind: str, growth: dict) -> list[dict[str, Any]]:

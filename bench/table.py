@@ -1,4 +1,5 @@
-"""The README's tables from a bench result: ``python -m bench table [bench/results/latest.json]``."""
+"""The README's tables from a bench result: ``python -m bench table [bench/results/latest.json]`` (or from a
+``shards.json``: its table alone)."""
 
 from __future__ import annotations
 
@@ -25,7 +26,10 @@ ROWS = (
 
 
 def markdown(result: dict[str, Any]) -> str:
-    """The comparison table, the DBOS workers' table, the growth table and the targets, as Markdown."""
+    """The comparison table, the DBOS workers' table, the growth table, the shards table and the targets, as
+    Markdown; a ``python -m bench shards`` result's table alone."""
+    if "ledgers" not in result:
+        return "\n".join(_shards([result])[1:])
     lines = ["| ledger | scenario | cogo | plain Celery | DBOS | cogo / Celery | cogo / DBOS |",
              "|---|---|---:|---:|---:|---:|---:|"]
     items = f"{result.get('config', {}).get('large_fanout_items', 10_000):,}"
@@ -41,6 +45,7 @@ def markdown(result: dict[str, Any]) -> str:
         for b in ledger.get("growth", {}).get("cogo", {}).get("buckets", []):
             lines.append(f"| {kind} | ~{b['history_median']} | {b['steps']} | {_fmt(b['step_ms'])} | "
                          f"{_fmt(b['per_event_ms'])} |")
+    lines += _shards([ledger["shards"] for ledger in result["ledgers"].values() if "shards" in ledger])
     lines += ["", "| ledger | target | measured | met |", "|---|---|---:|---|"]
     for t in result.get("targets", []):
         met = {True: "**met**", False: "**missed**", None: "not measured"}[t["met"]]
@@ -80,8 +85,26 @@ def _dbos_workers(result: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _shards(measured: list[dict]) -> list[str]:
+    """cogo's throughput and CPU milliseconds per run of each process kind at each shard count (none when
+    the shards were not measured)."""
+    if not measured:
+        return []
+    lines = ["", "| ledger | shards | runs/s | CPU ms per run: brain | dispatcher | workers | API | all cogo "
+                 "| whole machine |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for m in measured:
+        for c in m["counts"]:
+            cpu = c["cpu_ms_per_run"]
+            cells = [_fmt(cpu.get(k)) for k in ("brain", "dispatcher", "workers", "api", "total")]
+            machine = _fmt(round(c["machine_cpu_s"] / c["runs"] * 1000, 3))
+            lines.append(f"| {m['ledger']} | {c['shards']} | {_fmt(c['per_s'])} | {' | '.join(cells)} | {machine} |")
+    return lines
+
+
 def _side(data: dict, key: str) -> str:
-    """A side's number, or why there is none (skipped, not run, …)."""
+    """A side's number, or why there is none (skipped, not run, timed out after so many items, …)."""
+    if data.get(key) is None and data.get("status") == "timeout":
+        return f"timeout ({data['items_done']:,} of {data['items']:,} items in {_fmt(data['elapsed_s'])} s)"
     if data.get(key) is None and data.get("status") not in (None, "ok"):
         return data["status"].replace("_", " ")
     return _fmt(data.get(key))

@@ -87,6 +87,25 @@ def test_fanout_reports_wall_time_and_rows_or_why_it_did_not_run(result):
         assert fanout["cogo"]["status"] == "not_run" and fanout["cogo"]["reason"]
 
 
+def test_cogo_runs_the_wide_fanout_and_its_wall_is_set_against_the_narrow_one(result):
+    large, config = result["ledgers"]["sqlite"]["large_fanout"], result["config"]
+    cogo = large["cogo"]
+    assert cogo["status"] == "ok", cogo
+    assert cogo["items"] == config["large_fanout_items"]
+    positive(cogo, "wall_s")
+    assert cogo["ledger_rows"]["tokens"] > cogo["items"]
+    assert cogo["deferred"] == 0, "the bench's budget ceilings must not hold a fan-out back"
+    numbers(large["ratio"], "wall")
+    for variant in DBOS_VARIANTS:
+        numbers(large["ratio_dbos"][variant], "wall")
+    linearity = large["linearity"]
+    assert linearity["items"] == [config["fanout_items"], config["large_fanout_items"]]
+    assert linearity["wall_s"] == [result["ledgers"]["sqlite"]["fanout"]["cogo"]["wall_s"], cogo["wall_s"]]
+    positive(linearity, "wall_ratio", "items_ratio")
+    target = next(t for t in result["targets"] if t["target"].startswith(f"{config['large_fanout_items']:,}-way"))
+    assert target["value"] == linearity["wall_ratio"] and target["met"] in (True, False)
+
+
 def test_growth_reports_cost_per_event_and_memory(result):
     growth = result["ledgers"]["sqlite"]["growth"]["cogo"]
     assert growth["status"] == "completed" and growth["buckets"]
@@ -149,7 +168,7 @@ def test_dbos_worker_memory_is_sampled_for_each_process(result):
     assert len(memory["idle_cpu_pct"]) == processes and all(pct >= 0 for pct in memory["idle_cpu_pct"])
 
 
-def test_the_table_command_shows_the_three_sides(out):
+def test_the_table_command_shows_the_three_sides(out, result):
     argv = [sys.executable, "-m", "bench", "table", str(out / "latest.json")]
     done = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=60, check=True)
     lines = done.stdout.splitlines()
@@ -158,3 +177,6 @@ def test_the_table_command_shows_the_three_sides(out):
     assert all(cell.strip() not in ("", "—") for cell in p50[3:8]), p50
     assert sum("throughput" in line and "DBOS queue polling" in line for line in lines) == len(DBOS_VARIANTS)
     assert any("DBOS worker RSS" in line for line in lines)
+    wide_label = f"| sqlite | {result['config']['large_fanout_items']:,}-way fan-out + join wall"
+    wide = next(line for line in lines if line.startswith(wide_label)).split("|")
+    assert all(cell.strip() not in ("", "—", "not run") for cell in wide[3:8]), wide
