@@ -7,7 +7,8 @@ Its duties, every ``reclaim_interval_s``:
    After a sweep found the ledger unreachable, no lease is judged for one lease period: no worker could renew.
 2. **Undelivered rows.** ``queued``, ``dispatched`` or due ``retry_wait`` rows that nobody took for
    ``stale_s`` were lost if their queue holds fewer messages than there are such rows (a consumer that is
-   merely behind still holds them all): they are sent again. The queue's depth is read before the stale rows
+   merely behind still holds them all; a batched message, ``bus.outbox.BATCHED``, counts for as many rows as
+   it may carry): they are sent again. The queue's depth is read before the stale rows
    are counted (a draining backlog then never looks lossy), and a row is re-sent only when two sweeps in a
    row judge it lost (a message a consumer took but has not written yet is in neither place for a moment).
    Sending twice is harmless; every consumer's first write is conditional. No write lock is held while the
@@ -30,7 +31,7 @@ from sqlalchemy import Engine, and_, or_, select, update
 from bus import faults, ledger, outcomes
 from bus.broker import queue_depth
 from bus.errors import Problem
-from bus.outbox import Delivery, Publisher, destination
+from bus.outbox import BATCH_MAX, BATCHED, Delivery, Publisher, destination
 from bus.routing import Route
 from bus.schema import agent_messages as m
 from bus.settings import Settings
@@ -148,8 +149,10 @@ class Reclaimer:
         per_queue: dict[str, list[str]] = defaultdict(list)
         for message_id, (_, queue, _) in still.items():
             per_queue[queue].append(message_id)
+        # A message of a batched task carries up to BATCH_MAX rows: its queue may hold that many per message.
+        per_message = {queue: BATCH_MAX if task in BATCHED else 1 for task, queue, _ in still.values()}
         judged = {message_id for queue, ids in per_queue.items()
-                  if depth[queue] is not None and depth[queue] < len(ids) for message_id in ids}
+                  if depth[queue] is not None and depth[queue] * per_message[queue] < len(ids) for message_id in ids}
         # A message a consumer has taken but not yet written is neither queued nor moved on; it moves on within a
         # sweep. Only a row judged lost by two sweeps in a row is re-sent.
         confirmed, self._suspects = judged & self._suspects, judged - self._suspects

@@ -105,3 +105,21 @@ def test_the_publisher_batches_only_admissions_due_now_on_one_queue():
                        (TASK_WORK, "w", ["h"])]
     many = messages([Delivery(TASK_EXECUTE, "x.0", str(i)) for i in range(2 * BATCH_MAX + 1)])
     assert [len(ids) for _, ids in many] == [BATCH_MAX, BATCH_MAX, 1]
+
+
+def test_the_reclaimer_counts_a_batched_message_for_the_rows_it_carries(engine):
+    from bus.reclaimer import Reclaimer
+
+    fleet = Fleet(engine, {("t", "work"): lambda ctx, p: WorkResult(output={})}, registry=registry_of(FAN),
+                  batched=True)
+    submit(fleet, "wide", {"items": list(range(BATCH_MAX + 5))})
+    fleet.deliver(take(fleet, lambda d: d.task == TASK_DECIDE))  # the fan-out: 2 messages hold 105 rows
+    fleet.clock.now += fleet.settings.stale_s + 1  # nobody has taken them yet: a consumer merely behind
+    depth = {"value": 2}
+    reclaimer = Reclaimer(engine=engine, publisher=fleet.publisher, settings=fleet.settings,
+                          depth=lambda _queue: depth["value"], clock=fleet.clock)
+    assert reclaimer.sweep().resent == 0 and reclaimer.sweep().resent == 0
+    depth["value"] = 0  # the broker lost them: two sweeps in a row judge every row lost and send it again
+    assert reclaimer.sweep().resent == 0 and reclaimer.sweep().resent == BATCH_MAX + 5
+    fleet.drain()
+    assert_ledger_held(engine, expect_runs=1)
