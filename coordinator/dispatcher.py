@@ -6,14 +6,14 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, NamedTuple
 
 from sqlalchemy import Engine, bindparam, select
 
 from bus import faults, ledger, outcomes
 from bus.celery_app import TASK_EXECUTE, TASK_WORK
-from bus.envelope import AssignmentEnvelope, TokenRef
+from bus.envelope import AssignmentEnvelope, Budget, TokenRef
 from bus.errors import BrokerUnavailable, CogoError
 from bus.introspection import IntrospectionEvent, write
 from bus.outbox import EARLY_TOLERANCE_S, Delivery, Publisher
@@ -42,6 +42,29 @@ class _Written:
     audit: list[dict[str, Any]] = field(default_factory=list)
     events: list[IntrospectionEvent] = field(default_factory=list)
     chains: dict[str | None, budgets.Chain | None] = field(default_factory=dict)
+    limits: dict[str, dict[str, BudgetSnapshot]] = field(default_factory=dict)
+    """Root run id → its budgets read in this transaction, kept up to date with the reservations it makes: the
+    root stays locked until commit, so nothing else changes them but an outcome moving a hold from its budget
+    to its (smaller) usage — which only makes the kept snapshot the more careful one."""
+
+    def budgets_above(self, conn, above: budgets.Chain) -> list[BudgetSnapshot]:
+        """The budgets above an assignment: read (and the root locked) once per root and transaction."""
+        kept = self.limits.get(above.root_id)
+        if kept is None:
+            budgets.lock_root(conn, above)
+            kept = self.limits[above.root_id] = {}
+        missing = tuple(b for b in above.budgeted if b not in kept)
+        if missing:
+            kept.update((s.run_id, s) for s in budgets.snapshots(conn, replace(above, budgeted=missing)))
+        return [kept[b] for b in above.budgeted]
+
+    def reserved(self, above: budgets.Chain, budget: Budget) -> None:
+        """Count a reservation just made in the kept snapshots."""
+        kept = self.limits[above.root_id]
+        for b in above.budgeted:
+            s = kept[b]
+            kept[b] = replace(s, reserved_tokens=s.reserved_tokens + budget.max_tokens,
+                              reserved_cost_usd=s.reserved_cost_usd + budget.max_cost_usd, in_flight=s.in_flight + 1)
 
     def chain(self, conn, row: Any) -> budgets.Chain | None:
         """The budgets above ``row``'s run, read once per run and transaction (they never change)."""
@@ -127,7 +150,7 @@ class Dispatcher:
         above = None
         try:
             above = out.chain(conn, row) if row.status == ledger.QUEUED else None
-            verdict = self._verdict(conn, row, envelope, above)
+            verdict = self._verdict(row, envelope, out.budgets_above(conn, above) if above else [])
         except Exception as exc:  # malformed data must fail this assignment, not loop through the reclaimer
             if faults.is_infrastructure(exc):  # not the assignment's fault: retried, never a denial
                 raise
@@ -150,6 +173,7 @@ class Dispatcher:
             return "duplicate"
         if above is not None:
             budgets.reserve(conn, above, budget)
+            out.reserved(above, budget)
         out.audit.append({"message_id": row.id, "run_id": row.run_id, "tenant": row.tenant,
                           "kind": "execute_enqueued", "attempt": row.attempts + 1,
                           "detail": {"queue": route.queue, "retry": retry}})
@@ -160,16 +184,14 @@ class Dispatcher:
         out.deliveries.append(Delivery(TASK_WORK, route.queue, row.id))
         return "dispatched"
 
-    def _verdict(self, conn, row: Any, envelope: AssignmentEnvelope, above: budgets.Chain | None) -> Verdict:
+    def _verdict(self, row: Any, envelope: AssignmentEnvelope, limits: list[BudgetSnapshot]) -> Verdict:
         """The admission verdict: a re-admission after a retry's backoff keeps the reservation it holds; a
-        first admission must fit every budget above it (the tree's root is locked by then)."""
+        first admission must fit every budget above it (``limits``, read with the tree's root locked)."""
         assignment = envelope.contract()
         if row.status != ledger.QUEUED:
             return Verdict(True)
-        if above is not None:
-            budgets.lock_root(conn, above)
         verdict = Verdict(True)
-        for limit in (budgets.snapshots(conn, above) if above else None) or [BudgetSnapshot(budget=None)]:
+        for limit in limits or [BudgetSnapshot(budget=None)]:
             answer = admit(assignment, limit, allowed_models=self.allowed_models)
             if not answer.admitted and not answer.deferred:
                 return answer  # a denial wins over a deferral: waiting would not help

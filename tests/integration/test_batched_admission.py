@@ -123,3 +123,21 @@ def test_the_reclaimer_counts_a_batched_message_for_the_rows_it_carries(engine):
     assert reclaimer.sweep().resent == 0 and reclaimer.sweep().resent == BATCH_MAX + 5
     fleet.drain()
     assert_ledger_held(engine, expect_runs=1)
+
+
+BUDGETED = FAN.replace("name: wide\n", "name: wide-budgeted\nbudget: {maxCostUsd: 10000.0, maxTokens: 100000000}\n")
+
+
+def test_a_batch_reads_the_budgets_above_it_once(engine, monkeypatch):
+    from coordinator import budgets
+
+    reads, snapshots = [], budgets.snapshots
+    monkeypatch.setattr(budgets, "snapshots", lambda conn, above: reads.append(above) or snapshots(conn, above))
+    fleet = Fleet(engine, {("t", "work"): lambda ctx, p: WorkResult(output={})}, registry=registry_of(BUDGETED),
+                  batched=True)
+    run_id = submit(fleet, "wide-budgeted", {"items": list(range(BATCH_MAX + 5))})
+    fleet.drain()
+    assert len(reads) == 2  # two messages, not 105 admissions, read the root's counters and ended holds
+    with engine.connect() as conn:
+        assert run_view(conn, run_id)["status"] == "completed"
+    assert_ledger_held(engine, expect_runs=1)
