@@ -44,8 +44,9 @@ class _Written:
     chains: dict[str | None, budgets.Chain | None] = field(default_factory=dict)
     limits: dict[str, dict[str, BudgetSnapshot]] = field(default_factory=dict)
     """Root run id → its budgets read in this transaction, kept up to date with the reservations it makes: the
-    root stays locked until commit, so nothing else changes them but an outcome moving a hold from its budget
-    to its (smaller) usage — which only makes the kept snapshot the more careful one."""
+    root stays locked until commit, so no other admission or settlement changes them; a worker's outcome
+    committed meanwhile turns a hold into its usage, no more than its budget (but for the one metered call
+    that broke it, which no admission can prevent), so the kept snapshot is the more careful one."""
 
     def budgets_above(self, conn, above: budgets.Chain) -> list[BudgetSnapshot]:
         """The budgets above an assignment: read (and the root locked) once per root and transaction."""
