@@ -203,9 +203,9 @@ class Phase1:
             if existed:
                 conn.execute(update(run_visits).where(run_visits.c.run_id == run_id, run_visits.c.scope == scope,
                                                       run_visits.c.node_id == node_id).values(count=count))
-        if c.dropped_visits:
+        if c.dropped_scopes:
             conn.execute(delete(run_visits).where(run_visits.c.run_id == run_id,
-                                                  run_visits.c.scope.in_(c.dropped_visits)))
+                                                  run_visits.c.scope.in_(c.dropped_scopes)))
 
     def _close_timers(self) -> None:
         """A run that ended has nothing left to wake: its pending timers (a decided approval's deadline, a node
@@ -262,11 +262,10 @@ class Phase1:
         if spent.tokens or spent.cost_usd:
             self.conn.execute(update(runs).where(runs.c.id == self.run.id).values(
                 spent_tokens=runs.c.spent_tokens + spent.tokens, spent_cost_usd=runs.c.spent_cost_usd + spent.cost_usd))
-        if self.above is not None:
-            budgets.settle(self.conn, self.above, settled)
         for s in settled:
             self.op_at("dispatch.assignment.settled", s.id, tokens=s.usage.tokens, cost_usd=s.usage.cost_usd)
         if self.above is not None:  # only a budget defers: a tree without one has none waiting
+            budgets.settle(self.conn, self.above, settled)
             self.effects.deliveries += self._wake_deferred()
 
     def _wake_deferred(self) -> list[Delivery]:

@@ -13,7 +13,7 @@ from sqlalchemy import Engine, bindparam, select
 
 from bus import faults, ledger, outcomes
 from bus.celery_app import TASK_EXECUTE, TASK_WORK
-from bus.envelope import AssignmentEnvelope, Budget, TokenRef
+from bus.envelope import Assignment, AssignmentEnvelope, Budget, TokenRef
 from bus.errors import BrokerUnavailable, CogoError
 from bus.introspection import IntrospectionEvent, write
 from bus.outbox import EARLY_TOLERANCE_S, Delivery, Publisher
@@ -150,8 +150,9 @@ class Dispatcher:
         token = envelope.token
         above = None
         try:
+            contract = envelope.contract()
             above = out.chain(conn, row) if row.status == ledger.QUEUED else None
-            verdict = self._verdict(row, envelope, out.budgets_above(conn, above) if above else [])
+            verdict = self._verdict(row, contract, out.budgets_above(conn, above) if above else [])
         except Exception as exc:  # malformed data must fail this assignment, not loop through the reclaimer
             if faults.is_infrastructure(exc):  # not the assignment's fault: retried, never a denial
                 raise
@@ -167,7 +168,7 @@ class Dispatcher:
             return "denied"
         retry = row.status == ledger.RETRY_WAIT
         # The backoff or deferral it waited out is over: a dispatched row's age is its own (the reclaimer's rule).
-        budget = envelope.contract().budget
+        budget = contract.budget
         held = budgets.holding(budget) if above is not None else {}  # held by the row until it is settled
         if not ledger.move(conn, row.id, from_=(row.status,), to=ledger.DISPATCHED, now=now,
                            values={"retry_at": None, **held}):
@@ -185,10 +186,9 @@ class Dispatcher:
         out.deliveries.append(Delivery(TASK_WORK, route.queue, row.id))
         return "dispatched"
 
-    def _verdict(self, row: Any, envelope: AssignmentEnvelope, limits: list[BudgetSnapshot]) -> Verdict:
+    def _verdict(self, row: Any, assignment: Assignment, limits: list[BudgetSnapshot]) -> Verdict:
         """The admission verdict: a re-admission after a retry's backoff keeps the reservation it holds; a
         first admission must fit every budget above it (``limits``, read with the tree's root locked)."""
-        assignment = envelope.contract()
         if row.status != ledger.QUEUED:
             return Verdict(True)
         verdict = Verdict(True)

@@ -53,7 +53,7 @@ def visit_key(scope: str | None, node_id: str) -> str:
 
 def visit_scope(key: str) -> str:
     """The branch scope of a ``visits`` key ('' for the run's root scope)."""
-    return key.rsplit("/", 1)[0]
+    return key.rpartition("/")[0]
 
 
 @dataclass(frozen=True)
@@ -80,9 +80,8 @@ class Changes:
     waiting_delta: int = 0
     """How the run's counts of active and of waiting tokens change (``runs.active_tokens``, ``waiting_tokens``)."""
     branch_visits: tuple[tuple[str, str, int, bool], ...] = ()
-    """``(scope, node_id, count, existed)`` of the branch loop counters that changed (``run_visits`` rows)."""
-    dropped_visits: tuple[str, ...] = ()
-    """Branch scopes whose loop counters go with them."""
+    """``(scope, node_id, count, existed)`` of the branch loop counters that changed (``run_visits`` rows; a
+    dropped scope's go with it, ``dropped_scopes``)."""
 
 
 class WorkingCopy:
@@ -218,9 +217,8 @@ class WorkingCopy:
                                 if s in before.scopes and data is not before.scopes[s] and s not in self.dropped),
             dropped_scopes=tuple(s for s in self.dropped if s not in self.scope_origin),
             active_delta=active_delta, waiting_delta=waiting_delta,
-            branch_visits=tuple((visit_scope(k), k.rsplit("/", 1)[1], n, k in before.visits)
+            branch_visits=tuple((*k.rpartition("/")[::2], n, k in before.visits)
                                 for k, n in self.visits.items() if visit_scope(k) and before.visits.get(k) != n),
-            dropped_visits=tuple(s for s in self.dropped if s not in self.scope_origin),
         )
 
 
