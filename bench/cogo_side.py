@@ -251,11 +251,11 @@ def fanout_timeout(cogo: Cogo, run_id: str, *, items: int, timeout_s: float, ela
 def ledger_rows(engine: Engine, run_id: str) -> dict[str, int]:
     """How many rows each ledger table holds for ``run_id`` (and their total)."""
     from bus.schema import agent_messages, bus_events
-    from coordinator.schema import branch_scopes, fan_ins, tokens
+    from coordinator.schema import branch_scopes, fan_arrivals, fan_ins, tokens
 
     counts = {}
     with engine.connect() as conn:
-        for table in (agent_messages, bus_events, ie, tokens, branch_scopes, fan_ins):
+        for table in (agent_messages, bus_events, ie, tokens, branch_scopes, fan_ins, fan_arrivals):
             counts[table.name] = conn.execute(select(func.count()).select_from(table)
                                               .where(table.c.run_id == run_id)).scalar_one()
     counts["runs"] = 1

@@ -31,7 +31,7 @@ from coordinator import decisions as d
 from coordinator.definitions import Registry
 from coordinator.planning.builder import Plan
 from coordinator.planning.working import Changes
-from coordinator.schema import approvals, branch_scopes, fan_ins, run_visits, runs, tokens
+from coordinator.schema import approvals, branch_scopes, fan_arrivals, fan_ins, run_visits, runs, tokens
 from coordinator.state import WorkflowState
 
 log = logging.getLogger(__name__)
@@ -167,19 +167,26 @@ class Phase1:
         introspection.write(conn, self.events, now=now)
 
     def _write_fans(self, c: Changes) -> None:
+        """The fan-ins' counts and firings, and a row per arrival: never a fan's whole list of arrivals."""
         conn, run_id, now = self.conn, self.run.id, self.now
         if c.new_fans:
             conn.execute(insert(fan_ins), [{"run_id": run_id, "fan_id": f.fan_id, "join_node": f.join_node,
-                                            "expected": f.expected, "arrived": list(f.arrived), "fired": f.fired,
+                                            "expected": f.expected, "arrived_count": f.count, "fired": f.fired,
                                             "owner_token_id": f.owner, "created_at": now, "updated_at": now}
                                            for f in c.new_fans])
-        for fan in c.fan_updates:
-            stmt = (update(fan_ins).where(fan_ins.c.run_id == run_id, fan_ins.c.fan_id == fan.fan_id,
+        for fan_id, count, fired in c.fan_updates:
+            stmt = (update(fan_ins).where(fan_ins.c.run_id == run_id, fan_ins.c.fan_id == fan_id,
                                           fan_ins.c.fired.is_(False))
-                    .values(arrived=list(fan.arrived), fired=fan.fired, updated_at=now))
+                    .values(arrived_count=count, fired=fired, updated_at=now))
             if conn.execute(stmt).rowcount != 1:
-                raise Conflict(f"join {fan.fan_id} of run {run_id} already fired")
+                raise Conflict(f"join {fan_id} of run {run_id} already fired")
+        if c.arrivals:
+            conn.execute(insert(fan_arrivals), [{"run_id": run_id, "fan_id": fan_id, "branch_index": index,
+                                                 "token_id": token_id, "created_at": now}
+                                                for fan_id, index, token_id in c.arrivals])
         if c.closed_fans:
+            conn.execute(delete(fan_arrivals).where(fan_arrivals.c.run_id == run_id,
+                                                    fan_arrivals.c.fan_id.in_(c.closed_fans)))
             conn.execute(delete(fan_ins).where(fan_ins.c.run_id == run_id, fan_ins.c.fan_id.in_(c.closed_fans)))
 
     def _write_scopes(self, c: Changes) -> None:

@@ -1,14 +1,16 @@
 """``cogo-orchestrator-brain``: for each decide row, load state → plan → phase 1 → commit → phase 2.
 
 The decide row's own conditional ``queued → done`` is the inbox: it is the first write of the
-transaction, so a duplicate delivery (or a second brain on the same shard) changes nothing.
+transaction, so a duplicate delivery (or a second brain on the same shard) changes nothing. Under load one
+transaction applies many rows (``BATCH_AFTER_S``): the message is the doorbell, the ledger the queue.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from sqlalchemy import Engine, bindparam, or_, select, update
@@ -16,8 +18,8 @@ from sqlalchemy import Engine, bindparam, or_, select, update
 from bus import faults, ledger
 from bus.celery_app import TASK_DECIDE
 from bus.errors import BrokerUnavailable, CogoError, Conflict, Problem
-from bus.outbox import EARLY_TOLERANCE_S, Delivery, Publisher
-from bus.routing import decide_queue
+from bus.outbox import BATCH_MAX, EARLY_TOLERANCE_S, Delivery, Publisher
+from bus.routing import DECIDE, ORCHESTRATOR, decide_queue
 from bus.schema import agent_messages as m
 from bus.sql_trace import traced
 from coordinator import commands
@@ -33,6 +35,11 @@ from coordinator.store import load_state
 log = logging.getLogger(__name__)
 MAX_CONFLICT_RETRIES = 8
 MAX_CRASHES = 5
+BATCH_AFTER_S = 0.02
+"""A decide row taken this long after it was due means a queue is forming on the shard: the transaction that
+applies it applies the shard's other due rows too (the Celery message is the doorbell, the ledger the queue),
+up to ``BATCH_MAX`` in all. An idle fleet takes one row per transaction and reads nothing more."""
+RECENT_MAX = 100_000
 
 
 class Brain:
@@ -40,77 +47,144 @@ class Brain:
 
     def __init__(self, *, engine: Engine, publisher: Publisher, registry: Registry, shards: int,
                  notify: Callable[[str, Any], None] | None = None, clock: Callable[[], float] = time.time,
-                 sleep: Callable[[float], None] = time.sleep, fail_fast: bool = False, sql_events: bool = False):
+                 sleep: Callable[[float], None] = time.sleep, fail_fast: bool = False, sql_events: bool = False,
+                 batch_after_s: float | None = BATCH_AFTER_S):
         self.engine, self.publisher, self.registry, self.shards = engine, publisher, registry, shards
         self.notify, self.clock, self.sleep = notify, clock, sleep
         self.fail_fast = fail_fast  # tests: a planner bug raises in the test instead of crashing the run
         self.sql_events = sql_events
+        self.batch_after_s = batch_after_s  # None: apply only the rows a message carries
+        self._applied = _Recent(RECENT_MAX)
+        """Rows this process took from the ledger in a batch: their own messages, when they come, are done."""
 
     def handle(self, message_id: str) -> str:
         """Apply one decide row; returns what happened (``applied``, ``duplicate``, ``early``, ``crashed``,
-        ``rejected``).
+        ``rejected``). When the row waited in the queue (``batch_after_s``), the same transaction applies the
+        shard's other due rows too (``handle_batch``).
 
         Raises:
             LedgerUnavailable: the database stayed unreachable through every retry; the row is still
                 ``queued`` and uncounted, so the reclaimer sends it again once the database is back.
         """
-        outcome, effects = faults.retrying(lambda: self._handle(message_id), what=f"brain event {message_id}",
-                                           sleep=self.sleep)
-        if effects is not None:
-            try:
-                phase2(effects, self.publisher, self.notify)
-            except BrokerUnavailable as exc:  # committed: the reclaimer sends what phase 2 could not
-                log.warning("phase 2 of %s left to the reclaimer: %s", message_id, exc)
-        return outcome
+        return self.handle_batch([message_id])[0]
 
-    def _handle(self, message_id: str) -> tuple[str, Effects | None]:
+    def handle_batch(self, message_ids: Sequence[str]) -> list[str]:
+        """Apply ``message_ids`` in order, in one transaction when nothing goes wrong: what one at a time would
+        do, event for event (each event loads the state the one before it left). An event that fails inside a
+        batch rolls back alone (a savepoint) and is then handled on its own, as ``handle`` would. Returns what
+        happened to each row.
+
+        Raises:
+            LedgerUnavailable: as ``handle``.
+        """
+        outcomes: list[str | None] = [("duplicate" if i in self._applied else None) for i in message_ids]
+        while None in outcomes:  # each round settles at least its first row
+            left = [k for k, outcome in enumerate(outcomes) if outcome is None]
+            done, effects = faults.retrying(lambda left=left: self._batch([message_ids[k] for k in left]),
+                                            what=f"brain event {message_ids[left[0]]}", sleep=self.sleep)
+            for k, outcome in zip(left, done, strict=False):
+                outcomes[k] = outcome
+            self._publish(effects)
+        return [outcome or "duplicate" for outcome in outcomes]
+
+    def _publish(self, effects: Effects | None) -> None:
+        if effects is None:
+            return
+        try:
+            phase2(effects, self.publisher, self.notify)
+        except BrokerUnavailable as exc:  # committed: the reclaimer sends what phase 2 could not
+            log.warning("phase 2 left to the reclaimer: %s", exc)
+
+    def _batch(self, message_ids: list[str]) -> tuple[list[str | None], Effects | None]:
+        """Apply ``message_ids`` in one transaction; an outcome is None for a row that must be handled again on
+        its own. The first row is handled as one at a time would be: a version conflict plans it again, a
+        rejection fails it, a crash is counted."""
         for _ in range(MAX_CONFLICT_RETRIES):
             try:
-                return self._step(message_id)
+                return self._step(message_ids)
             except Conflict:
-                log.info("version conflict on %s; planning again", message_id)
+                log.info("version conflict on %s; planning again", message_ids[0])
+            except _Rejected as rejected:  # the take rolled back: the row is queued again, to be failed here
+                self._reject_now(message_ids[0], rejected.error)
+                return ["rejected"], None
             except Exception as exc:  # a bug or a poison event: count it, dead-letter it after a few tries
                 if faults.is_infrastructure(exc) or self.fail_fast:  # retried (never counted), or the test sees it
                     raise
-                return self._crashed(message_id, exc)
-        raise Conflict(f"gave up on {message_id} after {MAX_CONFLICT_RETRIES} version conflicts")
+                outcome, effects = self._crashed(message_ids[0], exc)
+                return [outcome], effects
+        raise Conflict(f"gave up on {message_ids[0]} after {MAX_CONFLICT_RETRIES} version conflicts")
 
-    def _step(self, message_id: str) -> tuple[str, Effects | None]:
+    def _step(self, message_ids: list[str]) -> tuple[list[str | None], Effects]:
         now = self.clock()
-        try:
-            with self.engine.begin() as conn, traced(conn, self.sql_events) as trace:
-                # The inbox, the transaction's first statement: the first brain to take the row applies it; if
-                # anything below fails, the transaction and the take roll back together.
-                row = conn.execute(_TAKE, {"_id": message_id, "_now": now,
-                                           "_due": now + EARLY_TOLERANCE_S}).first()
-                if row is None:
-                    return self._not_taken(conn, message_id, now)
+        outcomes: list[str | None] = []
+        effects = Effects()
+        extra: list[str] = []
+        with self.engine.begin() as conn, traced(conn, self.sql_events) as trace:
+            outcome, first, row = self._apply(conn, message_ids[0], now, trace)  # a failure fails the whole step
+            outcomes.append(outcome)
+            _merge(effects, first)
+            if row is not None and self._queue_forming(row, now):
+                extra = self._queued(conn, row.shard, now, skip=message_ids)
+            for message_id in [*message_ids[1:], *extra]:
                 try:
-                    event = ev.from_row(id=message_id, run_id=row.run_id, kind=row.kind, payload=row.payload)
-                    # An event about one token loads what it touches; planning asks for the rest when it needs it.
-                    state = load_state(conn, row.run_id, self.registry,
-                                       focus=getattr(event, "token_id", None) or None)
-                except CogoError as exc:
-                    if faults.is_infrastructure(exc):
+                    with conn.begin_nested():  # a savepoint: a failing event rolls back alone
+                        outcome, more, _ = self._apply(conn, message_id, now, trace)
+                except Exception as exc:
+                    if faults.is_infrastructure(exc) or (self.fail_fast and not isinstance(exc, Conflict | _Rejected)):
                         raise
-                    raise _Rejected(exc) from exc
-                if row.run_version != state.run.version + 1:  # the run moved between the take and the load
-                    raise Conflict(f"run {row.run_id} changed while {message_id} was taken")
-                try:
-                    the_plan = plan(state, event, now=now)
-                except NeedsWholeState:
-                    state = load_state(conn, row.run_id, self.registry)
-                    the_plan = plan(state, event, now=now)
-                phase1 = Phase1(conn, state, cause_id=message_id, now=now, shards=self.shards,
-                                registry=self.registry, sql_trace=trace)
-                effects = phase1.apply(the_plan)
-            return "applied", effects
-        except _Rejected as rejected:  # the take rolled back: the row is queued again, to be failed here
-            with self.engine.begin() as conn:
-                row = conn.execute(select(m.c.run_id, m.c.tenant).where(m.c.id == message_id)).first()
-                if row is not None:
-                    _reject(conn, message_id, row, rejected.error, now)
-            return "rejected", None
+                    log.info("brain event %s is handled again on its own: %s", message_id, exc)
+                    outcome, more = None, None
+                outcomes.append(outcome)
+                _merge(effects, more)
+        # Rows taken from the ledger whose own messages are still on their way: those find them applied here.
+        self._applied.update(i for i, outcome in zip(extra, outcomes[len(message_ids):], strict=True)
+                             if outcome == "applied")
+        return outcomes[:len(message_ids)], effects
+
+    def _apply(self, conn, message_id: str, now: float, trace) -> tuple[str, Effects | None, Any]:
+        """Take one decide row and apply it: load, plan, phase 1; returns its outcome, its effects and the row
+        taken (None: not taken)."""
+        # The inbox, the first statement: the first brain to take the row applies it; if anything below fails,
+        # the take rolls back with the rest.
+        row = conn.execute(_TAKE, {"_id": message_id, "_now": now, "_due": now + EARLY_TOLERANCE_S}).first()
+        if row is None:
+            return *self._not_taken(conn, message_id, now), None
+        try:
+            event = ev.from_row(id=message_id, run_id=row.run_id, kind=row.kind, payload=row.payload)
+            # An event about one token loads what it touches; planning asks for the rest when it needs it.
+            state = load_state(conn, row.run_id, self.registry, focus=getattr(event, "token_id", None) or None)
+        except CogoError as exc:
+            if faults.is_infrastructure(exc):
+                raise
+            raise _Rejected(exc) from exc
+        if row.run_version != state.run.version + 1:  # the run moved between the take and the load
+            raise Conflict(f"run {row.run_id} changed while {message_id} was taken")
+        try:
+            the_plan = plan(state, event, now=now)
+        except NeedsWholeState:
+            state = load_state(conn, row.run_id, self.registry)
+            the_plan = plan(state, event, now=now)
+        phase1 = Phase1(conn, state, cause_id=message_id, now=now, shards=self.shards, registry=self.registry,
+                        sql_trace=trace)
+        return "applied", phase1.apply(the_plan), row
+
+    def _queue_forming(self, row: Any, now: float) -> bool:
+        """Whether the row just taken waited in the queue after it was due: then more are likely waiting."""
+        if self.batch_after_s is None:
+            return False
+        return now - max(row.created_at, row.retry_at or 0.0) >= self.batch_after_s
+
+    def _queued(self, conn, shard: int, now: float, *, skip: list[str]) -> list[str]:
+        """The shard's other due decide rows, oldest first, up to a batch (rows another brain is applying are
+        passed over, not waited for)."""
+        return list(conn.execute(_QUEUED, {"_shard": shard, "_due": now + EARLY_TOLERANCE_S, "_skip": skip,
+                                           "_limit": BATCH_MAX - len(skip)}).scalars())
+
+    def _reject_now(self, message_id: str, error: CogoError) -> None:
+        with self.engine.begin() as conn:
+            row = conn.execute(select(m.c.run_id, m.c.tenant).where(m.c.id == message_id)).first()
+            if row is not None:
+                _reject(conn, message_id, row, error, self.clock())
 
     def _not_taken(self, conn, message_id: str, now: float) -> tuple[str, Effects | None]:
         """A row the take left alone: gone or no longer queued (a duplicate delivery), or not due yet (early)."""
@@ -149,10 +223,32 @@ class Brain:
                                                          else {})},
                                              now=now, shard=row.shard)
         try:
-            return "rejected", self._handle(gave_up.message_id)[1]
+            return "rejected", self._batch([gave_up.message_id])[1]
         except Exception:  # noqa: BLE001 - committed: the reclaimer sends the gave_up event again
             log.warning("the gave_up event of run %s is left to the reclaimer", row.run_id, exc_info=True)
             return "rejected", None
+
+
+def _merge(effects: Effects, more: Effects | None) -> None:
+    if more is not None:
+        effects.deliveries.extend(more.deliveries)
+        effects.notifications.extend(more.notifications)
+
+
+class _Recent:
+    """The last ``size`` ids added: a set that forgets its oldest (a process's memory stays flat)."""
+
+    def __init__(self, size: int):
+        self.size, self._ids = size, OrderedDict[str, None]()
+
+    def __contains__(self, item: str) -> bool:
+        return item in self._ids
+
+    def update(self, ids: Iterable[str]) -> None:
+        for i in ids:
+            self._ids[i] = None
+        while len(self._ids) > self.size:
+            self._ids.popitem(last=False)
 
 
 class _Rejected(Exception):  # noqa: N818 - control flow out of the transaction it rolls back
@@ -166,8 +262,16 @@ _TAKE = (update(m).where(m.c.id == bindparam("_id"), m.c.status == ledger.QUEUED
          .values(status=ledger.DONE, updated_at=bindparam("_now"),
                  # The run version this event produces, which orders the run's history exactly (replay reads it).
                  run_version=select(runs.c.version + 1).where(runs.c.id == m.c.run_id).scalar_subquery())
-         .returning(m.c.kind, m.c.payload, m.c.run_id, m.c.tenant, m.c.shard, m.c.run_version))
+         .returning(m.c.kind, m.c.payload, m.c.run_id, m.c.tenant, m.c.shard, m.c.run_version, m.c.created_at,
+                    m.c.retry_at))
 """Take a due, queued decide row: ``queued → done`` in one statement that also reads what the event needs."""
+_QUEUED = (select(m.c.id)
+           .where(m.c.status == ledger.QUEUED, m.c.service == ORCHESTRATOR, m.c.role == DECIDE,
+                  m.c.shard == bindparam("_shard"), m.c.id.not_in(bindparam("_skip", expanding=True)),
+                  or_(m.c.retry_at.is_(None), m.c.retry_at <= bindparam("_due")))
+           .order_by(m.c.updated_at, m.c.id).limit(bindparam("_limit"))
+           .with_for_update(skip_locked=True))
+"""A shard's due decide rows, oldest first (the open-rows index holds them)."""
 
 
 def _fail_directly(conn, message_id: str, row: Any, now: float) -> list[Delivery]:

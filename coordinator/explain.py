@@ -14,7 +14,7 @@ from sqlalchemy import Connection, select
 
 from bus.schema import agent_messages as m
 from bus.schema import introspection_events as ie
-from coordinator.schema import approvals, fan_ins, runs, tokens
+from coordinator.schema import approvals, fan_arrivals, fan_ins, runs, tokens
 from coordinator.state import TOKEN_ACTIVE, WAITING
 from coordinator.store import run_view, token_from_row
 from coordinator.timefmt import iso, with_iso
@@ -126,11 +126,14 @@ _ASSIGNMENT_WAITS = {
 
 
 def _join(conn: Connection, run_id: str, token, active) -> dict[str, Any]:
+    """Which branches the join still waits for, read from its arrivals (``fan_arrivals``): the brain keeps only
+    their count, so that an arrival costs the same at any width; a person asking pays for the list."""
     fan_id = token.wait["fan_id"]
     fan = conn.execute(select(fan_ins).where(fan_ins.c.run_id == run_id, fan_ins.c.fan_id == fan_id)).mappings().first()
     if fan is None:
         return {"fan_id": fan_id, "summary": f"{token.node_id}: join {token.wait.get('join')} (no fan-in row)"}
-    arrived = set(fan["arrived"])
+    arrived = set(conn.execute(select(fan_arrivals.c.branch_index).where(fan_arrivals.c.run_id == run_id,
+                                                                         fan_arrivals.c.fan_id == fan_id)).scalars())
     missing = [i for i in range(fan["expected"]) if i not in arrived]
     shown = set(missing[:MAX_BRANCHES_SHOWN])
     running: dict[int, list[dict[str, Any]]] = {}

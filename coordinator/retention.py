@@ -1,6 +1,6 @@
 """``cogo-bus-retention``: prunes what no one needs any more — ended run trees with every row of theirs
-(bus rows, audit rows, introspection events, tokens, scopes, approvals) — once their root ended more than
-``retention_days`` ago. Replay works on a run until then."""
+(bus rows, audit rows, introspection events, tokens, fan-ins and their arrivals, scopes, approvals) — once
+their root ended more than ``retention_days`` ago. Replay works on a run until then."""
 
 from __future__ import annotations
 
@@ -14,7 +14,16 @@ from sqlalchemy import Engine, delete, select
 from bus import ledger
 from bus.schema import agent_messages as m
 from bus.schema import bus_events, introspection_events
-from coordinator.schema import approvals, branch_scopes, fan_ins, idempotency_keys, run_visits, runs, tokens
+from coordinator.schema import (
+    approvals,
+    branch_scopes,
+    fan_arrivals,
+    fan_ins,
+    idempotency_keys,
+    run_visits,
+    runs,
+    tokens,
+)
 from coordinator.state import RUN_TERMINAL
 
 log = logging.getLogger(__name__)
@@ -41,7 +50,8 @@ def prune(engine: Engine, *, retention_days: float, clock: Callable[[], float] =
         ids = [r.id for r in conn.execute(select(runs.c.id).where(runs.c.root_run_id.in_(roots)))]
         for table, column in ((introspection_events, introspection_events.c.run_id),
                               (bus_events, bus_events.c.run_id), (m, m.c.run_id), (tokens, tokens.c.run_id),
-                              (fan_ins, fan_ins.c.run_id), (branch_scopes, branch_scopes.c.run_id),
+                              (fan_arrivals, fan_arrivals.c.run_id), (fan_ins, fan_ins.c.run_id),
+                              (branch_scopes, branch_scopes.c.run_id),
                               (run_visits, run_visits.c.run_id),
                               (approvals, approvals.c.run_id), (idempotency_keys, idempotency_keys.c.run_id),
                               (runs, runs.c.id)):

@@ -1,4 +1,4 @@
-"""The coordinator's tables: runs, tokens, branch scopes, fan-ins, approvals, workflow definitions.
+"""The coordinator's tables: runs, tokens, branch scopes, fan-ins and their arrivals, approvals, workflow definitions.
 
 They share the ledger's MetaData so that one migration history covers the whole database.
 """
@@ -100,12 +100,24 @@ fan_ins = Table(
     Column("fan_id", String(64), primary_key=True),
     Column("join_node", String(128), nullable=False),
     Column("expected", Integer, nullable=False),
-    Column("arrived", JSON, nullable=False),
+    Column("arrived_count", Integer, nullable=False, default=0),  # how many rows of fan_arrivals it has
     Column("fired", Boolean, nullable=False, default=False),
     Column("owner_token_id", String(200)),  # the token that waits for the join: loaded with an arrival
 
     Column("created_at", Double, nullable=False),
     Column("updated_at", Double, nullable=False),
+)
+
+fan_arrivals = Table(
+    # A row per branch that reached its join: an arrival inserts its own row and reads only its own (whether its
+    # branch already arrived), and the fan-in keeps the count, so an arrival at a 10,000-way join reads and writes
+    # what one at a 10-way join does. Only the arrival that fires the join reads them all.
+    "fan_arrivals", metadata,
+    Column("run_id", ID, primary_key=True),
+    Column("fan_id", String(64), primary_key=True),
+    Column("branch_index", Integer, primary_key=True),
+    Column("token_id", String(160), nullable=False),
+    Column("created_at", Double, nullable=False),
 )
 
 approvals = Table(

@@ -51,13 +51,17 @@ class Token:
 
 @dataclass(frozen=True)
 class FanIn:
-    """The open join of one fan-out: who has arrived, how many are expected, whether it fired."""
+    """The open join of one fan-out: how many have arrived, how many are expected, whether it fired."""
 
     fan_id: str
     join_node: str
     expected: int
-    arrived: tuple[int, ...] = ()
-    """The branch indexes that have reached the join, in arrival order."""
+    arrived: frozenset[int] = frozenset()
+    """The branch indexes loaded of those that reached the join: all of them in a whole state; in a partial one
+    only the event's own token's branch, if it arrived — all an arrival needs to know (is it a duplicate?), read
+    without reading its siblings'. Planning that needs every arrival (firing) asks for the whole state."""
+    count: int = 0
+    """How many branches reached the join: exact in any state (``fan_ins.arrived_count``)."""
     fired: bool = False
     owner: str | None = None
     """The token that waits for the join (the fan-out's own token)."""

@@ -32,8 +32,6 @@ from coordinator.state import COMPLETED, RUN_TERMINAL, FanIn, Token
 FOREACH_CEILING = 10_000
 """No ``foreach`` spawns more branches than this, whatever its definition's ``max_items`` says. A constant,
 not a setting: planning is pure and a replay must decide as the run did."""
-MISSING_SHOWN = 20
-"""How many missing branch indexes a sync event lists (explain computes the full list on demand)."""
 
 
 @entry_rule("parallel")
@@ -104,7 +102,7 @@ def _enter_join(b: PlanBuilder, token: Token, node: JoinNode) -> None:
         return
     b.emit("decision.sync.start", token=token, fan_id=fan.fan_id, branch_index=token.branch_index)
     finish_token(b, token)
-    if token.branch_index in fan.arrived:
+    if token.branch_index in fan.arrived:  # loaded even in a partial state: the event's own branch
         b.emit("decision.sync.duplicate", token=token, fan_id=fan.fan_id, branch_index=token.branch_index,
                reason="this branch has already arrived")
         return
@@ -113,28 +111,26 @@ def _enter_join(b: PlanBuilder, token: Token, node: JoinNode) -> None:
 
 
 def check_and_fire(b: PlanBuilder, fan_id: str, *, token: Token | None = None) -> None:
-    """Count the siblings that arrived; fire the join when its mode is satisfied, else wait."""
+    """Count the siblings that arrived; fire the join when its mode is satisfied, else wait. Counts only: which
+    branches are missing is explain's question (``coordinator.explain``), not a list to build on every arrival."""
     fan = b.fan_ins[fan_id]
     join: JoinNode = b.definition.node(fan.join_node)
     need = required(join, fan.expected)
-    arrived = set(fan.arrived)
-    missing = [i for i in range(fan.expected) if i not in arrived][:MISSING_SHOWN]
-    counts = {"fan_id": fan_id, "mode": join.mode, "m": join.m, "arrived": len(arrived), "expected": fan.expected,
+    counts = {"fan_id": fan_id, "mode": join.mode, "m": join.m, "arrived": fan.count, "expected": fan.expected,
               "required": need}
     b.emit("decision.sync.check_condition", token=token, node_id=fan.join_node, **counts,
-           missing_count=fan.expected - len(arrived), missing=missing)
-    if len(arrived) < need:
-        b.emit("decision.sync.wait", token=token, node_id=fan.join_node, fan_id=fan_id,
-               reason=f"{len(arrived)} of {fan.expected} arrived; {join.mode} needs {need}")
+           missing_count=fan.expected - fan.count)
+    reason = f"{fan.count} of {fan.expected} arrived; {join.mode} needs {need}"
+    if fan.count < need:
+        b.emit("decision.sync.wait", token=token, node_id=fan.join_node, fan_id=fan_id, reason=reason)
         return
-    b.emit("decision.sync.activate", token=token, node_id=fan.join_node, fan_id=fan_id,
-           reason=f"{len(arrived)} of {fan.expected} arrived; {join.mode} needs {need}")
+    b.emit("decision.sync.activate", token=token, node_id=fan.join_node, fan_id=fan_id, reason=reason)
     fire(b, fan, join)
 
 
 def fire(b: PlanBuilder, fan: FanIn, join: JoinNode) -> None:
     """Merge, cancel the branches still running, drop the scopes, and go on from the join once (the one arrival
-    that needs every branch's scope: the others load only their own)."""
+    that needs every branch's arrival and scope: the others load only their own)."""
     b.require_whole()
     owner = b.owner_of(fan.fan_id)
     branches = tuple(sorted(fan.arrived))

@@ -61,21 +61,22 @@ def drop_fan(b: PlanBuilder, fan_id: str, *, reason: str, fired: bool) -> None:
     scopes = fan_scopes(b, fan_id, fan.expected)
     if not fired:
         b.emit("decision.sync.abandon", node_id=fan.join_node, fan_id=fan_id, reason=reason,
-               arrived=len(fan.arrived), expected=fan.expected)
+               arrived=fan.count, expected=fan.expected)
         b.decide(d.CloseFanIn(fan_id, reason))
     if scopes:
         b.decide(d.DropBranchTables(fan_id, scopes, reason))
 
 
 def unreachable(b: PlanBuilder, fan_id: str) -> str | None:
-    """Why the join of ``fan_id`` can never fire now, or None while enough branches are alive."""
+    """Why the join of ``fan_id`` can never fire now, or None while enough branches are alive (on the whole state:
+    ``active()`` asks for it, so ``fan.arrived`` holds every arrival here)."""
     fan = b.fan_ins.get(fan_id)
     if fan is None:
         return None
     join = b.definition.node(fan.join_node)
-    alive = {branch_of(b, t, fan_id) for t in b.active()} - {None} - set(fan.arrived)
+    alive = {branch_of(b, t, fan_id) for t in b.active()} - {None} - fan.arrived
     need = required(join, fan.expected)
-    if len(fan.arrived) + len(alive) >= need:
+    if fan.count + len(alive) >= need:
         return None
     return (f"join {fan.join_node!r} ({join.mode}) needs {need} of {fan.expected} branches; "
-            f"{len(fan.arrived)} arrived and only {len(alive)} are still running")
+            f"{fan.count} arrived and only {len(alive)} are still running")

@@ -61,17 +61,22 @@ class Changes:
     """What phase 1 writes for one plan: the difference between the loaded state and the next one."""
 
     run: dict[str, Any]
-    """The run row's new values (status, context, the root scope's visits, token sequence; output, error and an
-    end when the run finished)."""
+    """The run row's new values (status, the root scope's visits, token sequence; the context only when this step
+    wrote to it; output, error and an end when the run finished)."""
     ended: bool
     new_tokens: tuple[tuple[Token, Any], ...] = ()
     """Tokens created in this step, each with its error (a token may be created and finished in one step)."""
     token_updates: tuple[tuple[str, dict[str, Any]], ...] = ()
     """Loaded tokens that changed: only the columns that did."""
     new_fans: tuple[FanIn, ...] = ()
-    fan_updates: tuple[FanIn, ...] = ()
-    """Loaded fan-ins that changed (an arrival, a firing): written only while still unfired."""
+    fan_updates: tuple[tuple[str, int, bool], ...] = ()
+    """``(fan_id, count, fired)`` of the loaded fan-ins that changed (an arrival, a firing): written only while still
+    unfired."""
+    arrivals: tuple[tuple[str, int, str], ...] = ()
+    """``(fan_id, branch_index, token_id)`` of the arrivals of this step (``fan_arrivals`` rows), never the fan's
+    whole list: what an arrival writes does not grow with the fan's width."""
     closed_fans: tuple[str, ...] = ()
+    """Fan-ins let go unfired (their arrivals go with them)."""
     new_scopes: tuple[tuple[str, str, int, dict[str, Any]], ...] = ()
     """``(scope, fan_id, branch_index, data)`` of the branch scopes created in this step."""
     scope_updates: tuple[tuple[str, dict[str, Any]], ...] = ()
@@ -107,6 +112,8 @@ class WorkingCopy:
         self.opened: dict[str, None] = {}
         self.fired: dict[str, FanIn] = {}
         self.closed: dict[str, None] = {}
+        self.arrivals: list[tuple[str, int, str]] = []
+        self.context_written = False
         self.scope_origin: dict[str, tuple[str, int]] = {}
         self.dropped: dict[str, None] = {}
         self.output: Any = None
@@ -150,6 +157,7 @@ class WorkingCopy:
         """``context[key] = value`` in the root (``scope=None``) or a branch scope."""
         if scope is None:
             self.context[key] = value
+            self.context_written = True  # phase 1 rewrites the context only in a step that wrote to it
         else:
             self.scopes[scope] = {**self.scopes.get(scope, {}), key: value}  # copy-on-write: a new dict is a change
 
@@ -181,8 +189,10 @@ class WorkingCopy:
         before = self.state
         status = self.run_status()
         ended = status in RUN_TERMINAL and before.run.status not in RUN_TERMINAL
-        run = {"status": status, "context": self.context, "token_seq": self.seq, "open_fans": len(self.fan_ins),
+        run = {"status": status, "token_seq": self.seq, "open_fans": len(self.fan_ins),
                "visits": {k: n for k, n in self.visits.items() if not visit_scope(k)}}
+        if self.context_written:
+            run["context"] = self.context
         if ended:
             run.update(output=self.output, error=self.error.to_dict() if self.error else None)
         updates = []
@@ -209,8 +219,9 @@ class WorkingCopy:
             new_tokens=tuple((self.tokens[t], _as_dict(self.errors.get(t))) for t in self.created),
             token_updates=tuple(updates),
             new_fans=tuple(fans[f] for f in self.opened if f not in self.closed),
-            fan_updates=tuple(fan for fan_id, fan in fans.items()
-                              if fan_id not in self.opened and fan != before.fan_ins.get(fan_id)),
+            fan_updates=tuple((fan_id, fan.count, fan.fired) for fan_id, fan in fans.items()
+                              if fan_id not in self.opened and _changed(fan, before.fan_ins.get(fan_id))),
+            arrivals=tuple(a for a in self.arrivals if a[0] not in self.closed),
             closed_fans=tuple(f for f in self.closed if f not in self.opened),
             new_scopes=new_scopes,
             scope_updates=tuple((s, data) for s, data in self.scopes.items()
@@ -224,6 +235,11 @@ class WorkingCopy:
 
 def _as_dict(error: Problem | None) -> dict[str, Any] | None:
     return None if error is None else error.to_dict()
+
+
+def _changed(fan: FanIn, before: FanIn | None) -> bool:
+    """Whether phase 1 has a fan-in row to update: its count or its firing (not which arrivals were loaded)."""
+    return before is None or (fan.count, fan.fired) != (before.count, before.fired)
 
 
 # -- one transition per decision type ----------------------------------------------------------------
@@ -319,16 +335,16 @@ def _open_fan(w: WorkingCopy, x: d.OpenFanIn) -> None:
 
 def _arrive(w: WorkingCopy, x: d.RecordArrival) -> None:
     fan = w.fan_ins[x.fan_id]
-    w.fan_ins[x.fan_id] = fan = replace(fan, arrived=(*fan.arrived, x.branch_index))
-    w.op("operation.fan_in.arrive", x.token_id, fan_id=x.fan_id, branch_index=x.branch_index,
-         arrived=len(fan.arrived))
+    w.fan_ins[x.fan_id] = fan = replace(fan, arrived=fan.arrived | {x.branch_index}, count=fan.count + 1)
+    w.arrivals.append((x.fan_id, x.branch_index, x.token_id))
+    w.op("operation.fan_in.arrive", x.token_id, fan_id=x.fan_id, branch_index=x.branch_index, arrived=fan.count)
 
 
 def _fire(w: WorkingCopy, x: d.FireJoin) -> None:
     fan = w.fan_ins.pop(x.fan_id)
     w.owners.pop(x.fan_id, None)
     w.fired[x.fan_id] = replace(fan, fired=True)
-    w.op("operation.fan_in.fire", node_id=x.join_node, fan_id=x.fan_id, arrived=len(fan.arrived))
+    w.op("operation.fan_in.fire", node_id=x.join_node, fan_id=x.fan_id, arrived=fan.count)
 
 
 def _close_fan(w: WorkingCopy, x: d.CloseFanIn) -> None:

@@ -188,7 +188,8 @@ def test_no_budget_in_the_tree_is_ever_passed(engine, body, seed, cancel_at, cha
     registry = Registry([parse_definition(d) for d in compiler.definitions])
     box: list[Chaos] = []
     fleet = Fleet(engine, {("t", "work"): handler(seed, lambda: box[0])}, registry=registry, fail_fast=True,
-                  batched=batched, settings=Settings(broker_url="memory://", lease_s=4.0).checked())
+                  batched=batched, brain_batch_after_s=0.0 if batched else None,
+                  settings=Settings(broker_url="memory://", lease_s=4.0).checked())
     root = submit(fleet, name, {"flag": True, "items": compiler.items},
                   run_id=str(uuid.uuid5(uuid.NAMESPACE_URL, name)))
     box.append(Chaos(fleet, root, chaos, cancel_at=cancel_at))

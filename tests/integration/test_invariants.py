@@ -6,7 +6,7 @@ import pytest
 from sqlalchemy import insert, select, update
 
 from bus.schema import agent_messages, bus_events, introspection_events
-from coordinator.schema import runs
+from coordinator.schema import fan_arrivals, fan_ins, runs
 from tests.support.harness import Fleet, registry_of, submit
 from tests.support.invariants import assert_ledger_held, ledger_problems
 from workers.handler import WorkResult
@@ -54,6 +54,9 @@ def test_each_broken_invariant_is_named(ended):
                             ).one()._asdict()
         conn.execute(insert(introspection_events).values({k: v for k, v in fire.items() if k != "id"}))
         conn.execute(update(runs).where(runs.c.id == run_id).values(status="running", spent_tokens=130))
+        conn.execute(update(fan_ins).where(fan_ins.c.run_id == run_id).values(arrived_count=2))
+        conn.execute(insert(fan_arrivals).values(run_id=run_id, fan_id="gone", branch_index=0, token_id="x",
+                                                 created_at=0.0))
     problems = "\n".join(ledger_problems(engine, expect_runs=2))
     assert "2 runs submitted, 1 recorded" in problems
     assert f"run {run_id} did not end: running" in problems
@@ -61,6 +64,8 @@ def test_each_broken_invariant_is_named(ended):
     assert "fired 2 times" in problems
     assert "130 tokens spent over a budget" in problems
     assert "but its settled assignments used 30" in problems
+    assert "counts 2 arrivals; it has 3 arrival rows" in problems
+    assert f"fan-in gone of run {run_id} counts 0 arrivals; it has 1 arrival rows" in problems
 
 
 def test_an_open_row_is_lost_work(ended):

@@ -144,7 +144,7 @@ def test_random_workflows_always_end_cleanly(sqlite_engine, body, flag, seed, ch
     compiler.workflow(name, body)
     registry = Registry([parse_definition(d) for d in compiler.definitions])
     fleet = Fleet(sqlite_engine, {("t", "work"): outcomes(seed)}, registry=registry, fail_fast=True,
-                  batched=batched)
+                  batched=batched, brain_batch_after_s=0.0 if batched else None)
     root = submit(fleet, name, {"flag": flag, "items": compiler.items})
     drain_chaotically(fleet, chaos, duplicate=0.25)
 

@@ -1,4 +1,4 @@
-"""Retention prunes whole ended run trees, and nothing that a running root still needs."""
+"""Retention prunes whole ended run trees (every row of theirs), and nothing that a running root still needs."""
 
 from __future__ import annotations
 
@@ -6,8 +6,9 @@ from sqlalchemy import func, select
 
 from bus.schema import agent_messages, bus_events, introspection_events
 from coordinator.retention import prune
-from coordinator.schema import runs, tokens
+from coordinator.schema import fan_arrivals, fan_ins, runs, tokens
 from tests.integration.test_budget_tree import CHILD
+from tests.integration.test_fan_arrivals import fleet_of
 from tests.support.harness import Fleet, registry_of, submit
 from workers.handler import WorkResult
 
@@ -47,3 +48,14 @@ def test_ended_trees_go_and_running_roots_keep_their_children(engine):
                               (introspection_events, introspection_events.c.run_id), (tokens, tokens.c.run_id)):
             assert count(conn, table, column, [ended]) == 0, table.name
             assert count(conn, table, column, [waiting]) > 0 or table is bus_events, table.name
+
+
+def test_a_pruned_fan_out_takes_its_fan_ins_and_arrivals(engine):
+    fleet = fleet_of(engine)
+    run_id = submit(fleet, "each", {"items": [1, 2, 3]})
+    fleet.drain()
+    with engine.connect() as conn:
+        assert count(conn, fan_arrivals, fan_arrivals.c.run_id, [run_id]) == 3
+    assert prune(engine, retention_days=1, clock=lambda: fleet.clock.now + 2 * 86400).runs == 1
+    with engine.connect() as conn:
+        assert [count(conn, t, t.c.run_id, [run_id]) for t in (fan_ins, fan_arrivals)] == [0, 0]

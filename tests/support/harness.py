@@ -90,11 +90,15 @@ class Fleet:
     """Re-raise an exception of planning or phase 1 in the test, instead of counting it as a brain crash."""
     batched: bool = False
     """Deliver as the real publisher sends: a step's admissions in one message, one dispatcher transaction."""
+    brain_batch_after_s: float | None = None
+    """The brain's ``batch_after_s``: None (the default here) applies only the rows a message carries, so a
+    history is deterministic; 0.0 makes every taken row pull the shard's other due rows into its transaction."""
 
     def __post_init__(self) -> None:
         self.publisher = RecordingPublisher(self.clock, batched=self.batched)
         common = {"engine": self.engine, "publisher": self.publisher, "clock": self.clock}
-        self.brain = Brain(registry=self.registry, shards=self.settings.shards, fail_fast=self.fail_fast, **common)
+        self.brain = Brain(registry=self.registry, shards=self.settings.shards, fail_fast=self.fail_fast,
+                           batch_after_s=self.brain_batch_after_s, **common)
         self.dispatcher = Dispatcher(**common)
         self.runtime = Runtime(settings=self.settings, handlers=self.handlers, rng=lambda: 0.5, **common)
         self.reclaimer = Reclaimer(settings=self.settings, depth=lambda _q: 0, **common)

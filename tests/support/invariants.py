@@ -8,7 +8,7 @@
 * **nothing applied twice**: an assignment's outcome was planned once (one ``decision.task.completed`` or
   ``decision.task.failed`` per assignment), an assignment succeeded at most once (one ``execute_done``), a
   join fired once (one ``operation.fan_in.fire`` per fan-in); each run's counts of active and waiting
-  tokens are what its tokens say;
+  tokens are what its tokens say, and each fan-in's count of arrivals is how many arrival rows it has;
 * **nothing overspent**: every budget in every run tree holds (``tests.support.harness.overspent``), each
   run's settled spend is exactly the usage recorded on its settled assignments, and every budgeted run's
   counters (``coordinator.budgets``) equal what its subtree's rows say (the same function).
@@ -26,7 +26,7 @@ from sqlalchemy import Engine, func, select
 from bus import ledger
 from bus.schema import agent_messages as m
 from bus.schema import bus_events, introspection_events
-from coordinator.schema import runs
+from coordinator.schema import fan_arrivals, fan_ins, runs
 from coordinator.schema import tokens as token_table
 from coordinator.state import RUN_TERMINAL, TOKEN_ACTIVE, WAITING
 from tests.support.harness import overspent
@@ -56,6 +56,7 @@ def ledger_problems(engine: Engine, *, expect_runs: int | None = None, roots: It
                                .where(introspection_events.c.type.in_(ONCE_PER_ASSIGNMENT))).all()
         fires = conn.execute(select(introspection_events.c.run_id, introspection_events.c.data)
                              .where(introspection_events.c.type == "operation.fan_in.fire")).all()
+        fans = arrival_counts(conn)
         settled = {(r.run_id): (r.tokens, r.cost) for r in conn.execute(
             select(m.c.run_id, func.sum(m.c.usage_tokens).label("tokens"),
                    func.sum(m.c.usage_cost_usd).label("cost"))
@@ -68,6 +69,7 @@ def ledger_problems(engine: Engine, *, expect_runs: int | None = None, roots: It
         rows = [r for r in rows if r.run_id in ids]
         planned = [p for p in planned if p.run_id in ids]
         fires = [f for f in fires if f.run_id in ids]
+        fans = [f for f in fans if f[0] in ids]
         done_counts = Counter({k: n for k, n in done_counts.items() if k in {r.id for r in rows}})
     tree_roots = [r for r in all_runs if r.parent_run_id is None]
     if expect_runs is not None and len(tree_roots) != expect_runs:
@@ -76,6 +78,8 @@ def ledger_problems(engine: Engine, *, expect_runs: int | None = None, roots: It
         if r.status not in RUN_TERMINAL:
             problems.append(f"run {r.id} did not end: {r.status}")
     problems += token_count_problems(all_runs, token_counts)
+    problems += [f"fan-in {fan_id} of run {run_id} counts {counted} arrivals; it has {rows} arrival rows"
+                 for run_id, fan_id, counted, rows in fans if counted != rows]
     for row in rows:
         if row.status in ledger.OPEN:
             problems.append(f"{row.kind} {row.id} of run {row.run_id} left {row.status}")
@@ -97,6 +101,17 @@ def ledger_problems(engine: Engine, *, expect_runs: int | None = None, roots: It
             problems.append(f"run {r.id} spent {r.spent_tokens} tokens / ${r.spent_cost_usd:.6f}, but its settled "
                             f"assignments used {int(tokens or 0)} / ${float(cost or 0.0):.6f}")
     return problems
+
+
+def arrival_counts(conn) -> list[tuple[str, str, int, int]]:
+    """``(run_id, fan_id, arrived_count, arrival rows)`` of every fan-in; arrival rows left behind by a fan-in
+    that is gone count against an ``arrived_count`` of 0."""
+    rows = {(r.run_id, r.fan_id): r.n for r in conn.execute(
+        select(fan_arrivals.c.run_id, fan_arrivals.c.fan_id, func.count().label("n"))
+        .group_by(fan_arrivals.c.run_id, fan_arrivals.c.fan_id))}
+    counted = {(r.run_id, r.fan_id): r.arrived_count for r in conn.execute(
+        select(fan_ins.c.run_id, fan_ins.c.fan_id, fan_ins.c.arrived_count))}
+    return [(*key, counted.get(key, 0), rows.get(key, 0)) for key in sorted(counted.keys() | rows.keys())]
 
 
 def token_count_problems(all_runs: list, token_counts: dict[tuple[str, str], int]) -> list[str]:

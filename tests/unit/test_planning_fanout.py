@@ -88,8 +88,8 @@ def test_join_all_shows_sibling_counts_until_the_last_arrives():
     for token_id in list(sim.dispatched())[::-1]:  # arrive in reverse order
         p = sim.complete(token_id, {})
         check = events(p, "decision.sync.check_condition")[0]
-        seen.append((check["arrived"], check["expected"], check["mode"], check["missing"]))
-    assert seen == [(1, 3, "all", [0, 1]), (2, 3, "all", [0]), (3, 3, "all", [])]
+        seen.append((check["arrived"], check["expected"], check["mode"], check["missing_count"]))
+    assert seen == [(1, 3, "all", 2), (2, 3, "all", 1), (3, 3, "all", 0)]  # which ones: explain's question
     assert all_types(sim, "decision.sync.").count("decision.sync.wait") == 2
     assert all_types(sim, "decision.sync.").count("decision.sync.activate") == 1
 
@@ -100,7 +100,7 @@ def test_join_any_fires_on_the_first_and_cancels_the_rest():
     p = sim.complete("work.4", {"winner": True})
     assert events(p, "decision.sync.check_condition")[0] == {
         "fan_id": "split.1", "mode": "any", "m": None, "arrived": 1, "expected": 4, "required": 1,
-        "missing_count": 3, "missing": [0, 1, 3]}
+        "missing_count": 3}
     [cancel] = decisions(p, d.CancelActiveTokens)
     assert cancel.token_ids == ("work.2", "work.3", "work.5")
     assert sim.status == "completed"
@@ -244,8 +244,8 @@ def test_a_foreach_never_spawns_past_the_ceiling_whatever_its_definition_says():
 
 
 def partial(state, focus: str):
-    """What ``load_state(focus=...)`` reads: the focus token, the owners of the open fan-ins, their scopes and
-    those scopes' loop counters."""
+    """What ``load_state(focus=...)`` reads: the focus token, whether its branch arrived at its join, the owners of
+    the open fan-ins, their scopes and those scopes' loop counters."""
     from dataclasses import replace
 
     from coordinator.state import WAITING
@@ -254,7 +254,10 @@ def partial(state, focus: str):
     left = [t for k, t in state.tokens.items() if k not in keep]
     waiting = sum(t.status == WAITING for t in left)
     loaded = {t.scope for t in tokens.values() if t.scope}
-    return replace(state, tokens=tokens, scopes={s: v for s, v in state.scopes.items() if s in loaded},
+    mine = tokens.get(focus)
+    fans = {k: replace(f, arrived=f.arrived & ({mine.branch_index} if mine and mine.fan_id == k else set()))
+            for k, f in state.fan_ins.items()}
+    return replace(state, tokens=tokens, fan_ins=fans, scopes={s: v for s, v in state.scopes.items() if s in loaded},
                    visits={k: n for k, n in state.visits.items() if k.rsplit("/", 1)[0] in {"", *loaded}},
                    visit_scopes=frozenset(loaded), whole=False, unloaded=(len(left) - waiting, waiting))
 
@@ -283,3 +286,16 @@ def test_an_arrival_planned_on_what_it_touches_is_the_plan_of_the_whole_state_or
             assert got.next_state.run.status == expected.next_state.run.status
         sim.complete(token, {"v": token})
     assert asked == 1  # only the arrival that fires the join needs every branch
+
+
+def test_an_arrival_writes_its_own_row_and_the_count_and_the_context_only_when_it_changes():
+    sim = Sim(foreach(), {"items": list(range(50))})
+    sim.start()
+    p = sim.complete("work.30", {"v": 1})  # branch 28
+    assert p.changes.arrivals == (("split.1", 28, "merge.52"),)
+    assert p.changes.fan_updates == (("split.1", 1, False),)  # the count, never the list of who arrived
+    assert "context" not in p.changes.run  # the branch wrote its own scope: the run's context is not rewritten
+    sim.drain(lambda t: {})
+    fired = sim.plans[-1]
+    assert fired.changes.fan_updates == (("split.1", 50, True),) and len(fired.changes.arrivals) == 1
+    assert fired.changes.run["context"] == sim.state.context and len(sim.state.context["results"]) == 50

@@ -1,0 +1,147 @@
+"""The brain under load: when a decide row waited in its queue, its transaction applies the shard's other due
+rows too (the Celery message is the doorbell, the ledger the queue); their own messages, when they come, find
+them applied without a statement. Results are those of one at a time; an event that fails inside a batch rolls
+back alone and is then handled on its own, as one at a time would handle it."""
+
+from __future__ import annotations
+
+from sqlalchemy import event, select
+
+from bus import ledger
+from bus.celery_app import TASK_DECIDE
+from bus.schema import agent_messages as m
+from coordinator import brain as brain_module
+from coordinator.store import run_view
+from tests.support.harness import Fleet, registry_of, submit, take
+from tests.support.invariants import assert_ledger_held
+from workers.handler import WorkResult
+
+ONE_STEP = """
+name: one-step
+start: work
+nodes:
+  work: {kind: task, route: {service: t, role: work}, agent: {agent_id: w}, input: {n: input.n}, next: done}
+  done: {kind: end}
+"""
+RUNS = 12
+
+
+def _fleet(engine, **kw) -> Fleet:
+    return Fleet(engine, {("t", "work"): lambda ctx, p: WorkResult(output={"n": p["n"]})},
+                 registry=registry_of(ONE_STEP), **kw)
+
+
+def _statements(engine) -> list[str]:
+    seen: list[str] = []
+    event.listen(engine, "before_cursor_execute", lambda *a, **_: seen.append(a[2]))
+    return seen
+
+
+def test_a_row_that_waited_brings_the_shards_other_due_rows_into_its_transaction(engine):
+    fleet = _fleet(engine, brain_batch_after_s=0.0)
+    run_ids = [submit(fleet, "one-step", {"n": n}) for n in range(RUNS)]
+    commits = []
+    event.listen(engine, "commit", lambda conn: commits.append(conn))
+    assert fleet.deliver(take(fleet, lambda d: d.task == TASK_DECIDE)) == "applied"
+    assert len(commits) == 1  # every start event in one transaction
+    with engine.connect() as conn:
+        queued = conn.execute(select(m.c.id).where(m.c.run_id.in_(run_ids), m.c.kind == "start",
+                                                   m.c.status == ledger.QUEUED)).all()
+    assert queued == []
+    statements = _statements(engine)
+    later = [take(fleet, lambda d: d.task == TASK_DECIDE) for _ in range(RUNS - 1)]
+    assert [fleet.deliver(d) for d in later] == ["duplicate"] * (RUNS - 1)
+    assert statements == []  # their messages found them applied in this process: no read, no write
+    fleet.drain()
+    with engine.connect() as conn:
+        assert [run_view(conn, r)["output"] for r in run_ids] == [{"work": {"n": n}} for n in range(RUNS)]
+    assert_ledger_held(engine, expect_runs=RUNS)
+
+
+def test_an_idle_brain_takes_only_the_row_it_was_sent(engine):
+    fleet = _fleet(engine)  # the harness's default: no row waited long enough to batch
+    fleet.brain.batch_after_s = brain_module.BATCH_AFTER_S
+    run_ids = [submit(fleet, "one-step", {"n": n}) for n in range(3)]
+    statements = _statements(engine)
+    assert fleet.deliver(take(fleet, lambda d: d.task == TASK_DECIDE)) == "applied"
+    assert not [s for s in statements if "FOR UPDATE" in s or "ORDER BY" in s]  # it never looked for more
+    with engine.connect() as conn:
+        left = conn.execute(select(m.c.id).where(m.c.run_id.in_(run_ids), m.c.kind == "start",
+                                                 m.c.status == ledger.QUEUED)).all()
+    assert len(left) == 2
+
+
+def test_a_batch_gives_the_results_of_one_at_a_time(engine):
+    outputs = []
+    for after in (None, 0.0):
+        fleet = _fleet(engine, brain_batch_after_s=after)
+        run_ids = [submit(fleet, "one-step", {"n": n}) for n in range(RUNS)]
+        fleet.drain()
+        with engine.connect() as conn:
+            outputs.append([(run_view(conn, r)["status"], run_view(conn, r)["output"]) for r in run_ids])
+        assert_ledger_held(engine, roots=run_ids)
+    assert outputs[0] == outputs[1]
+
+
+def test_an_event_that_fails_in_a_batch_rolls_back_alone_and_is_then_handled_on_its_own(engine, monkeypatch):
+    fleet = _fleet(engine, brain_batch_after_s=0.0)
+    run_ids = [submit(fleet, "one-step", {"n": n}) for n in range(RUNS)]
+    poisoned = run_ids[5]
+    real_plan = brain_module.plan
+
+    def plan(state, ev, *, now):
+        if state.run.id == poisoned:
+            raise RuntimeError("a planner bug on this one run")
+        return real_plan(state, ev, now=now)
+
+    monkeypatch.setattr(brain_module, "plan", plan)
+    assert fleet.deliver(take(fleet, lambda d: d.task == TASK_DECIDE)) == "applied"
+    with engine.connect() as conn:
+        rows = {r.run_id: r for r in conn.execute(select(m.c.run_id, m.c.status, m.c.attempts)
+                                                  .where(m.c.run_id.in_(run_ids), m.c.kind == "start"))}
+    assert {r.status for k, r in rows.items() if k != poisoned} == {ledger.DONE}  # the others stayed applied
+    assert (rows[poisoned].status, rows[poisoned].attempts) == (ledger.QUEUED, 0)  # its take rolled back alone
+    monkeypatch.undo()
+    fleet.drain()  # its own message applies it now
+    with engine.connect() as conn:
+        assert {run_view(conn, r)["status"] for r in run_ids} == {"completed"}
+    assert_ledger_held(engine, expect_runs=RUNS)
+
+
+def test_a_crash_of_the_first_event_of_a_message_is_counted_and_the_rest_applied(engine, monkeypatch):
+    fleet = _fleet(engine, batched=True)
+    run_ids = [submit(fleet, "one-step", {"n": n}) for n in range(3)]
+    ids = [d.message_id for d in (take(fleet, lambda d: d.task == TASK_DECIDE) for _ in range(3))]
+    real_plan = brain_module.plan
+    monkeypatch.setattr(brain_module, "plan", lambda state, ev, *, now: (
+        (_ for _ in ()).throw(RuntimeError("boom")) if state.run.id == run_ids[0] else real_plan(state, ev, now=now)))
+    assert fleet.brain.handle_batch(ids) == ["crashed", "applied", "applied"]
+    with engine.connect() as conn:
+        attempts = conn.execute(select(m.c.attempts).where(m.c.id == ids[0])).scalar_one()
+    assert attempts == 1
+
+
+def test_an_event_rejected_in_a_batch_is_rejected_alone(engine, monkeypatch):
+    from bus.errors import CogoError
+
+    fleet = _fleet(engine, brain_batch_after_s=0.0, fail_fast=True)
+    run_ids = [submit(fleet, "one-step", {"n": n}) for n in range(4)]
+    real_load = brain_module.load_state
+
+    def load_state(conn, run_id, registry, **kw):
+        if run_id == run_ids[2]:
+            raise CogoError("this run's definition is gone", code="workflow.unknown")
+        return real_load(conn, run_id, registry, **kw)
+
+    monkeypatch.setattr(brain_module, "load_state", load_state)
+    first = take(fleet, lambda d: d.task == TASK_DECIDE)
+    assert fleet.deliver(first) == "applied"
+    with engine.connect() as conn:
+        statuses = dict(conn.execute(select(m.c.run_id, m.c.status).where(m.c.run_id.in_(run_ids),
+                                                                           m.c.kind == "start")).all())
+    assert statuses == {**{r: ledger.DONE for r in run_ids}, run_ids[2]: ledger.QUEUED}
+    fleet.drain()  # its own message rejects it, and only it
+    with engine.connect() as conn:
+        assert [run_view(conn, r)["status"] for r in run_ids] == ["completed", "completed", "pending", "completed"]
+        rejected = conn.execute(select(m.c.run_id).where(m.c.status == ledger.FAILED, m.c.kind == "start")).all()
+    assert [r.run_id for r in rejected] == [run_ids[2]]
