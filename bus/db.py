@@ -44,7 +44,7 @@ IDLE_IN_TRANSACTION_MS = 10_000
 
 def _postgres_engine(url: str, pool_size: int) -> Engine:
     engine = create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True,
-                           json_serializer=_dumps)
+                           json_serializer=dumps)
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn, _record):
@@ -64,7 +64,7 @@ def _sqlite_engine(url: str, path: str) -> Engine:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
     engine = create_engine(url, poolclass=NullPool if path in ("", ":memory:") else None,
                            connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, "check_same_thread": False},
-                           json_serializer=_dumps)
+                           json_serializer=dumps)
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn, _record):
@@ -84,8 +84,9 @@ def _sqlite_engine(url: str, path: str) -> Engine:
     return engine
 
 
-def _dumps(value) -> str:
-    # allow_nan=False: NaN and Infinity are not JSON; a write carrying one fails instead of storing it.
+def dumps(value) -> str:
+    """JSON as the ledger's columns store it (``allow_nan=False``: NaN and Infinity are not JSON; a write carrying
+    one fails instead of storing it)."""
     import json
     return json.dumps(value, separators=(",", ":"), default=str, allow_nan=False)
 

@@ -60,6 +60,9 @@ class Settings:
     """Send Celery task events, so Flower's Tasks page sees every task (cost measured in ``bench/``)."""
     sql_events: bool = False
     """Record each SQL statement of the brain's steps and the dispatcher's admissions as ``sql.*`` events."""
+    brain_batch_after_s: float = 0.02
+    """A brain that takes an event this long after it was due applies its shard's other due events in the same
+    transaction (``coordinator/brain.py``). Negative: never (one event per transaction)."""
     allowed_models: str = ""
     """Comma-separated models the executor-dispatcher admits (e.g. ``cogo-local,gpt-4o-mini``). Empty: any."""
     llm_url: str = ""

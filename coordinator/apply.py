@@ -15,9 +15,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Connection, delete, insert, select, update
+from sqlalchemy import JSON, Connection, cast, delete, func, insert, literal, select, update
+from sqlalchemy.dialects.postgresql import JSONB
 
-from bus import introspection, ledger
+from bus import db, introspection, ledger
 from bus.celery_app import TASK_EXECUTE
 from bus.envelope import AssignmentEnvelope, Intent, TokenRef, Usage
 from bus.errors import Conflict, Problem
@@ -136,6 +137,8 @@ class Phase1:
             if self.above is not None and self.above.root_id != run_id:
                 budgets.lock_root(conn, self.above)
         values = {**c.run, **({"ended_at": now} if c.ended else {})}
+        if c.context is not None:
+            values["context"] = _context_written(conn, c)
         if c.active_delta:
             values["active_tokens"] = runs.c.active_tokens + c.active_delta
         if c.waiting_delta:
@@ -282,6 +285,19 @@ class Phase1:
                                                   m.c.status == ledger.QUEUED, m.c.retry_at > self.now)
                                   .values(retry_at=self.now).returning(m.c.id, m.c.shard)).all()
         return [Delivery(TASK_EXECUTE, execute_queue(r.shard), r.id) for r in woken]
+
+
+def _context_written(conn: Connection, c: Changes) -> Any:
+    """The run's new context as a delta the database applies to the row (the keys the step wrote, each replaced
+    whole: jsonb ``||`` on PostgreSQL, ``json_set`` on SQLite), so a step that writes one key into a large
+    context does not send and rewrite it all; the whole context where a key cannot be addressed."""
+    delta = {k: c.context[k] for k in c.context_keys}
+    if conn.dialect.name == "postgresql":
+        return cast(cast(runs.c.context, JSONB).op("||")(cast(literal(delta, JSON), JSONB)), JSON)
+    if conn.dialect.name == "sqlite" and not any('"' in k for k in delta):  # a JSON path label cannot hold '"'
+        pairs = [x for k, v in delta.items() for x in (f'$."{k}"', func.json(db.dumps(v)))]
+        return func.json_set(runs.c.context, *pairs)
+    return c.context
 
 
 def _token_row(run_id: str, t: Any, error: Any, now: float) -> dict[str, Any]:

@@ -87,15 +87,19 @@ class Brain:
             self._publish(effects)
         return [outcome or "duplicate" for outcome in outcomes]
 
-    def _publish(self, effects: Effects | None) -> None:
-        if effects is None:
-            return
-        try:
-            phase2(effects, self.publisher, self.notify)
-        except BrokerUnavailable as exc:  # committed: the reclaimer sends what phase 2 could not
-            log.warning("phase 2 left to the reclaimer: %s", exc)
+    def _publish(self, effects: list[Effects | None]) -> None:
+        """Phase 2 of each event, one at a time: the publisher batches a step's admissions, which then stay
+        inside one run tree, so a dispatcher transaction locks one tree's root (never two in an order a brain's
+        batch could cross)."""
+        for one in effects:
+            if one is None:
+                continue
+            try:
+                phase2(one, self.publisher, self.notify)
+            except BrokerUnavailable as exc:  # committed: the reclaimer sends what phase 2 could not
+                log.warning("phase 2 left to the reclaimer: %s", exc)
 
-    def _batch(self, message_ids: list[str]) -> tuple[list[str | None], Effects | None]:
+    def _batch(self, message_ids: list[str]) -> tuple[list[str | None], list[Effects | None]]:
         """Apply ``message_ids`` in one transaction; an outcome is None for a row that must be handled again on
         its own. The first row is handled as one at a time would be: a version conflict plans it again, a
         rejection fails it, a crash is counted."""
@@ -106,23 +110,24 @@ class Brain:
                 log.info("version conflict on %s; planning again", message_ids[0])
             except _Rejected as rejected:  # the take rolled back: the row is queued again, to be failed here
                 self._reject_now(message_ids[0], rejected.error)
-                return ["rejected"], None
+                return ["rejected"], []
             except Exception as exc:  # a bug or a poison event: count it, dead-letter it after a few tries
                 if faults.is_infrastructure(exc) or self.fail_fast:  # retried (never counted), or the test sees it
                     raise
                 outcome, effects = self._crashed(message_ids[0], exc)
-                return [outcome], effects
+                return [outcome], [effects]
         raise Conflict(f"gave up on {message_ids[0]} after {MAX_CONFLICT_RETRIES} version conflicts")
 
-    def _step(self, message_ids: list[str]) -> tuple[list[str | None], Effects]:
+    def _step(self, message_ids: list[str]) -> tuple[list[str | None], list[Effects | None]]:
         now = self.clock()
         outcomes: list[str | None] = []
-        effects = Effects()
+        effects: list[Effects | None] = []
         extra: list[str] = []
+        failed: list[tuple[str, Exception]] = []
         with self.engine.begin() as conn, traced(conn, self.sql_events) as trace:
             outcome, first, row = self._apply(conn, message_ids[0], now, trace)  # a failure fails the whole step
             outcomes.append(outcome)
-            _merge(effects, first)
+            effects.append(first)
             if row is not None and self._queue_forming(row, now):
                 extra = self._queued(conn, row.shard, now, skip=message_ids)
             for message_id in [*message_ids[1:], *extra]:
@@ -132,14 +137,27 @@ class Brain:
                 except Exception as exc:
                     if faults.is_infrastructure(exc) or (self.fail_fast and not isinstance(exc, Conflict | _Rejected)):
                         raise
-                    log.info("brain event %s is handled again on its own: %s", message_id, exc)
                     outcome, more = None, None
+                    if message_id in extra:
+                        failed.append((message_id, exc))
                 outcomes.append(outcome)
-                _merge(effects, more)
+                effects.append(more)
         # Rows taken from the ledger whose own messages are still on their way: those find them applied here.
         self._applied.update(i for i, outcome in zip(extra, outcomes[len(message_ids):], strict=True)
                              if outcome == "applied")
+        for message_id, exc in failed:  # as one at a time: a rejection recorded, a crash counted
+            effects.append(self._failed_alone(message_id, exc))
         return outcomes[:len(message_ids)], effects
+
+    def _failed_alone(self, message_id: str, exc: Exception) -> Effects | None:
+        """A row taken from the ledger whose event failed in its savepoint: a version conflict is left to its own
+        message; a rejection is recorded and a crash counted now, as if it had come alone (a crashed row is then
+        left out of later batches: ``_QUEUED`` takes only rows never crashed)."""
+        if isinstance(exc, _Rejected):
+            self._reject_now(message_id, exc.error)
+        elif not isinstance(exc, Conflict):
+            return self._crashed(message_id, exc)[1]
+        return None
 
     def _apply(self, conn, message_id: str, now: float, trace) -> tuple[str, Effects | None, Any]:
         """Take one decide row and apply it: load, plan, phase 1; returns its outcome, its effects and the row
@@ -169,14 +187,17 @@ class Brain:
         return "applied", phase1.apply(the_plan), row
 
     def _queue_forming(self, row: Any, now: float) -> bool:
-        """Whether the row just taken waited in the queue after it was due: then more are likely waiting."""
-        if self.batch_after_s is None:
+        """Whether the row just taken waited in the queue after it was due: then more are likely waiting (never
+        with ``sql_events``: each step's statements are recorded as its run's, one run per transaction)."""
+        if self.batch_after_s is None or self.sql_events:
             return False
         return now - max(row.created_at, row.retry_at or 0.0) >= self.batch_after_s
 
     def _queued(self, conn, shard: int, now: float, *, skip: list[str]) -> list[str]:
         """The shard's other due decide rows, oldest first, up to a batch (rows another brain is applying are
         passed over, not waited for)."""
+        if len(skip) >= BATCH_MAX:
+            return []
         return list(conn.execute(_QUEUED, {"_shard": shard, "_due": now + EARLY_TOLERANCE_S, "_skip": skip,
                                            "_limit": BATCH_MAX - len(skip)}).scalars())
 
@@ -199,7 +220,7 @@ class Brain:
         """Count a crash on this event; after ``MAX_CRASHES`` the event is rejected and its run fails through the
         planner (a ``gave_up`` event, applied at once), so a poison event cannot be re-sent for ever by the
         reclaimer, and the run's parent, tokens and assignments hear of it like any failure."""
-        log.exception("brain crashed on %s", message_id)
+        log.error("brain crashed on %s", message_id, exc_info=exc)
         now = self.clock()
         with self.engine.begin() as conn:
             row = conn.execute(update(m).where(m.c.id == message_id, m.c.status == ledger.QUEUED)
@@ -223,16 +244,19 @@ class Brain:
                                                          else {})},
                                              now=now, shard=row.shard)
         try:
-            return "rejected", self._batch([gave_up.message_id])[1]
+            return "rejected", _merged(self._batch([gave_up.message_id])[1])
         except Exception:  # noqa: BLE001 - committed: the reclaimer sends the gave_up event again
             log.warning("the gave_up event of run %s is left to the reclaimer", row.run_id, exc_info=True)
             return "rejected", None
 
 
-def _merge(effects: Effects, more: Effects | None) -> None:
-    if more is not None:
-        effects.deliveries.extend(more.deliveries)
-        effects.notifications.extend(more.notifications)
+def _merged(effects: list[Effects | None]) -> Effects:
+    out = Effects()
+    for one in effects:
+        if one is not None:
+            out.deliveries.extend(one.deliveries)
+            out.notifications.extend(one.notifications)
+    return out
 
 
 class _Recent:
@@ -268,10 +292,11 @@ _TAKE = (update(m).where(m.c.id == bindparam("_id"), m.c.status == ledger.QUEUED
 _QUEUED = (select(m.c.id)
            .where(m.c.status == ledger.QUEUED, m.c.service == ORCHESTRATOR, m.c.role == DECIDE,
                   m.c.shard == bindparam("_shard"), m.c.id.not_in(bindparam("_skip", expanding=True)),
+                  m.c.attempts == 0,  # a row the brain crashed on comes only through its own messages
                   or_(m.c.retry_at.is_(None), m.c.retry_at <= bindparam("_due")))
            .order_by(m.c.updated_at, m.c.id).limit(bindparam("_limit"))
            .with_for_update(skip_locked=True))
-"""A shard's due decide rows, oldest first (the open-rows index holds them)."""
+"""A shard's due decide rows that never crashed the brain, oldest first (the open-rows index holds them)."""
 
 
 def _fail_directly(conn, message_id: str, row: Any, now: float) -> list[Delivery]:

@@ -63,7 +63,8 @@ def brain(settings: Settings, name: str) -> None:
     planner = Brain(engine=make_engine(settings.database_url),
                     publisher=Publisher(make_celery(settings, name=f"{name}-producer")),
                     registry=Registry.load(settings.workflows_dir), shards=settings.shards,
-                    notify=redis_notifier(settings), sql_events=settings.sql_events)
+                    notify=redis_notifier(settings), sql_events=settings.sql_events,
+                    batch_after_s=settings.brain_batch_after_s if settings.brain_batch_after_s >= 0 else None)
     run_consumer(settings, name=name, queues=by_name(name).queues(settings.shards, settings.shard),
                  task_name=TASK_DECIDE, handle=planner.handle)
 

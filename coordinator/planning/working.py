@@ -61,9 +61,13 @@ class Changes:
     """What phase 1 writes for one plan: the difference between the loaded state and the next one."""
 
     run: dict[str, Any]
-    """The run row's new values (status, the root scope's visits, token sequence; the context only when this step
-    wrote to it; output, error and an end when the run finished)."""
+    """The run row's new values (status, the root scope's visits, token sequence; output, error and an end when
+    the run finished)."""
     ended: bool
+    context: dict[str, Any] | None = None
+    """The run's whole context after this step, when the step wrote to it (None: unchanged)."""
+    context_keys: tuple[str, ...] = ()
+    """The root-scope keys this step wrote: phase 1 writes only them (a delta) where the database can."""
     new_tokens: tuple[tuple[Token, Any], ...] = ()
     """Tokens created in this step, each with its error (a token may be created and finished in one step)."""
     token_updates: tuple[tuple[str, dict[str, Any]], ...] = ()
@@ -113,7 +117,8 @@ class WorkingCopy:
         self.fired: dict[str, FanIn] = {}
         self.closed: dict[str, None] = {}
         self.arrivals: list[tuple[str, int, str]] = []
-        self.context_written = False
+        self.context_keys: dict[str, None] = {}
+        """Root-scope keys written in this step, in order."""
         self.scope_origin: dict[str, tuple[str, int]] = {}
         self.dropped: dict[str, None] = {}
         self.output: Any = None
@@ -157,7 +162,7 @@ class WorkingCopy:
         """``context[key] = value`` in the root (``scope=None``) or a branch scope."""
         if scope is None:
             self.context[key] = value
-            self.context_written = True  # phase 1 rewrites the context only in a step that wrote to it
+            self.context_keys[key] = None  # phase 1 writes only the keys a step wrote
         else:
             self.scopes[scope] = {**self.scopes.get(scope, {}), key: value}  # copy-on-write: a new dict is a change
 
@@ -191,8 +196,6 @@ class WorkingCopy:
         ended = status in RUN_TERMINAL and before.run.status not in RUN_TERMINAL
         run = {"status": status, "token_seq": self.seq, "open_fans": len(self.fan_ins),
                "visits": {k: n for k, n in self.visits.items() if not visit_scope(k)}}
-        if self.context_written:
-            run["context"] = self.context
         if ended:
             run.update(output=self.output, error=self.error.to_dict() if self.error else None)
         updates = []
@@ -216,6 +219,7 @@ class WorkingCopy:
                            if s not in self.dropped)
         return Changes(
             run=run, ended=ended,
+            context=self.context if self.context_keys else None, context_keys=tuple(self.context_keys),
             new_tokens=tuple((self.tokens[t], _as_dict(self.errors.get(t))) for t in self.created),
             token_updates=tuple(updates),
             new_fans=tuple(fans[f] for f in self.opened if f not in self.closed),

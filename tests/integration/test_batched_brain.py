@@ -100,12 +100,24 @@ def test_an_event_that_fails_in_a_batch_rolls_back_alone_and_is_then_handled_on_
         rows = {r.run_id: r for r in conn.execute(select(m.c.run_id, m.c.status, m.c.attempts)
                                                   .where(m.c.run_id.in_(run_ids), m.c.kind == "start"))}
     assert {r.status for k, r in rows.items() if k != poisoned} == {ledger.DONE}  # the others stayed applied
-    assert (rows[poisoned].status, rows[poisoned].attempts) == (ledger.QUEUED, 0)  # its take rolled back alone
+    # Its take rolled back alone, and its crash was counted at once, as if it had come alone.
+    assert (rows[poisoned].status, rows[poisoned].attempts) == (ledger.QUEUED, 1)
+    again = submit(fleet, "one-step", {"n": RUNS})
+    assert fleet.deliver(take(fleet, lambda d: d.message_id == _start_of(engine, again))) == "applied"
+    with engine.connect() as conn:
+        attempts = conn.execute(select(m.c.attempts).where(m.c.run_id == poisoned, m.c.kind == "start")).scalar_one()
+    assert attempts == 1  # a crashed row is left out of later batches: only its own messages bring it
     monkeypatch.undo()
+    run_ids.append(again)
     fleet.drain()  # its own message applies it now
     with engine.connect() as conn:
         assert {run_view(conn, r)["status"] for r in run_ids} == {"completed"}
-    assert_ledger_held(engine, expect_runs=RUNS)
+    assert_ledger_held(engine, expect_runs=len(run_ids))
+
+
+def _start_of(engine, run_id: str) -> str:
+    with engine.connect() as conn:
+        return conn.execute(select(m.c.id).where(m.c.run_id == run_id, m.c.kind == "start")).scalar_one()
 
 
 def test_a_crash_of_the_first_event_of_a_message_is_counted_and_the_rest_applied(engine, monkeypatch):
@@ -139,9 +151,93 @@ def test_an_event_rejected_in_a_batch_is_rejected_alone(engine, monkeypatch):
     with engine.connect() as conn:
         statuses = dict(conn.execute(select(m.c.run_id, m.c.status).where(m.c.run_id.in_(run_ids),
                                                                            m.c.kind == "start")).all())
-    assert statuses == {**{r: ledger.DONE for r in run_ids}, run_ids[2]: ledger.QUEUED}
-    fleet.drain()  # its own message rejects it, and only it
+    assert statuses == {**{r: ledger.DONE for r in run_ids}, run_ids[2]: ledger.FAILED}  # rejected, alone
+    fleet.drain()  # its own message finds it rejected
     with engine.connect() as conn:
         assert [run_view(conn, r)["status"] for r in run_ids] == ["completed", "completed", "pending", "completed"]
         rejected = conn.execute(select(m.c.run_id).where(m.c.status == ledger.FAILED, m.c.kind == "start")).all()
     assert [r.run_id for r in rejected] == [run_ids[2]]
+
+
+WAITS = """
+name: waits
+start: pause
+nodes:
+  pause: {kind: wait, duration_ms: 30000, next: done}
+  done: {kind: end}
+"""
+
+
+def test_a_batch_never_takes_an_event_before_it_is_due(engine):
+    fleet = Fleet(engine, {("t", "work"): lambda ctx, p: WorkResult(output={"n": p["n"]})},
+                  registry=registry_of(ONE_STEP, WAITS), brain_batch_after_s=0.0)
+    waiting = submit(fleet, "waits")
+    fleet.deliver(take(fleet, lambda d: d.task == TASK_DECIDE))  # its start: a timer row due in 30 s
+    other = submit(fleet, "one-step", {"n": 1})
+    assert fleet.deliver(take(fleet, lambda d: d.task == TASK_DECIDE)) == "applied"
+    with engine.connect() as conn:
+        timer = conn.execute(select(m.c.status).where(m.c.run_id == waiting, m.c.kind == "timer")).scalar_one()
+    assert timer == ledger.QUEUED
+    fleet.drain()
+    with engine.connect() as conn:
+        assert [run_view(conn, r)["status"] for r in (waiting, other)] == ["completed", "completed"]
+
+
+def test_events_of_one_run_in_one_batch_each_get_their_own_run_version(engine):
+    from coordinator import commands
+
+    fleet = _fleet(engine, brain_batch_after_s=0.0)
+    run_id = submit(fleet, "one-step", {"n": 1})
+    with engine.begin() as conn:
+        for name in ("a", "b"):
+            fleet.publisher.send([commands.signal(conn, run_id, name, {}, now=fleet.clock(), shards=1)])
+    assert fleet.deliver(take(fleet, lambda d: d.task == TASK_DECIDE)) == "applied"
+    with engine.connect() as conn:
+        versions = sorted(conn.execute(select(m.c.run_version).where(m.c.run_id == run_id, m.c.kind.in_(
+            ("start", "signal")))).scalars())
+        assert versions == [1, 2, 3] and run_view(conn, run_id)["version"] == 3
+
+
+def test_a_version_conflict_in_a_batch_is_left_to_the_events_own_message(engine, monkeypatch):
+    from bus.errors import Conflict
+    from coordinator.apply import Phase1
+
+    fleet = _fleet(engine, brain_batch_after_s=0.0)
+    run_ids = [submit(fleet, "one-step", {"n": n}) for n in range(3)]
+    real_apply = Phase1.apply
+
+    def apply(self, plan):
+        if self.run.id == run_ids[1]:
+            raise Conflict("another brain moved this run")
+        return real_apply(self, plan)
+
+    monkeypatch.setattr(Phase1, "apply", apply)
+    assert fleet.deliver(take(fleet, lambda d: d.task == TASK_DECIDE)) == "applied"
+    with engine.connect() as conn:
+        row = conn.execute(select(m.c.status, m.c.attempts).where(m.c.run_id == run_ids[1],
+                                                                    m.c.kind == "start")).one()
+    assert (row.status, row.attempts) == (ledger.QUEUED, 0)  # not a crash: its own message plans it again
+    monkeypatch.undo()
+    fleet.drain()
+    with engine.connect() as conn:
+        assert {run_view(conn, r)["status"] for r in run_ids} == {"completed"}
+
+
+def test_each_events_admissions_are_sent_on_their_own(engine):
+    fleet = _fleet(engine, batched=True, brain_batch_after_s=0.0)
+    run_ids = [submit(fleet, "one-step", {"n": n}) for n in range(RUNS)]
+    fleet.deliver(take(fleet, lambda d: d.task == TASK_DECIDE))  # every start event in one transaction
+    assert not fleet.publisher.batch_of  # one admission message per step: none mixes two run trees
+    fleet.drain()
+    assert_ledger_held(engine, expect_runs=len(run_ids))
+
+
+def test_with_sql_events_a_brain_applies_one_event_per_transaction(engine):
+    fleet = _fleet(engine, brain_batch_after_s=0.0)
+    fleet.brain.sql_events = True
+    run_ids = [submit(fleet, "one-step", {"n": n}) for n in range(3)]
+    fleet.deliver(take(fleet, lambda d: d.task == TASK_DECIDE))
+    with engine.connect() as conn:
+        left = conn.execute(select(m.c.id).where(m.c.run_id.in_(run_ids), m.c.kind == "start",
+                                                 m.c.status == ledger.QUEUED)).all()
+    assert len(left) == 2
