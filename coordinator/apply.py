@@ -129,6 +129,18 @@ class Phase1:
                                   shard=self.shard, causation_id=self.cause_id, retry_at=retry_at, id=id)
 
     # -- writing -------------------------------------------------------------------------------------
+    def _context_written(self, delta: dict[str, Any]) -> Any:
+        """The run's new context as a delta the database applies to the row (the keys the step wrote, each
+        replaced whole: jsonb ``||`` on PostgreSQL, ``json_set`` on SQLite), so a step that writes one key into a
+        large context does not send and rewrite it all; the whole context where a key cannot be addressed."""
+        dialect = self.conn.dialect.name
+        if dialect == "postgresql":
+            return cast(cast(runs.c.context, JSONB).op("||")(cast(literal(delta, JSON), JSONB)), JSON)
+        if dialect == "sqlite" and not any('"' in k for k in delta):  # a JSON path label cannot hold '"'
+            pairs = [x for k, v in delta.items() for x in (f'$."{k}"', func.json(db.dumps(v)))]
+            return func.json_set(runs.c.context, *pairs)
+        return {**self.state.context, **delta}
+
     def _write(self, c: Changes) -> None:
         """The changes first (the run's version check is the first statement), then the effects."""
         conn, run_id, now = self.conn, self.run.id, self.now
@@ -137,8 +149,8 @@ class Phase1:
             if self.above is not None and self.above.root_id != run_id:
                 budgets.lock_root(conn, self.above)
         values = {**c.run, **({"ended_at": now} if c.ended else {})}
-        if c.context is not None:
-            values["context"] = _context_written(conn, c)
+        if c.context:
+            values["context"] = self._context_written(c.context)
         if c.active_delta:
             values["active_tokens"] = runs.c.active_tokens + c.active_delta
         if c.waiting_delta:
@@ -285,19 +297,6 @@ class Phase1:
                                                   m.c.status == ledger.QUEUED, m.c.retry_at > self.now)
                                   .values(retry_at=self.now).returning(m.c.id, m.c.shard)).all()
         return [Delivery(TASK_EXECUTE, execute_queue(r.shard), r.id) for r in woken]
-
-
-def _context_written(conn: Connection, c: Changes) -> Any:
-    """The run's new context as a delta the database applies to the row (the keys the step wrote, each replaced
-    whole: jsonb ``||`` on PostgreSQL, ``json_set`` on SQLite), so a step that writes one key into a large
-    context does not send and rewrite it all; the whole context where a key cannot be addressed."""
-    delta = {k: c.context[k] for k in c.context_keys}
-    if conn.dialect.name == "postgresql":
-        return cast(cast(runs.c.context, JSONB).op("||")(cast(literal(delta, JSON), JSONB)), JSON)
-    if conn.dialect.name == "sqlite" and not any('"' in k for k in delta):  # a JSON path label cannot hold '"'
-        pairs = [x for k, v in delta.items() for x in (f'$."{k}"', func.json(db.dumps(v)))]
-        return func.json_set(runs.c.context, *pairs)
-    return c.context
 
 
 def _token_row(run_id: str, t: Any, error: Any, now: float) -> dict[str, Any]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from sqlalchemy import Engine, bindparam, or_, select, update
@@ -60,94 +60,65 @@ class Brain:
     def handle(self, message_id: str) -> str:
         """Apply one decide row; returns what happened (``applied``, ``duplicate``, ``early``, ``crashed``,
         ``rejected``). When the row waited in the queue (``batch_after_s``), the same transaction applies the
-        shard's other due rows too (``handle_batch``).
+        shard's other due rows too, each in a savepoint: one that fails rolls back alone and is handled as if it
+        had come on its own.
 
         Raises:
             LedgerUnavailable: the database stayed unreachable through every retry; the row is still
                 ``queued`` and uncounted, so the reclaimer sends it again once the database is back.
         """
-        return self.handle_batch([message_id])[0]
+        if message_id in self._applied:  # taken from the ledger by an earlier batch: its message is only the bell
+            return "duplicate"
+        outcome, effects = faults.retrying(lambda: self._handle(message_id), what=f"brain event {message_id}",
+                                           sleep=self.sleep)
+        for one in effects:  # each event's phase 2 on its own: an admission message stays inside one run tree
+            if one is not None:
+                try:
+                    phase2(one, self.publisher, self.notify)
+                except BrokerUnavailable as exc:  # committed: the reclaimer sends what phase 2 could not
+                    log.warning("phase 2 of %s left to the reclaimer: %s", message_id, exc)
+        return outcome
 
-    def handle_batch(self, message_ids: Sequence[str]) -> list[str]:
-        """Apply ``message_ids`` in order, in one transaction when nothing goes wrong: what one at a time would
-        do, event for event (each event loads the state the one before it left). An event that fails inside a
-        batch rolls back alone (a savepoint) and is then handled on its own, as ``handle`` would. Returns what
-        happened to each row.
-
-        Raises:
-            LedgerUnavailable: as ``handle``.
-        """
-        outcomes: list[str | None] = [("duplicate" if i in self._applied else None) for i in message_ids]
-        while None in outcomes:  # each round settles at least its first row
-            left = [k for k, outcome in enumerate(outcomes) if outcome is None]
-            done, effects = faults.retrying(lambda left=left: self._batch([message_ids[k] for k in left]),
-                                            what=f"brain event {message_ids[left[0]]}", sleep=self.sleep)
-            for k, outcome in zip(left, done, strict=False):
-                outcomes[k] = outcome
-            self._publish(effects)
-        return [outcome or "duplicate" for outcome in outcomes]
-
-    def _publish(self, effects: list[Effects | None]) -> None:
-        """Phase 2 of each event, one at a time: the publisher batches a step's admissions, which then stay
-        inside one run tree, so a dispatcher transaction locks one tree's root (never two in an order a brain's
-        batch could cross)."""
-        for one in effects:
-            if one is None:
-                continue
-            try:
-                phase2(one, self.publisher, self.notify)
-            except BrokerUnavailable as exc:  # committed: the reclaimer sends what phase 2 could not
-                log.warning("phase 2 left to the reclaimer: %s", exc)
-
-    def _batch(self, message_ids: list[str]) -> tuple[list[str | None], list[Effects | None]]:
-        """Apply ``message_ids`` in one transaction; an outcome is None for a row that must be handled again on
-        its own. The first row is handled as one at a time would be: a version conflict plans it again, a
-        rejection fails it, a crash is counted."""
+    def _handle(self, message_id: str) -> tuple[str, list[Effects | None]]:
         for _ in range(MAX_CONFLICT_RETRIES):
             try:
-                return self._step(message_ids)
+                return self._step(message_id)
             except Conflict:
-                log.info("version conflict on %s; planning again", message_ids[0])
+                log.info("version conflict on %s; planning again", message_id)
             except _Rejected as rejected:  # the take rolled back: the row is queued again, to be failed here
-                self._reject_now(message_ids[0], rejected.error)
-                return ["rejected"], []
+                self._reject_now(message_id, rejected.error)
+                return "rejected", []
             except Exception as exc:  # a bug or a poison event: count it, dead-letter it after a few tries
                 if faults.is_infrastructure(exc) or self.fail_fast:  # retried (never counted), or the test sees it
                     raise
-                outcome, effects = self._crashed(message_ids[0], exc)
-                return [outcome], [effects]
-        raise Conflict(f"gave up on {message_ids[0]} after {MAX_CONFLICT_RETRIES} version conflicts")
+                outcome, effects = self._crashed(message_id, exc)
+                return outcome, [effects]
+        raise Conflict(f"gave up on {message_id} after {MAX_CONFLICT_RETRIES} version conflicts")
 
-    def _step(self, message_ids: list[str]) -> tuple[list[str | None], list[Effects | None]]:
+    def _step(self, message_id: str) -> tuple[str, list[Effects | None]]:
         now = self.clock()
-        outcomes: list[str | None] = []
-        effects: list[Effects | None] = []
-        extra: list[str] = []
+        applied: list[str] = []
         failed: list[tuple[str, Exception]] = []
         with self.engine.begin() as conn, traced(conn, self.sql_events) as trace:
-            outcome, first, row = self._apply(conn, message_ids[0], now, trace)  # a failure fails the whole step
-            outcomes.append(outcome)
-            effects.append(first)
-            if row is not None and self._queue_forming(row, now):
-                extra = self._queued(conn, row.shard, now, skip=message_ids)
-            for message_id in [*message_ids[1:], *extra]:
+            outcome, first, row = self._apply(conn, message_id, now, trace)  # a failure fails the whole step
+            effects = [first]
+            extra = self._queued(conn, row.shard, now, skip=message_id) if self._queue_forming(row, now) else []
+            for other in extra:
                 try:
                     with conn.begin_nested():  # a savepoint: a failing event rolls back alone
-                        outcome, more, _ = self._apply(conn, message_id, now, trace)
+                        taken, more, _ = self._apply(conn, other, now, trace)
                 except Exception as exc:
                     if faults.is_infrastructure(exc) or (self.fail_fast and not isinstance(exc, Conflict | _Rejected)):
                         raise
-                    outcome, more = None, None
-                    if message_id in extra:
-                        failed.append((message_id, exc))
-                outcomes.append(outcome)
+                    failed.append((other, exc))
+                    continue
                 effects.append(more)
-        # Rows taken from the ledger whose own messages are still on their way: those find them applied here.
-        self._applied.update(i for i, outcome in zip(extra, outcomes[len(message_ids):], strict=True)
-                             if outcome == "applied")
-        for message_id, exc in failed:  # as one at a time: a rejection recorded, a crash counted
-            effects.append(self._failed_alone(message_id, exc))
-        return outcomes[:len(message_ids)], effects
+                if taken == "applied":
+                    applied.append(other)
+        self._applied.update(applied)  # their own messages, when they come, find them applied here
+        for other, exc in failed:  # as one at a time: a rejection recorded, a crash counted
+            effects.append(self._failed_alone(other, exc))
+        return outcome, effects
 
     def _failed_alone(self, message_id: str, exc: Exception) -> Effects | None:
         """A row taken from the ledger whose event failed in its savepoint: a version conflict is left to its own
@@ -189,17 +160,15 @@ class Brain:
     def _queue_forming(self, row: Any, now: float) -> bool:
         """Whether the row just taken waited in the queue after it was due: then more are likely waiting (never
         with ``sql_events``: each step's statements are recorded as its run's, one run per transaction)."""
-        if self.batch_after_s is None or self.sql_events:
+        if row is None or self.batch_after_s is None or self.sql_events:
             return False
         return now - max(row.created_at, row.retry_at or 0.0) >= self.batch_after_s
 
-    def _queued(self, conn, shard: int, now: float, *, skip: list[str]) -> list[str]:
+    def _queued(self, conn, shard: int, now: float, *, skip: str) -> list[str]:
         """The shard's other due decide rows, oldest first, up to a batch (rows another brain is applying are
         passed over, not waited for)."""
-        if len(skip) >= BATCH_MAX:
-            return []
         return list(conn.execute(_QUEUED, {"_shard": shard, "_due": now + EARLY_TOLERANCE_S, "_skip": skip,
-                                           "_limit": BATCH_MAX - len(skip)}).scalars())
+                                           "_limit": BATCH_MAX - 1}).scalars())
 
     def _reject_now(self, message_id: str, error: CogoError) -> None:
         with self.engine.begin() as conn:
@@ -244,7 +213,7 @@ class Brain:
                                                          else {})},
                                              now=now, shard=row.shard)
         try:
-            return "rejected", _merged(self._batch([gave_up.message_id])[1])
+            return "rejected", _merged(self._handle(gave_up.message_id)[1])
         except Exception:  # noqa: BLE001 - committed: the reclaimer sends the gave_up event again
             log.warning("the gave_up event of run %s is left to the reclaimer", row.run_id, exc_info=True)
             return "rejected", None
@@ -291,7 +260,7 @@ _TAKE = (update(m).where(m.c.id == bindparam("_id"), m.c.status == ledger.QUEUED
 """Take a due, queued decide row: ``queued → done`` in one statement that also reads what the event needs."""
 _QUEUED = (select(m.c.id)
            .where(m.c.status == ledger.QUEUED, m.c.service == ORCHESTRATOR, m.c.role == DECIDE,
-                  m.c.shard == bindparam("_shard"), m.c.id.not_in(bindparam("_skip", expanding=True)),
+                  m.c.shard == bindparam("_shard"), m.c.id != bindparam("_skip"),
                   m.c.attempts == 0,  # a row the brain crashed on comes only through its own messages
                   or_(m.c.retry_at.is_(None), m.c.retry_at <= bindparam("_due")))
            .order_by(m.c.updated_at, m.c.id).limit(bindparam("_limit"))

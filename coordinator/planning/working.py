@@ -13,7 +13,7 @@ effects (outbox rows, ledger moves, approvals rows, child runs) are carried out 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from bus.errors import Problem
@@ -64,10 +64,8 @@ class Changes:
     """The run row's new values (status, the root scope's visits, token sequence; output, error and an end when
     the run finished)."""
     ended: bool
-    context: dict[str, Any] | None = None
-    """The run's whole context after this step, when the step wrote to it (None: unchanged)."""
-    context_keys: tuple[str, ...] = ()
-    """The root-scope keys this step wrote: phase 1 writes only them (a delta) where the database can."""
+    context: dict[str, Any] = field(default_factory=dict)
+    """The root-scope keys this step wrote, with their new values: phase 1 writes only them (a delta)."""
     new_tokens: tuple[tuple[Token, Any], ...] = ()
     """Tokens created in this step, each with its error (a token may be created and finished in one step)."""
     token_updates: tuple[tuple[str, dict[str, Any]], ...] = ()
@@ -219,7 +217,7 @@ class WorkingCopy:
                            if s not in self.dropped)
         return Changes(
             run=run, ended=ended,
-            context=self.context if self.context_keys else None, context_keys=tuple(self.context_keys),
+            context={k: self.context[k] for k in self.context_keys},
             new_tokens=tuple((self.tokens[t], _as_dict(self.errors.get(t))) for t in self.created),
             token_updates=tuple(updates),
             new_fans=tuple(fans[f] for f in self.opened if f not in self.closed),

@@ -120,43 +120,23 @@ def _start_of(engine, run_id: str) -> str:
         return conn.execute(select(m.c.id).where(m.c.run_id == run_id, m.c.kind == "start")).scalar_one()
 
 
-def test_a_crash_of_the_first_event_of_a_message_is_counted_and_the_rest_applied(engine, monkeypatch):
-    fleet = _fleet(engine, batched=True)
+def test_a_crash_of_the_event_a_message_names_is_counted_and_takes_no_other_with_it(engine, monkeypatch):
+    fleet = _fleet(engine, brain_batch_after_s=0.0)
     run_ids = [submit(fleet, "one-step", {"n": n}) for n in range(3)]
-    ids = [d.message_id for d in (take(fleet, lambda d: d.task == TASK_DECIDE) for _ in range(3))]
+    first = take(fleet, lambda d: d.task == TASK_DECIDE)
     real_plan = brain_module.plan
     monkeypatch.setattr(brain_module, "plan", lambda state, ev, *, now: (
         (_ for _ in ()).throw(RuntimeError("boom")) if state.run.id == run_ids[0] else real_plan(state, ev, now=now)))
-    assert fleet.brain.handle_batch(ids) == ["crashed", "applied", "applied"]
+    assert fleet.deliver(first) == "crashed"
     with engine.connect() as conn:
-        attempts = conn.execute(select(m.c.attempts).where(m.c.id == ids[0])).scalar_one()
-    assert attempts == 1
-
-
-def test_an_event_rejected_in_a_batch_is_rejected_alone(engine, monkeypatch):
-    from bus.errors import CogoError
-
-    fleet = _fleet(engine, brain_batch_after_s=0.0, fail_fast=True)
-    run_ids = [submit(fleet, "one-step", {"n": n}) for n in range(4)]
-    real_load = brain_module.load_state
-
-    def load_state(conn, run_id, registry, **kw):
-        if run_id == run_ids[2]:
-            raise CogoError("this run's definition is gone", code="workflow.unknown")
-        return real_load(conn, run_id, registry, **kw)
-
-    monkeypatch.setattr(brain_module, "load_state", load_state)
-    first = take(fleet, lambda d: d.task == TASK_DECIDE)
-    assert fleet.deliver(first) == "applied"
+        starts = {r.run_id: (r.status, r.attempts) for r in conn.execute(
+            select(m.c.run_id, m.c.status, m.c.attempts).where(m.c.run_id.in_(run_ids), m.c.kind == "start"))}
+    # Its crash counted; the rows its transaction had taken rolled back with it, still queued for their messages.
+    assert starts == {run_ids[0]: (ledger.QUEUED, 1), run_ids[1]: (ledger.QUEUED, 0), run_ids[2]: (ledger.QUEUED, 0)}
+    monkeypatch.undo()
+    fleet.drain()
     with engine.connect() as conn:
-        statuses = dict(conn.execute(select(m.c.run_id, m.c.status).where(m.c.run_id.in_(run_ids),
-                                                                           m.c.kind == "start")).all())
-    assert statuses == {**{r: ledger.DONE for r in run_ids}, run_ids[2]: ledger.FAILED}  # rejected, alone
-    fleet.drain()  # its own message finds it rejected
-    with engine.connect() as conn:
-        assert [run_view(conn, r)["status"] for r in run_ids] == ["completed", "completed", "pending", "completed"]
-        rejected = conn.execute(select(m.c.run_id).where(m.c.status == ledger.FAILED, m.c.kind == "start")).all()
-    assert [r.run_id for r in rejected] == [run_ids[2]]
+        assert [run_view(conn, r)["status"] for r in run_ids[1:]] == ["completed", "completed"]
 
 
 WAITS = """

@@ -13,20 +13,14 @@ from coordinator import brain, commands
 from coordinator.explain import explain
 from coordinator.schema import fan_arrivals, fan_ins, runs, tokens
 from coordinator.store import load_state
+from tests.integration.test_patterns_fanout import FOREACH as PATTERNS_FOREACH
 from tests.support.harness import Fleet, events, registry_of, run_row, submit, types
 from tests.support.invariants import assert_ledger_held
 from workers.handler import WorkResult
 
-FOREACH = """
-name: each
-start: split
-nodes:
-  split: {kind: foreach, items: input.items, body: work, join: merge, max_items: 1000}
-  work: {kind: task, route: {service: t, role: work}, agent: {agent_id: w}, input: {x: item}, output: out,
-         next: merge}
-  merge: {kind: join, mode: all, output: results, next: done}
-  done: {kind: end, output: {n: "length(context.results)"}}
-"""
+FOREACH = PATTERNS_FOREACH.replace('output: {doubled: "context.results[].out.doubled"}',
+                                   'output: {n: "length(context.results)"}')
+"""The pattern tests' ``foreach`` + join, ending with how many results the join merged."""
 
 
 def fleet_of(engine) -> Fleet:
