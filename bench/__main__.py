@@ -1,4 +1,4 @@
-"""``python -m bench run|events|handlers|profile|shards|table …`` (see bench/README.md)."""
+"""``python -m bench run|events|handlers|profile|shards|ephemeral|fairness|table …`` (see bench/README.md)."""
 
 from __future__ import annotations
 
@@ -46,6 +46,14 @@ def parse(argv: list[str]) -> argparse.Namespace:
     shards.add_argument("--workers", type=int, default=2)
     shards.add_argument("--out", type=Path, default=None,
                         help="write <out>/shards.json (default bench/results; a --quick run writes only with --out)")
+    eph = sub.add_parser("ephemeral", help="per-assignment overhead of an ephemeral worker vs a long-running one")
+    eph.add_argument("--runs", type=int, default=50, help="sequential one-task runs per mode (default 50)")
+    eph.add_argument("--ledger", choices=["sqlite", "postgres"], default="sqlite")
+    fair = sub.add_parser("fairness", help="a flooding tenant and a small one: the small one's latency, the throughput")
+    fair.add_argument("--flood", type=int, default=1000, help="the flooding tenant's runs (default 1000)")
+    fair.add_argument("--small", type=int, default=10, help="the small tenant's runs (default 10)")
+    fair.add_argument("--ledger", choices=["sqlite", "postgres"], default="sqlite")
+    fair.add_argument("--out", type=Path, default=None, help="also write <out>/fairness.json")
     table = sub.add_parser("table", help="print a result's tables as Markdown (for the README)")
     table.add_argument("path", type=Path, nargs="?", default=RESULTS / "latest.json")
     return parser.parse_args(argv)
@@ -122,6 +130,20 @@ def main(argv: list[str]) -> int:
         return task_events(args)
     if args.command == "shards":
         return shard_scaling(args)
+    if args.command == "fairness":
+        from bench import fairness
+
+        result = fairness.main(args.flood, args.small, args.ledger)
+        print(json.dumps(result, indent=1))
+        if args.out:
+            args.out.mkdir(parents=True, exist_ok=True)
+            (args.out / "fairness.json").write_text(json.dumps(result, indent=1) + "\n")
+        return 0
+    if args.command == "ephemeral":
+        from bench import ephemeral
+
+        print(json.dumps(ephemeral.main(args.runs, args.ledger), indent=1))
+        return 0
     if args.command == "profile":
         from bench.profile import profile
 

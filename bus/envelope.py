@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from bus.errors import ContractError
 from bus.introspection import IntrospectionEvent
-from bus.retry import RetryPolicy
+from bus.retry import RetryPolicy, holds_dead_letter
 
 ASSIGNMENT_KEY = "__assignment"
 TOKEN_KEY = "__token"
@@ -149,6 +149,16 @@ class AssignmentEnvelope:
     def retry_policy(self, max_attempts: int) -> RetryPolicy:
         """The retry policy it carries, or ``max_attempts`` attempts with the default backoff."""
         return RetryPolicy(**(self.retry or {"maximum_attempts": max_attempts}))
+
+    def holds_dead_letter(self, fleet_default: str) -> bool:
+        """Whether this assignment, once its last attempt failed, is held as a dead letter rather than reported
+        failed (its retry policy's ``dead_letter``, else ``fleet_default``: ``COGO_DEAD_LETTER``). A policy that
+        does not read as one falls back to the fleet's default."""
+        try:
+            policy = RetryPolicy(**self.retry) if self.retry else None
+        except (TypeError, ValidationError):
+            policy = None
+        return holds_dead_letter(policy, fleet_default)
 
 
 def parse_model(model: type[_Wire], raw: Any, *, where: str):

@@ -204,7 +204,8 @@ _IDLE = or_(m.c.status != DEAD, m.c.lease_until.is_(None), m.c.lease_until <= bi
 that was running when it was abandoned may still spend; that attempt's end (``close_abandoned``), or the
 reclaimer once the lease ran out, clears it."""
 
-_SETTLED = (m.c.id, m.c.run_id, m.c.usage_tokens, m.c.usage_cost_usd, m.c.held_tokens, m.c.held_cost_usd)
+_SETTLED = (m.c.id, m.c.run_id, m.c.usage_tokens, m.c.usage_cost_usd, m.c.held_tokens, m.c.held_cost_usd,
+            m.c.tenant, m.c.service, m.c.role, m.c.period_held)
 _SETTLE = (update(m).where(m.c.id == bindparam("_id"), m.c.status.in_(FINAL), _IDLE)
            .values(status=SETTLED, settled_at=bindparam("_now"), updated_at=bindparam("_now"))
            .returning(*_SETTLED))
@@ -212,17 +213,24 @@ _SETTLE = (update(m).where(m.c.id == bindparam("_id"), m.c.status.in_(FINAL), _I
 
 @dataclass(frozen=True)
 class Settled:
-    """A settled assignment: its run, its total usage, and what it held against budgets (None: nothing)."""
+    """A settled assignment: its run, its total usage, what it held against budgets (None: nothing), and whose
+    work on which route it was."""
 
     id: str
     run_id: str | None
     usage: Usage
     held: Usage | None
+    tenant: str = ""
+    service: str = ""
+    role: str = ""
+    period_held: Any = None
+    """What it held against its tenant's period budgets (``coordinator/admission/period.py``), or None."""
 
     @classmethod
     def of(cls, row: Any) -> Settled:
         held = None if row.held_tokens is None else Usage(tokens=row.held_tokens, cost_usd=row.held_cost_usd or 0.0)
-        return cls(row.id, row.run_id, Usage(tokens=row.usage_tokens, cost_usd=row.usage_cost_usd), held)
+        return cls(row.id, row.run_id, Usage(tokens=row.usage_tokens, cost_usd=row.usage_cost_usd), held,
+                   row.tenant, row.service, row.role, row.period_held)
 
 
 def settle(conn: Connection, message_id: str, *, now: float) -> Settled | None:
@@ -260,10 +268,11 @@ def close_abandoned(conn: Connection, message_id: str, *, attempt: int, now: flo
     return conn.execute(stmt).rowcount == 1
 
 
-def defer(conn: Connection, message_id: str, *, retry_at: float, now: float) -> bool:
-    """Leave a ``queued`` assignment queued, to be admitted again at ``retry_at`` (its budget does not fit
-    yet). Its status does not change: it is not admitted, so it reserves nothing."""
-    stmt = (update(m).where(m.c.id == message_id, m.c.status == QUEUED)
+def defer(conn: Connection, message_id: str, *, retry_at: float, now: float, from_: str = QUEUED) -> bool:
+    """Leave a ``queued`` (or ``retry_wait``) assignment as it is, to be admitted again at ``retry_at`` (an
+    admission policy said not yet). Its status does not change: it is not admitted, so it reserves nothing and
+    uses no attempt."""
+    stmt = (update(m).where(m.c.id == message_id, m.c.status == from_)
             .values(retry_at=retry_at, updated_at=now))
     return conn.execute(stmt).rowcount == 1
 

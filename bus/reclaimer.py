@@ -3,7 +3,8 @@
 Its duties, every ``reclaim_interval_s``:
 
 1. **Expired leases.** A ``running`` row whose lease ran out belongs to a dead worker: another attempt
-   (``retry_wait``, due now) if it has attempts left, else ``dead`` with its failure reported to the brain.
+   (``retry_wait``, due now) if it has attempts left, else ``dead`` with its failure reported to the brain — or,
+   when its retry policy (or ``COGO_DEAD_LETTER``) says so, held as a dead letter and not reported.
    After a sweep found the ledger unreachable, no lease is judged for one lease period: no worker could renew.
 2. **Undelivered rows.** ``queued``, ``dispatched`` or due ``retry_wait`` rows that nobody took for
    ``stale_s`` were lost if their queue holds fewer messages than there are such rows (a consumer that is
@@ -16,6 +17,8 @@ Its duties, every ``reclaim_interval_s``:
 3. **Abandoned attempts that never reported.** An assignment abandoned (``dead``) while an attempt ran keeps
    its lease, and its budget stays reserved, until that attempt ends. If its lease runs out first (the worker
    died), it is closed here and reported to the brain, which settles it and so releases the reservation.
+4. **Circuit breakers.** The attempts' outcomes recorded since the last pass open, close or hand back the
+   circuits of (service, role, model) (``bus/circuits.py``), last, after the duties above.
 """
 
 from __future__ import annotations
@@ -28,9 +31,11 @@ from dataclasses import dataclass, field
 
 from sqlalchemy import Engine, and_, or_, select, update
 
-from bus import faults, ledger, outcomes
+from bus import circuits, faults, ledger, outcomes
 from bus.broker import queue_depth
+from bus.envelope import AssignmentEnvelope
 from bus.errors import Problem
+from bus.introspection import write
 from bus.outbox import BATCH_MAX, BATCHED, Delivery, Publisher, destination
 from bus.routing import Route
 from bus.schema import agent_messages as m
@@ -49,6 +54,8 @@ class Sweep:
     dead: int = 0
     resent: int = 0
     abandoned: int = 0
+    circuits: int = 0
+    """Changes of state of the circuit breakers (``bus/circuits.py``)."""
     deliveries: list[Delivery] = field(default_factory=list)
 
 
@@ -80,6 +87,7 @@ class Reclaimer:
         self._resend_stale(result)
         if result.deliveries:
             self.publisher.send(result.deliveries)
+        result.circuits = len(circuits.sweep(self.engine, now=self.clock(), settings=self.settings).changes)
         return result
 
     def _expire_leases(self, result: Sweep) -> None:
@@ -102,6 +110,8 @@ class Reclaimer:
                         ledger.record(conn, [{**audit, "kind": "lease_expired", "detail": error}], now=now)
                         result.expired += 1
                         result.deliveries.append(self._delivery(row, ledger.RETRY_WAIT))
+                elif self._hold(conn, row, now, error):
+                    result.dead += 1
                 elif ledger.move(conn, row.id, from_=(ledger.RUNNING,), to=ledger.DEAD, now=now, attempt=row.attempts,
                                  values={"last_error": lost.message, "last_error_at": now, "lease_until": None}):
                     ledger.record(conn, [{**audit, "kind": "lease_expired", "detail": error},
@@ -113,6 +123,29 @@ class Reclaimer:
                             kind=outcomes.TASK_FAILED, now=now, shard=row.shard,
                             body={"error": Problem("execute.dead", lost.message).to_dict(),
                                   "attempts": row.attempts}))
+
+    def _hold(self, conn, row, now: float, error: dict) -> bool:
+        """An assignment out of attempts whose policy (or ``COGO_DEAD_LETTER``) holds dead letters: ``dead``, held
+        for an operator and not reported (its run waits for it). ``lease_until`` is cleared, so duty 3 never
+        takes it for an abandoned attempt. False when it is not to be held, or moved on meanwhile."""
+        if row.kind != "assignment" or not AssignmentEnvelope.of(row.payload).holds_dead_letter(
+                self.settings.dead_letter):
+            return False
+        values = {"last_error": f"{error['code']}: {error['message']}", "last_error_at": now, "lease_until": None,
+                  "dead_letter": "held"}
+        if not ledger.move(conn, row.id, from_=(ledger.RUNNING,), to=ledger.DEAD, now=now, attempt=row.attempts,
+                           values=values):
+            return False
+        held = {"error": Problem("execute.dead", error["message"]).to_dict(), "attempts": row.attempts}
+        audit = {"message_id": row.id, "run_id": row.run_id, "tenant": row.tenant, "attempt": row.attempts}
+        ledger.record(conn, [{**audit, "kind": "lease_expired", "detail": error},
+                             {**audit, "kind": "execute_dead", "detail": error},
+                             {**audit, "kind": "dead_letter_held", "detail": held}], now=now)
+        if row.run_id:
+            token = AssignmentEnvelope.of(row.payload).token
+            write(conn, [token.event("dispatch.assignment.dead_lettered", row.run_id,
+                                     {"assignment_id": row.id, "attempt": row.attempts, **held})], now=now)
+        return True
 
     def _close_abandoned(self, result: Sweep) -> None:
         now = self.clock()

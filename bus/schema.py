@@ -30,6 +30,8 @@ ID = String(36)
 HELD_FINAL = "{t}held_tokens IS NOT NULL AND {t}status IN ('done', 'failed', 'dead')"
 """An assignment that held budget and ended (or was abandoned) but is not settled yet (``{t}``: a table
 prefix, so a query can name the partial index's predicate exactly)."""
+SLOT_HOLDING = "kind = 'assignment' AND status IN ('dispatched', 'running')"
+WAITING = "kind = 'assignment' AND status = 'queued' AND retry_at IS NOT NULL"
 BIGID = BigInteger().with_variant(Integer, "sqlite")  # SQLite autoincrements only INTEGER PRIMARY KEY
 
 agent_messages = Table(
@@ -64,6 +66,12 @@ agent_messages = Table(
     Column("settled_at", Double, nullable=True),
     # A brain event's place in its run's history: the run version its application produced (replay order).
     Column("run_version", Integer, nullable=True),
+    # An assignment held as a dead letter (``held``, status ``dead``: its run waits for an operator), and what the
+    # operator did with it (``requeued``, ``discarded``); NULL for every other row (``coordinator/dead_letters.py``).
+    Column("dead_letter", String(16), nullable=True),
+    # What an admitted assignment holds against its tenant's period budgets until it is settled:
+    # ``{"periods": [...], "usd": held, "usd_per_token": price or null}`` (``coordinator/admission/period.py``).
+    Column("period_held", JSON, nullable=True),
     Index(None, "status", "updated_at"),
     Index(None, "run_id"),
     Index(None, "causation_id"),
@@ -74,6 +82,14 @@ agent_messages = Table(
     Index("ix_agent_messages_open", "status", "updated_at",
           sqlite_where=text("status NOT IN ('settled', 'done', 'failed', 'dead')"),
           postgresql_where=text("status NOT IN ('settled', 'done', 'failed', 'dead')")),
+    # Concurrency slots (``coordinator/admission/concurrency.py``): the assignments holding one, by tenant and by
+    # route, and the ones waiting for one — only those rows, whatever the table's size.
+    Index("ix_agent_messages_slots_tenant", "tenant",
+          sqlite_where=text(SLOT_HOLDING), postgresql_where=text(SLOT_HOLDING)),
+    Index("ix_agent_messages_slots_route", "service", "role",
+          sqlite_where=text(SLOT_HOLDING), postgresql_where=text(SLOT_HOLDING)),
+    Index("ix_agent_messages_waiting", "service", "role", "tenant",
+          sqlite_where=text(WAITING), postgresql_where=text(WAITING)),
 )
 
 bus_events = Table(
@@ -104,4 +120,55 @@ introspection_events = Table(
     Column("created_at", Double, nullable=False),
     Index(None, "run_id", "id"),
     Index(None, "type"),
+)
+
+circuits = Table(
+    # One circuit breaker per (service, role, model): closed, open or half_open (``bus/circuits.py``).
+    "circuits", metadata,
+    Column("service", String(64), primary_key=True),
+    Column("role", String(64), primary_key=True),
+    Column("model", String(128), primary_key=True),
+    Column("state", String(16), nullable=False),
+    Column("consecutive_failures", Integer, nullable=False, default=0),
+    Column("window_started_at", Double, nullable=True),
+    Column("window_total", Integer, nullable=False, default=0),
+    Column("window_failures", Integer, nullable=False, default=0),
+    Column("opened_at", Double, nullable=True),
+    Column("retry_at", Double, nullable=True),
+    Column("open_count", Integer, nullable=False, default=0),
+    Column("probe_id", ID, nullable=True),
+    Column("reason", Text, nullable=True),
+    Column("updated_at", Double, nullable=False),
+)
+
+circuit_cursor = Table(
+    # The one row of what the circuit sweep has read of ``bus_events``: every id up to ``low_id``, and the ids
+    # above it in ``seen`` (ids may commit out of order on PostgreSQL, so the sweep reads again above low_id).
+    "circuit_cursor", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("low_id", BIGID, nullable=False),
+    Column("seen", JSON, nullable=False),
+    Column("updated_at", Double, nullable=False),
+)
+
+agents = Table(
+    "agents", metadata,
+    # ``<process>@<hostname>:<pid>``: one row per worker process that ever registered (``bus/agents.py``).
+    Column("agent_id", String(255), primary_key=True),
+    Column("process", String(128), nullable=False),
+    Column("hostname", String(255), nullable=False),
+    Column("pid", Integer, nullable=False),
+    Column("routes", JSON, nullable=False),  # ["service.role", …]
+    Column("version", String(64), nullable=False),  # the assignment contract version it serves
+    Column("software", String(64), nullable=False),  # cogo's package version
+    Column("models", JSON, nullable=False),  # the models it serves; [] = any
+    Column("capacity", Integer, nullable=False),
+    Column("state", String(16), nullable=False),  # idle | busy | stopped (gone is derived when read)
+    Column("running", Integer, nullable=False),
+    Column("assignments_done", Integer, nullable=False),
+    Column("heartbeat_s", Double, nullable=False),  # its own interval: gone after three missed
+    Column("started_at", Double, nullable=False),
+    Column("heartbeat_at", Double, nullable=False),
+    Column("stopped_at", Double, nullable=True),
+    Index(None, "heartbeat_at"),
 )

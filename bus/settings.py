@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
@@ -13,6 +14,10 @@ from bus.errors import ConfigError
 _BROKER_SCHEMES = ("redis://", "rediss://", "amqp://", "pyamqp://", "memory://")
 SANDBOX_MODES = ("auto", "bwrap", "unshare", "unconfined")
 """``COGO_SANDBOX`` values; ``unconfined`` is the operator's explicit acceptance of running generated code bare."""
+DEAD_LETTER_MODES = ("fail", "hold")
+"""``COGO_DEAD_LETTER`` values: report an exhausted assignment's failure at once, or hold it as a dead letter."""
+_PROCESS_NAME = re.compile(r"[a-z0-9][a-z0-9-]*")
+"""What a process name of the table looks like (``COGO_EPHEMERAL`` lists them)."""
 _DATABASE_SCHEMES = ("sqlite://", "sqlite+pysqlite://", "postgresql://", "postgresql+psycopg://")
 
 
@@ -65,12 +70,44 @@ class Settings:
     transaction (``coordinator/brain.py``). Negative: never (one event per transaction)."""
     allowed_models: str = ""
     """Comma-separated models the executor-dispatcher admits (e.g. ``cogo-local,gpt-4o-mini``). Empty: any."""
+    admission_policies: str = "agents,models,concurrency,budgets,period,circuits,rate"
+    """The executor-dispatcher's admission policies, in order (``coordinator/admission/``): names of
+    ``POLICIES`` or ``module:Class`` entries, comma-separated."""
+    policy_file: Path = Path("")
+    """The operator's policy table (YAML: per-tenant and per-route limits, rates, period budgets, fair-share
+    weights, model prices), read again when it changes. Empty: ``<home>/policy.yaml`` if it exists."""
+    agent_heartbeat_s: float = 2.0
+    """How often a worker process writes its heartbeat to the agent registry (``bus/agents.py``); one that misses
+    three is shown gone."""
+    agent_wait_s: float = 60.0
+    """How long the ``agents`` admission policy lets an assignment wait for a live agent of its route (or one
+    serving its model and version) before failing it (``agents.no_available_agent``, ``agents.no_matching_agent``);
+    zero or less: no wait."""
+    circuit_failures: int = 5
+    """A (service, role, model) circuit opens after this many consecutive failed attempts (``bus/circuits.py``)."""
+    circuit_failure_rate: float = 0.5
+    """… or when more than this share of its attempts failed within ``circuit_window_s`` …"""
+    circuit_min_calls: int = 20
+    """… counting only once the window holds at least this many attempts."""
+    circuit_window_s: float = 60.0
+    """The window of the failure rate, in seconds."""
+    circuit_cooldown_s: float = 30.0
+    """How long an opened circuit defers its work before one probe may go; doubled at each re-open."""
+    circuit_cooldown_max_s: float = 600.0
+    """The longest cool-down, however often the circuit re-opened."""
     llm_url: str = ""
     """OpenAI-compatible endpoint for the codegen worker. Empty: the deterministic local model."""
     llm_api_key: str = ""
     """API key for ``llm_url``."""
     log_level: str = "INFO"
     """Log level of every process."""
+    ephemeral: str = ""
+    """Worker processes whose every assignment runs in a fresh child process that exits when it is done
+    (``docs/ephemeral.md``): comma-separated process names, or ``all`` for every worker. Empty: only those the
+    process table marks ephemeral."""
+    ephemeral_grace_s: float = 30.0
+    """How long past its assignment's TTL an ephemeral child may run (to start, and to write its outcome through
+    a database outage) before its consumer kills it."""
     flower_user: str = "cogo"
     """User name of Flower's basic auth."""
     flower_password: str = ""
@@ -100,6 +137,10 @@ class Settings:
     """Operator ceiling on any budget's ``maxCostUsd``."""
     max_run_tokens: int = 100_000_000
     """Operator ceiling on any budget's ``maxTokens``."""
+    dead_letter: str = "fail"
+    """What becomes of an assignment whose last attempt failed, unless its task's retry policy says
+    (``dead_letter``): ``fail`` reports the failure to its run at once; ``hold`` keeps it as a dead letter the run
+    waits for until an operator re-queues or discards it (``docs/dead-letters.md``)."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -125,10 +166,35 @@ class Settings:
             raise ConfigError(f"COGO_SHARD must be -1 (every shard) or a shard below COGO_SHARDS={self.shards}, "
                               f"got {self.shard}")
 
+    def _check_ephemeral(self) -> None:
+        bad = [n for n in sorted(self.ephemeral_names) if not _PROCESS_NAME.fullmatch(n)]
+        if bad:
+            raise ConfigError(f"COGO_EPHEMERAL must be a comma-separated list of process names or 'all', got "
+                              f"{', '.join(map(repr, bad))}", details={"variable": "COGO_EPHEMERAL"})
+        if not math.isfinite(self.ephemeral_grace_s) or self.ephemeral_grace_s <= 0:
+            raise ConfigError(f"COGO_EPHEMERAL_GRACE_S must be a positive number, got {self.ephemeral_grace_s}")
+
+    def _check_dead_letter(self) -> None:
+        if self.dead_letter not in DEAD_LETTER_MODES:
+            raise ConfigError(f"COGO_DEAD_LETTER must be one of {', '.join(DEAD_LETTER_MODES)}, got "
+                              f"{self.dead_letter!r}", details={"variable": "COGO_DEAD_LETTER"})
+
+    def _check_circuits(self) -> None:
+        if self.circuit_failures < 1 or self.circuit_min_calls < 1:
+            raise ConfigError("COGO_CIRCUIT_FAILURES and COGO_CIRCUIT_MIN_CALLS must be at least 1, got "
+                              f"{self.circuit_failures} and {self.circuit_min_calls}")
+        if not 0 < self.circuit_failure_rate <= 1:
+            raise ConfigError("COGO_CIRCUIT_FAILURE_RATE must be above 0 and at most 1, got "
+                              f"{self.circuit_failure_rate}")
+        for name in ("circuit_window_s", "circuit_cooldown_s", "circuit_cooldown_max_s"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"COGO_{name.upper()} must be a positive number, got {getattr(self, name)}")
+
     def checked(self) -> Settings:
         """Return these settings with derived defaults filled in, or raise ConfigError."""
         self._check_shards()
-        for name in ("lease_s", "stale_s", "reclaim_interval_s", "retention_days", "retention_interval_s"):
+        for name in ("lease_s", "stale_s", "reclaim_interval_s", "retention_days", "retention_interval_s",
+                     "agent_heartbeat_s"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"COGO_{name.upper()} must be a positive number, got {getattr(self, name)}")
         if self.broker_url and not self.broker_url.startswith(_BROKER_SCHEMES):
@@ -141,17 +207,35 @@ class Settings:
         artifacts = self.artifacts_dir if str(self.artifacts_dir) not in ("", ".") else self.home / "artifacts"
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             raise ConfigError(f"COGO_LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR, got {self.log_level!r}")
+        self._check_ephemeral()
+        self._check_dead_letter()
         if self.sandbox not in SANDBOX_MODES:
             raise ConfigError(f"COGO_SANDBOX must be one of {', '.join(SANDBOX_MODES)}, got {self.sandbox!r}")
         for name in ("sandbox_memory_mb", "sandbox_max_procs", "sandbox_cpu_s", "sandbox_file_mb", "max_body_bytes",
                      "rate_burst", "max_run_tokens"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"COGO_{name.upper()} must be at least 1, got {getattr(self, name)}")
+        self._check_circuits()
         for name in ("rate_per_s", "max_run_cost_usd"):
             value = getattr(self, name)
             if not math.isfinite(value) or value <= 0:
                 raise ConfigError(f"COGO_{name.upper()} must be a positive finite number, got {value}")
         return replace(self, database_url=database_url, artifacts_dir=artifacts, log_level=self.log_level.upper())
+
+    @property
+    def admission_policy_names(self) -> list[str]:
+        """``admission_policies`` as a list."""
+        return [p.strip() for p in self.admission_policies.split(",") if p.strip()]
+
+    @property
+    def policy_path(self) -> Path:
+        """Where the operator's policy table is read from."""
+        return self.policy_file if str(self.policy_file) not in ("", ".") else self.home / "policy.yaml"
+
+    @property
+    def ephemeral_names(self) -> frozenset[str]:
+        """``ephemeral`` as a set of process names (``all`` included as written)."""
+        return frozenset(n.strip() for n in self.ephemeral.split(",") if n.strip())
 
     @property
     def model_allow_list(self) -> frozenset[str] | None:

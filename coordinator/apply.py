@@ -29,6 +29,8 @@ from bus.schema import agent_messages
 from bus.sql_trace import SqlTrace
 from coordinator import budgets
 from coordinator import decisions as d
+from coordinator.admission import period
+from coordinator.admission.waiting import Waiting
 from coordinator.definitions import Registry
 from coordinator.planning.builder import Plan
 from coordinator.planning.working import Changes
@@ -51,10 +53,11 @@ class Phase1:
     """Writes one plan: its changes, then its decisions' outside effects, as few statements as it can."""
 
     def __init__(self, conn: Connection, state: WorkflowState, *, cause_id: str, now: float, shards: int,
-                 registry: Registry | None = None, sql_trace: SqlTrace | None = None):
+                 registry: Registry | None = None, sql_trace: SqlTrace | None = None, waiting: Waiting | None = None):
         self.conn, self.state, self.cause_id, self.now, self.shards = conn, state, cause_id, now, shards
         self.sql_trace = sql_trace  # the step's statements so far, recorded as sql.* events when asked
         self.registry = registry  # child runs need their definitions
+        self.waiting = waiting  # wakes assignments waiting for the slots this step frees
         self.run = state.run
         self.shard = shard_for(self.run.root_run_id or self.run.id, shards)  # the run tree's: every row it writes
         self.events: list[IntrospectionEvent] = []
@@ -286,6 +289,9 @@ class Phase1:
                 spent_tokens=runs.c.spent_tokens + spent.tokens, spent_cost_usd=runs.c.spent_cost_usd + spent.cost_usd))
         for s in settled:
             self.op_at("dispatch.assignment.settled", s.id, tokens=s.usage.tokens, cost_usd=s.usage.cost_usd)
+        period.settle(self.conn, settled, self.now)
+        if self.waiting is not None:
+            self.effects.deliveries += self.waiting.wake(self.conn, settled, self.now)
         if self.above is not None:  # only a budget defers: a tree without one has none waiting
             budgets.settle(self.conn, self.above, settled)
             self.effects.deliveries += self._wake_deferred()

@@ -24,6 +24,7 @@ from bus.schema import agent_messages as m
 from bus.sql_trace import traced
 from coordinator import commands
 from coordinator import events as ev
+from coordinator.admission.waiting import Waiting
 from coordinator.apply import Effects, Phase1, phase2
 from coordinator.definitions import Registry
 from coordinator.planning import plan
@@ -48,12 +49,13 @@ class Brain:
     def __init__(self, *, engine: Engine, publisher: Publisher, registry: Registry, shards: int,
                  notify: Callable[[str, Any], None] | None = None, clock: Callable[[], float] = time.time,
                  sleep: Callable[[float], None] = time.sleep, fail_fast: bool = False, sql_events: bool = False,
-                 batch_after_s: float | None = BATCH_AFTER_S):
+                 batch_after_s: float | None = BATCH_AFTER_S, waiting: Waiting | None = None):
         self.engine, self.publisher, self.registry, self.shards = engine, publisher, registry, shards
         self.notify, self.clock, self.sleep = notify, clock, sleep
         self.fail_fast = fail_fast  # tests: a planner bug raises in the test instead of crashing the run
         self.sql_events = sql_events
         self.batch_after_s = batch_after_s  # None: apply only the rows a message carries
+        self.waiting = waiting  # concurrency limits: wake what waits for a slot a settlement frees
         self._applied = _Recent(RECENT_MAX)
         """Rows this process took from the ledger in a batch: their own messages, when they come, are done."""
 
@@ -154,7 +156,7 @@ class Brain:
             state = load_state(conn, row.run_id, self.registry)
             the_plan = plan(state, event, now=now)
         phase1 = Phase1(conn, state, cause_id=message_id, now=now, shards=self.shards, registry=self.registry,
-                        sql_trace=trace)
+                        sql_trace=trace, waiting=self.waiting)
         return "applied", phase1.apply(the_plan), row
 
     def _queue_forming(self, row: Any, now: float) -> bool:

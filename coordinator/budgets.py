@@ -29,7 +29,7 @@ from bus.envelope import Budget, Usage
 from bus.ledger import Settled
 from bus.schema import HELD_FINAL
 from bus.schema import agent_messages as m
-from coordinator.policies import BudgetSnapshot
+from coordinator.admission.budgets import BudgetSnapshot
 from coordinator.schema import runs
 
 _ENDED = text(HELD_FINAL.format(t="agent_messages."))

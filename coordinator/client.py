@@ -82,6 +82,14 @@ class Client:
         """The fleet as the API sees it: which Celery consumers answer, queue depths, what waits longest."""
         return self._call("GET", "/api/fleet")
 
+    def orchestrator_state(self) -> dict[str, Any]:
+        """The fleet's orchestrator state (admin): every circuit breaker with its state, failures and next probe."""
+        return self._call("GET", "/api/orchestrator/state")
+
+    def agents(self) -> dict[str, Any]:
+        """The agent registry: every agent with its routes, state and last heartbeat, and each route's live ones."""
+        return self._call("GET", "/api/agents")
+
     def cancel(self, run_id: str, *, reason: str = "cancelled by client") -> dict[str, Any]:
         """Ask the brain to cancel a run (and its children)."""
         return self._call("POST", f"/api/runs/{run_id}/cancel", json={"reason": reason})
@@ -153,6 +161,26 @@ class Client:
     def signal(self, run_id: str, name: str, data: dict | None = None) -> dict[str, Any]:
         """Deliver a named external event to a run waiting for it."""
         return self._call("POST", f"/api/runs/{run_id}/signals/{name}", json={"data": data or {}})
+
+    # -- dead letters -------------------------------------------------------------------------------
+    def dead_letters(self, *, tenant: str | None = None, state: str = "held", limit: int = 100
+                     ) -> list[dict[str, Any]]:
+        """Dead letters, oldest first: held now by default (``state``: held, requeued, discarded or all)."""
+        params = {k: v for k, v in {"tenant": tenant, "state": state, "limit": limit}.items() if v}
+        return self._call("GET", "/api/dead-letters", params=params)["dead_letters"]
+
+    def dead_letter(self, letter_id: str) -> dict[str, Any]:
+        """One dead letter with its whole history (audit rows and trace events, in order)."""
+        return self._call("GET", f"/api/dead-letters/{letter_id}")
+
+    def requeue_dead_letter(self, letter_id: str, *, budget: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Re-queue a held dead letter, with a new budget (``{maxCostUsd, maxTokens}``) when given."""
+        return self._call("POST", f"/api/dead-letters/{letter_id}/requeue",
+                          json={"budget": budget} if budget is not None else {})
+
+    def discard_dead_letter(self, letter_id: str, *, reason: str = "") -> dict[str, Any]:
+        """Discard a held dead letter: its run is told the failure it recorded."""
+        return self._call("POST", f"/api/dead-letters/{letter_id}/discard", json={"reason": reason})
 
     def health(self) -> dict[str, Any]:
         """The API's health answer."""

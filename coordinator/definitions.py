@@ -19,6 +19,7 @@ from bus.retry import NO_RETRY, RetryPolicy
 from bus.routing import Route
 from coordinator.expressions import compile_expression
 from coordinator.inputs import check_schema, object_schema
+from coordinator.phases import compile_phases, is_phase_form
 
 DEFAULT_MAX_LOOPS = 3
 _NODE_ID = r"^[A-Za-z][A-Za-z0-9_-]{0,63}$"
@@ -213,6 +214,16 @@ class EndNode(_Node):
     kind: Literal["end"]
     status: Literal["completed", "failed"] = "completed"
     output: Any = None
+    code: str | None = Field(default=None, pattern=r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+$")
+    """The stable error code of a ``failed`` end (default ``workflow.end_failed``)."""
+    message: str | None = None
+    """The error message of a ``failed`` end (plain text)."""
+
+    @model_validator(mode="after")
+    def _failure_only(self) -> EndNode:
+        if self.status != "failed" and (self.code is not None or self.message is not None):
+            raise ValueError("'code' and 'message' are for an end with status failed")
+        return self
 
 
 Node = Annotated[TaskNode | GateNode | ApprovalNode | NotifyNode | ParallelNode | ForeachNode | JoinNode
@@ -291,9 +302,14 @@ def _targets(node: Any) -> list[tuple[str, str]]:
 def parse_definition(raw: Any, *, source: str = "definition") -> WorkflowDefinition:
     """Validate a definition (a dict, as from YAML or JSON).
 
+    A definition in seed 004's phase form (``coordinator/phases.py``) is compiled to its graph first.
+
     Raises:
-        ContractError: code ``definition.invalid``; the message names the node and field.
+        ContractError: code ``definition.invalid``; the message names the node and field (``phase.*`` for a
+            phase-form definition whose phases and agent types do not fit).
     """
+    if is_phase_form(raw):
+        raw = compile_phases(raw, source=source)
     try:
         return WorkflowDefinition.model_validate(raw)
     except ValidationError as exc:

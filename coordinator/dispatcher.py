@@ -1,5 +1,6 @@
-"""``cogo-executor-dispatcher``: admits assignments under their run's budget, routes them to the worker
-queue, and re-admits them after a retry backoff. Every decision is audited in ``bus_events``."""
+"""``cogo-executor-dispatcher``: admits assignments under its admission policies (``coordinator/admission/``),
+routes them to the worker queue, and re-admits them after a retry backoff. Every decision is audited in
+``bus_events``."""
 
 from __future__ import annotations
 
@@ -9,19 +10,22 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, NamedTuple
 
-from sqlalchemy import Engine, bindparam, select
+from sqlalchemy import Engine, bindparam, desc, select
 
 from bus import faults, ledger, outcomes
 from bus.celery_app import TASK_EXECUTE, TASK_WORK
-from bus.envelope import Assignment, AssignmentEnvelope, Budget, TokenRef
+from bus.envelope import AssignmentEnvelope, Budget, TokenRef
 from bus.errors import BrokerUnavailable, CogoError
 from bus.introspection import IntrospectionEvent, write
 from bus.outbox import EARLY_TOLERANCE_S, Delivery, Publisher
 from bus.routing import Route, execute_queue
 from bus.schema import agent_messages as m
+from bus.schema import bus_events
+from bus.settings import Settings
 from bus.sql_trace import traced
 from coordinator import budgets
-from coordinator.policies import BudgetSnapshot, Verdict, admit
+from coordinator.admission import Ask, Policy, Setup, Verdict, admitted, build, evaluate
+from coordinator.admission.budgets import BudgetSnapshot
 from coordinator.schema import runs
 
 log = logging.getLogger(__name__)
@@ -30,6 +34,9 @@ MAY_SPEND = (ledger.DISPATCHED, ledger.RUNNING, ledger.RETRY_WAIT)
 DEFER_MIN_S = 0.25
 DEFER_MAX_S = 5.0
 """A deferred assignment is asked again after a delay doubling from ``DEFER_MIN_S`` up to ``DEFER_MAX_S``."""
+DEFER_UNTIL_MAX_S = 60.0
+"""One deferred until a time (the next period, a circuit's probe) is asked again by then, or after this long if that
+is later, so an operator's change (a raised limit) is seen within a minute."""
 WAITING_FOR_SHOWN = 20
 
 
@@ -91,12 +98,14 @@ _ROWS = (select(m, runs.c.parent_run_id.label("run_parent_run_id"), runs.c.root_
 class Dispatcher:
     """Handles ``cogo.execute`` messages."""
 
-    def __init__(self, *, engine: Engine, publisher: Publisher, allowed_models: frozenset[str] | None = None,
+    def __init__(self, *, engine: Engine, publisher: Publisher, policies: Sequence[Policy] | None = None,
                  clock: Callable[[], float] = time.time, sleep: Callable[[float], None] = time.sleep,
                  sql_events: bool = False):
+        """``policies``: the admission policies in order (default: the run tree's budgets only)."""
         self.engine, self.publisher, self.clock = engine, publisher, clock
         self.sql_events = sql_events
-        self.allowed_models, self.sleep = allowed_models, sleep
+        self.policies = list(policies) if policies is not None else build(Setup(Settings()), ["budgets"])
+        self.sleep = sleep
 
     def handle(self, message_id: str) -> str:
         """Admit (or re-admit) one assignment; returns ``dispatched``, ``deferred``, ``denied``, ``early`` or
@@ -152,7 +161,11 @@ class Dispatcher:
         try:
             contract = envelope.contract()
             above = out.chain(conn, row) if row.status == ledger.QUEUED else None
-            verdict = self._verdict(row, contract, out.budgets_above(conn, above) if above else [])
+            # A first admission must fit every budget above it (read with the tree's root locked); a
+            # re-admission after a retry's backoff keeps the reservation it holds.
+            ask = Ask(conn, row, contract, now, first=row.status == ledger.QUEUED,
+                      budgets=out.budgets_above(conn, above) if above else ())
+            verdict = evaluate(self.policies, ask)
         except Exception as exc:  # malformed data must fail this assignment, not loop through the reclaimer
             if faults.is_infrastructure(exc):  # not the assignment's fault: retried, never a denial
                 raise
@@ -176,6 +189,7 @@ class Dispatcher:
         if above is not None:
             budgets.reserve(conn, above, budget)
             out.reserved(above, budget)
+        admitted(self.policies, ask)
         out.audit.append({"message_id": row.id, "run_id": row.run_id, "tenant": row.tenant,
                           "kind": "execute_enqueued", "attempt": row.attempts + 1,
                           "detail": {"queue": route.queue, "retry": retry}})
@@ -186,37 +200,29 @@ class Dispatcher:
         out.deliveries.append(Delivery(TASK_WORK, route.queue, row.id))
         return "dispatched"
 
-    def _verdict(self, row: Any, assignment: Assignment, limits: list[BudgetSnapshot]) -> Verdict:
-        """The admission verdict: a re-admission after a retry's backoff keeps the reservation it holds; a
-        first admission must fit every budget above it (``limits``, read with the tree's root locked)."""
-        if row.status != ledger.QUEUED:
-            return Verdict(True)
-        verdict = Verdict(True)
-        for limit in limits or [BudgetSnapshot(budget=None)]:
-            answer = admit(assignment, limit, allowed_models=self.allowed_models)
-            if not answer.admitted and not answer.deferred:
-                return answer  # a denial wins over a deferral: waiting would not help
-            if answer.deferred and verdict.admitted:
-                verdict = answer
-        return verdict
-
     def _defer(self, conn, row: Any, verdict: Verdict, token: TokenRef, now: float, out: _Written) -> str:
-        """Leave the assignment queued and ask again after a doubling delay: the budget it needs is held by
-        assignments in flight, which may end having spent less than they reserved."""
-        first = row.retry_at is None
-        delay_s = DEFER_MIN_S if first else min(DEFER_MAX_S, max(DEFER_MIN_S, 2 * (row.retry_at - row.updated_at)))
-        if not ledger.defer(conn, row.id, retry_at=now + delay_s, now=now):
+        """Leave the assignment where it is (``queued``, or ``retry_wait``: no attempt and no budget consumed)
+        and ask again at the verdict's time, or after a doubling delay. What it waits for is said when it starts
+        waiting and whenever that changes, not at every re-check."""
+        if verdict.until is not None:
+            delay_s = min(DEFER_UNTIL_MAX_S, max(DEFER_MIN_S / 10, verdict.until - now))
+        elif row.retry_at is None or row.status != ledger.QUEUED:
+            delay_s = DEFER_MIN_S
+        else:
+            delay_s = min(DEFER_MAX_S, max(DEFER_MIN_S, 2 * (row.retry_at - row.updated_at)))
+        if not ledger.defer(conn, row.id, from_=row.status, retry_at=now + delay_s, now=now):
             return "duplicate"
-        if first and row.run_id:  # said once: the later re-checks are the same wait
-            detail = {**dict(verdict.detail or {}),
-                      "waiting_for": _in_flight(conn, (verdict.detail or {}).get("run_id") or row.run_id, row.id)}
+        if row.run_id and _deferred_for(conn, row.id) != verdict.code:
+            detail = dict(verdict.detail or {})
+            if verdict.code == "budget.deferred":
+                detail["waiting_for"] = _in_flight(conn, detail.get("run_id") or row.run_id, row.id)
             out.audit.append({"message_id": row.id, "run_id": row.run_id, "tenant": row.tenant,
                               "kind": "execute_deferred", "attempt": row.attempts,
                               "detail": {"code": verdict.code, "message": verdict.reason, **detail}})
             out.events.append(token.event("dispatch.assignment.deferred", row.run_id,
-                                          {"assignment_id": row.id, "reason": "budget", "code": verdict.code,
-                                           "message": verdict.reason, "retry_in_ms": round(delay_s * 1000),
-                                           **detail}))
+                                          {"assignment_id": row.id, "reason": verdict.code.partition(".")[0],
+                                           "code": verdict.code, "message": verdict.reason,
+                                           "retry_in_ms": round(delay_s * 1000), **detail}))
         out.deliveries.append(Delivery(TASK_EXECUTE, execute_queue(row.shard), row.id, delay_s))
         return "deferred"
 
@@ -233,6 +239,14 @@ class Dispatcher:
             out.deliveries.append(outcomes.report(conn, assignment_id=row.id, run_id=row.run_id, tenant=row.tenant,
                                                   payload=row.payload, kind=outcomes.TASK_FAILED, now=now,
                                                   shard=row.shard, body={"error": error, "attempts": row.attempts}))
+
+
+def _deferred_for(conn, message_id: str) -> str | None:
+    """The code of the assignment's latest deferral, if it was deferred before."""
+    detail = conn.execute(select(bus_events.c.detail).where(bus_events.c.message_id == message_id,
+                                                            bus_events.c.kind == "execute_deferred")
+                          .order_by(desc(bus_events.c.id)).limit(1)).scalar()
+    return (detail or {}).get("code") if detail is not None else None
 
 
 def _in_flight(conn, run_id: str, exclude: str) -> list[str]:

@@ -75,7 +75,8 @@ def _explain_token(conn: Connection, run_id: str, token, since: float, active) -
 
 def _task(conn: Connection, _run_id: str, token, _active) -> dict[str, Any]:
     row = conn.execute(select(m.c.id, m.c.status, m.c.attempts, m.c.max_attempts, m.c.retry_at, m.c.lease_until,
-                              m.c.last_error, m.c.service, m.c.role).where(m.c.id == token.assignment_id)).first() \
+                              m.c.last_error, m.c.service, m.c.role, m.c.dead_letter)
+                       .where(m.c.id == token.assignment_id)).first() \
         if token.assignment_id else None
     if row is None:
         return {"summary": f"{token.node_id}: the task is not dispatched yet"}
@@ -89,7 +90,12 @@ def _task(conn: Connection, _run_id: str, token, _active) -> dict[str, Any]:
     elif row.status == "queued" and row.retry_at is not None:
         deferred = _deferral(conn, _run_id, token.id, row.id)
         detail.update(retry_at=row.retry_at, deferred=deferred)
-        summary = f"{token.node_id}: {_budget_wait(row.id, deferred, row.retry_at)}"
+        summary = f"{token.node_id}: {_wait(row.id, deferred, row.retry_at)}"
+    elif row.status == "dead" and row.dead_letter == "held":
+        detail["dead_letter"] = "held"
+        attempts = f"{row.attempts} attempt" + ("s" if row.attempts != 1 else "")
+        summary = (f"{token.node_id}: assignment {row.id} is a dead letter after {attempts} ({row.last_error}); "
+                   f"an operator can re-queue or discard it: cogo dead-letters requeue {row.id}")
     elif row.status == "running":
         detail["lease_until"] = row.lease_until
         summary = (f"{token.node_id}: attempt {row.attempts} of {row.max_attempts} running on {route} "
@@ -105,6 +111,14 @@ def _deferral(conn: Connection, run_id: str, token_id: str, assignment_id: str) 
                                                  ie.c.type == "dispatch.assignment.deferred")
                          .order_by(ie.c.id.desc()).limit(1)).scalar()
     return found if isinstance(found, dict) and found.get("assignment_id") == assignment_id else {}
+
+
+def _wait(assignment_id: str, deferred: dict[str, Any], retry_at: float) -> str:
+    """Why an admitted-later assignment waits, in words: what the admission policy that deferred it said."""
+    if deferred.get("code", "budget.deferred") == "budget.deferred":
+        return _budget_wait(assignment_id, deferred, retry_at)
+    return (f"assignment {assignment_id} waits: {deferred.get('message', 'deferred by admission')} "
+            f"[{deferred.get('code')}]; asked again at {iso(retry_at)} or as soon as that changes")
 
 
 def _budget_wait(assignment_id: str, deferred: dict[str, Any], retry_at: float) -> str:
@@ -144,7 +158,19 @@ def _join(conn: Connection, run_id: str, token, active) -> dict[str, Any]:
     return {"fan_id": fan_id, "join": fan["join_node"], "arrived": len(arrived), "expected": fan["expected"],
             "missing": branches, "missing_count": len(missing),
             "summary": f"join {fan['join_node']!r}: {len(arrived)} of {fan['expected']} branches arrived; "
-                       f"missing {missing[:10]}{'…' if len(missing) > 10 else ''}"}
+                       f"missing {missing[:10]}{'…' if len(missing) > 10 else ''}{_admission_waits(running)}"}
+
+
+def _admission_waits(running: dict[int, list[dict[str, Any]]]) -> str:
+    """What the shown branches' deferred assignments wait for, each reason once with how many wait for it."""
+    reasons: dict[str, int] = {}
+    for items in running.values():
+        for item in items:
+            deferred = item.get("deferred") or {}
+            if deferred.get("message"):
+                reasons[f"{deferred['message']} [{deferred.get('code')}]"] = reasons.get(
+                    f"{deferred['message']} [{deferred.get('code')}]", 0) + 1
+    return "".join(f"; {n} of them not admitted yet: {why}" for why, n in reasons.items())
 
 
 def _approval(conn: Connection, _run_id: str, token, _active) -> dict[str, Any]:

@@ -166,6 +166,17 @@ rate_buckets = Table(
 )
 """One token bucket per tenant for ingress, shared by every API process."""
 
+tenant_spend = Table(
+    "tenant_spend", metadata,
+    Column("tenant", String(128), primary_key=True),
+    Column("period", String(16), primary_key=True),
+    Column("spent_usd", Double, nullable=False, default=0.0),
+    Column("held_usd", Double, nullable=False, default=0.0),
+    Column("updated_at", Double, nullable=False),
+)
+"""A tenant's spend in one period (``day:2026-12-03``, ``month:2026-12``), priced from metered tokens, and what
+its admitted, unsettled assignments hold against it (``coordinator/admission/period.py``)."""
+
 idempotency_keys = Table(
     "idempotency_keys", metadata,
     Column("tenant", String(128), primary_key=True),

@@ -26,12 +26,14 @@ from ecosystem.cli_support import (
     out,
     parse_payload,
 )
+from ecosystem.dead_letters_cli import dead_letters_app
 from ecosystem.keys_cli import keys_app
 from ecosystem.ops_cli import ops
 
 app = typer.Typer(name="cogo", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
                   help="cogo: a message-queue worker fleet for AI-agent workflows.")
 app.add_typer(keys_app, name="keys")
+app.add_typer(dead_letters_app, name="dead-letters")
 app.registered_commands += ops.registered_commands  # the operator's commands sit at the top level
 
 DEMO_PAYLOAD = "{}"  # the demo workflow brings its own three specs
@@ -121,9 +123,11 @@ def up(only: Annotated[list[str] | None, typer.Option("--only", help="Start only
     """Start the whole fleet (embedded Redis and SQLite by default) and supervise it until Ctrl-C."""
     from ecosystem import render
     from ecosystem.launcher import Fleet, sigterm_as_interrupt
+    from ecosystem.processes import with_ephemeral
 
     settings = Settings.from_env()
     try:
+        with_ephemeral(settings)  # refuse a COGO_EPHEMERAL that names no worker of the table before starting
         fleet = Fleet(settings, only=only or (), shards=shards, ready_timeout_s=ready_timeout,
                       free_ports=free_ports, console=out)
     except ConfigError as exc:
@@ -250,19 +254,22 @@ def manifests(root: Annotated[Path, typer.Option(help="Where docker-compose.yml 
               check: Annotated[bool, typer.Option("--check", help="Fail if they differ from the table")] = False,
               shards: Annotated[int, typer.Option(help="Shards: one brain and one dispatcher service each")] = 1,
               ) -> None:
-    """Write docker-compose.yml and Procfile from the process table (or check them)."""
+    """Write docker-compose.yml, Procfile and k8s/ from the process table (or check them); ``COGO_EPHEMERAL``
+    marks workers ephemeral in them."""
     from ecosystem import manifests as m
+    from ecosystem.processes import with_ephemeral
 
     if shards < 1 or shards > 1024:
         raise CogoError(f"--shards must be between 1 and 1024, got {shards}", code="config.invalid")
+    table = with_ephemeral(Settings.from_env())
     if check:
-        differ = m.stale(root, shards)
+        differ = m.stale(root, shards, processes=table)
         if differ:
             raise CogoError(f"{', '.join(differ)} differ from the process table; run `cogo manifests`",
                             code="manifests.stale")
         out.print("manifests agree with the process table")
         return
-    for path in m.write(root, shards):
+    for path in m.write(root, shards, processes=table):
         out.print(f"wrote {path}")
 
 

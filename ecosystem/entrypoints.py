@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import signal
+import sys
 import threading
 from collections.abc import Callable, Mapping
 
@@ -55,6 +57,7 @@ def metrics(settings: Settings, name: str) -> None:
 def brain(settings: Settings, name: str) -> None:
     """``cogo-orchestrator-brain``: consume ``orchestrator.decide.<shard>`` of its shard (``COGO_SHARD``), or of
     every shard."""
+    from coordinator.admission.waiting import Waiting
     from coordinator.brain import Brain
     from coordinator.definitions import Registry
     from coordinator.notify import redis_notifier
@@ -64,7 +67,8 @@ def brain(settings: Settings, name: str) -> None:
                     publisher=Publisher(make_celery(settings, name=f"{name}-producer")),
                     registry=Registry.load(settings.workflows_dir), shards=settings.shards,
                     notify=redis_notifier(settings), sql_events=settings.sql_events,
-                    batch_after_s=settings.brain_batch_after_s if settings.brain_batch_after_s >= 0 else None)
+                    batch_after_s=settings.brain_batch_after_s if settings.brain_batch_after_s >= 0 else None,
+                    waiting=Waiting(settings.policy_path))
     run_consumer(settings, name=name, queues=by_name(name).queues(settings.shards, settings.shard),
                  task_name=TASK_DECIDE, handle=planner.handle)
 
@@ -72,21 +76,39 @@ def brain(settings: Settings, name: str) -> None:
 def dispatcher(settings: Settings, name: str) -> None:
     """``cogo-executor-dispatcher``: consume ``orchestrator.execute.<shard>`` of its shard (``COGO_SHARD``), or of
     every shard."""
+    from bus.routing import ORCHESTRATOR
+    from coordinator.admission import Setup, build
     from coordinator.dispatcher import Dispatcher
-    from ecosystem.processes import by_name
+    from ecosystem.processes import PROCESSES, by_name
 
+    routes = frozenset(r for p in PROCESSES for r in p.routes if p.kind == "celery" and r[0] != ORCHESTRATOR)
     admission = Dispatcher(engine=make_engine(settings.database_url),
                            publisher=Publisher(make_celery(settings, name=f"{name}-producer")),
-                           allowed_models=settings.model_allow_list,
-                           sql_events=settings.sql_events)
+                           policies=build(Setup(settings, routes)), sql_events=settings.sql_events)
     run_consumer(settings, name=name, queues=by_name(name).queues(settings.shards, settings.shard),
                  task_name=TASK_EXECUTE, handle=admission.handle, handle_batch=admission.handle_batch)
 
 
 def _serve(settings: Settings, name: str, handlers: Mapping[tuple[str, str], Handler]) -> None:
+    serve_worker(settings, name, handlers)
+
+
+def serve_worker(settings: Settings, name: str, handlers: Mapping[tuple[str, str], Handler]) -> None:
+    """Run a worker process: the consumer of its queues; for an ephemeral process (``COGO_EPHEMERAL`` or the table)
+    a consumer that starts this same command line again for each assignment; and, with ``COGO_ASSIGNMENT_ID`` set
+    (such a child, or a Kubernetes Job of ``k8s/``), the run of that one assignment, after which the process exits."""
+    from ecosystem.processes import is_ephemeral
+    from workers import ephemeral
     from workers.runtime import serve
 
-    serve(settings, name=name, handlers=handlers)
+    assignment_id = os.environ.get(ephemeral.ASSIGNMENT_ENV)
+    if assignment_id:
+        code = ephemeral.run_one(settings, name=name, handlers=handlers, assignment_id=assignment_id)
+        if code:
+            raise SystemExit(code)
+        return
+    spawn = [sys.executable, *sys.orig_argv[1:]] if is_ephemeral(name, settings) else None
+    serve(settings, name=name, handlers=handlers, spawn=spawn)
 
 
 def build_test(settings: Settings, name: str) -> None:

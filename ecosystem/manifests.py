@@ -1,4 +1,4 @@
-"""Deployment manifests derived from the process table: ``docker-compose.yml`` and ``Procfile``.
+"""Deployment manifests derived from the process table: ``docker-compose.yml``, ``Procfile`` and ``k8s/``.
 
 ``cogo manifests`` (or ``python -m ecosystem.manifests``) writes them; ``--check`` fails when the
 committed files differ from what the table says, and a test does the same.
@@ -84,6 +84,8 @@ def process_environment(process: Process) -> dict[str, str]:
     env = dict(PROCESS_ENV.get(process.name, {}))
     if process.kind == "loop":
         env[READY_ENV] = HEALTH_FILE
+    if process.ephemeral:
+        env["COGO_EPHEMERAL"] = process.name
     env.update({var: SECRET_ENV[var] for var, holders in SECRETS.items() if process.name in holders})
     return env
 
@@ -157,20 +159,39 @@ def procfile(processes: Sequence[Process] = PROCESSES) -> str:
 
 
 def rendered(processes: Sequence[Process] = PROCESSES, shards: int = 1) -> dict[str, str]:
-    """Every manifest by file name."""
-    return {"docker-compose.yml": compose_yaml(processes, shards), "Procfile": procfile(processes)}
+    """Every manifest by its path under the root: the compose file, the Procfile and ``k8s/`` (``ecosystem/k8s.py``)."""
+    from ecosystem import k8s
+
+    return {"docker-compose.yml": compose_yaml(processes, shards), "Procfile": procfile(processes),
+            **k8s.rendered(processes, shards)}
 
 
-def stale(root: Path, shards: int = 1) -> list[str]:
-    """The manifests under ``root`` that differ from (or are missing next to) what the table gives."""
-    return [name for name, text in rendered(shards=shards).items()
-            if not (root / name).is_file() or (root / name).read_text() != text]
+def _left_over(root: Path, names: Sequence[str]) -> list[str]:
+    """Files of ``k8s/`` under ``root`` that the table no longer gives (a worker that stopped being ephemeral)."""
+    from ecosystem import k8s
+
+    folder = root / k8s.DIRECTORY
+    found = [f"{k8s.DIRECTORY}/{path.name}" for path in folder.glob("*.yaml")] if folder.is_dir() else []
+    return sorted(set(found) - set(names))
 
 
-def write(root: Path, shards: int = 1) -> list[Path]:
-    """Write every manifest under ``root``; returns the paths written."""
+def stale(root: Path, shards: int = 1, processes: Sequence[Process] = PROCESSES) -> list[str]:
+    """The manifests under ``root`` that differ from (or are missing next to, or are left over beside) what the
+    table gives."""
+    texts = rendered(processes, shards)
+    return [name for name, text in texts.items()
+            if not (root / name).is_file() or (root / name).read_text() != text] + _left_over(root, list(texts))
+
+
+def write(root: Path, shards: int = 1, processes: Sequence[Process] = PROCESSES) -> list[Path]:
+    """Write every manifest under ``root`` (and remove the ``k8s/`` files the table no longer gives); returns the
+    paths written."""
+    texts = rendered(processes, shards)
+    for name in _left_over(root, list(texts)):
+        (root / name).unlink()
     paths = []
-    for name, text in rendered(shards=shards).items():
+    for name, text in texts.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
         (root / name).write_text(text)
         paths.append(root / name)
     return paths

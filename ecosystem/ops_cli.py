@@ -1,4 +1,4 @@
-"""The operator's commands: runs, one run, approvals, approve, reject, cancel, the fleet's status, intents."""
+"""The operator's commands: runs, one run, approvals, approve, reject, cancel, the fleet's status, agents, intents."""
 
 import json
 import time
@@ -108,7 +108,58 @@ def status(api: ApiOption = None, api_key: ApiKeyOption = None) -> None:
 
     with client_for(api, api_key) as client:
         fleet = client.fleet()
+        orchestrator = client.orchestrator_state()
     out.print(render.fleet_status(fleet, PROCESSES, now=time.time()))
+    out.print(_circuits(orchestrator.get("circuits") or [], now=time.time()), soft_wrap=True)
+
+
+def _circuits(circuits: list[dict], *, now: float) -> Text:
+    """The circuit breakers: each one not closed, in words, and how many are closed."""
+    from coordinator.timefmt import ago
+
+    closed = sum(1 for c in circuits if c.get("state") == "closed")
+    text = Text.assemble(("circuits ", "bold"), f"{closed} closed")
+    for c in circuits:
+        if c.get("state") == "closed":
+            continue
+        name = f"{c.get('service')}.{c.get('role')} / model {c.get('model')}"
+        if c.get("state") == "half_open":
+            text.append(f"\n  {name}: half-open, probe {c.get('probe_id')} running", style="bold yellow")
+        else:
+            text.append(f"\n  {name}: open since {ago(c.get('opened_at'), now=now)} after {c.get('reason')}; "
+                        f"next probe {ago(c.get('retry_at'), now=now)}", style="bold red")
+    return text
+
+
+@ops.command()
+@handled
+def agents(api: ApiOption = None, api_key: ApiKeyOption = None) -> None:
+    """Show every registered agent: its routes, idle, busy, stopped or gone, last heartbeat, capacity, version."""
+    from rich import box
+    from rich.table import Table
+
+    from coordinator.timefmt import ago
+
+    with client_for(api, api_key) as client:
+        registry = client.agents()
+    now, listed = time.time(), registry.get("agents") or []
+    if not listed:
+        out.print("no agent has registered (workers register when they start)")
+    table = Table(title=f"{len(listed)} agent(s)", title_justify="left", header_style="bold", box=box.SIMPLE_HEAD)
+    for name in ("agent", "routes", "state", "running", "done", "last heartbeat", "capacity", "version", "models"):
+        table.add_column(name, overflow="fold")
+    styles = {"idle": "bold green", "busy": "bold yellow", "gone": "bold red", "stopped": "dim"}
+    for a in listed:
+        table.add_row(str(a["agent_id"]), ", ".join(a["routes"]), Text(a["state"], style=styles.get(a["state"], "")),
+                      str(a["running"]), str(a["assignments_done"]), ago(a["heartbeat_at"], now=now),
+                      str(a["capacity"]), f"{a['version']} (cogo {a['software']})", ", ".join(a["models"]) or "any")
+    if listed:
+        out.print(table)
+    for r in registry.get("routes") or []:
+        models = "any model" if r["models"] is None else "models " + ", ".join(r["models"])
+        live = f"{r['live']} live, capacity {r['capacity']}, {models}" if r["live"] else "no live agent"
+        seen = "never seen" if r["last_seen_at"] is None else f"last seen {ago(r['last_seen_at'], now=now)}"
+        out.print(Text.assemble((f"{r['route']}: ", "bold"), f"{live}; {seen}"), soft_wrap=True)
 
 
 @ops.command()

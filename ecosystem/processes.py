@@ -6,11 +6,13 @@ a test checks that they agree.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from typing import Literal
 
 from bus.errors import ConfigError
 from bus.routing import DECIDE, EXECUTE, ORCHESTRATOR, queue_name
+from bus.settings import Settings
 from workers import build_test, codegen, kg_build, rag_embed
 
 Kind = Literal["celery", "http", "loop", "flower"]
@@ -30,6 +32,8 @@ class Process:
         replicas: how many copies ``cogo up`` starts.
         sharded: one copy per shard, each consuming only its own shard's queues (``COGO_SHARD``), so runs of
             one shard never wait behind another's; otherwise every copy consumes every shard.
+        ephemeral: for a worker, run each assignment in a fresh child process that exits when it is done
+            (``workers/ephemeral.py``); ``COGO_EPHEMERAL`` turns it on without editing the table.
     """
 
     name: str
@@ -41,6 +45,12 @@ class Process:
     interval_setting: str | None = None
     replicas: int = 1
     sharded: bool = False
+    ephemeral: bool = False
+
+    @property
+    def runs_assignments(self) -> bool:
+        """A worker: it consumes assignment queues (not the orchestrator's), so it may be ephemeral."""
+        return self.kind == "celery" and bool(self.routes) and all(s != ORCHESTRATOR for s, _ in self.routes)
 
     def queues(self, shards: int, shard: int = -1) -> list[str]:
         """The Celery queues this process consumes when the fleet runs ``shards`` shards: a sharded process
@@ -86,6 +96,40 @@ PROCESSES: tuple[Process, ...] = (
     Process("flower", "flower", "ecosystem.flower:main",
             "live view of workers and queues", port_setting="flower_port"),
 )
+
+
+EPHEMERAL_ALL = "all"
+"""``COGO_EPHEMERAL=all``: every worker of the table is ephemeral."""
+
+
+def with_ephemeral(settings: Settings, processes: Sequence[Process] = PROCESSES) -> tuple[Process, ...]:
+    """The table with ``COGO_EPHEMERAL`` applied: each worker it names (every worker for ``all``) is ephemeral.
+
+    Raises:
+        ConfigError: a name is not in the table, or names a process that runs no assignments.
+    """
+    names = settings.ephemeral_names
+    known = {p.name: p for p in processes}
+    unknown = sorted(n for n in names - {EPHEMERAL_ALL} if n not in known)
+    if unknown:
+        raise ConfigError(f"COGO_EPHEMERAL names no process of the table: {', '.join(map(repr, unknown))}; workers: "
+                          f"{', '.join(p.name for p in processes if p.runs_assignments)}",
+                          details={"variable": "COGO_EPHEMERAL", "unknown": unknown})
+    not_workers = sorted(n for n in names if n in known and not known[n].runs_assignments)
+    if not_workers:
+        raise ConfigError(f"COGO_EPHEMERAL may name only workers; {', '.join(map(repr, not_workers))} run no "
+                          "assignments", details={"variable": "COGO_EPHEMERAL", "not_workers": not_workers})
+    every = EPHEMERAL_ALL in names
+    return tuple(replace(p, ephemeral=True) if p.runs_assignments and (every or p.name in names) else p
+                 for p in processes)
+
+
+def is_ephemeral(name: str, settings: Settings) -> bool:
+    """Whether the worker process ``name`` runs each assignment in a fresh child: marked so in the table, or
+    named by ``COGO_EPHEMERAL`` (``all`` included; ``cogo up`` has checked the names against the table)."""
+    names = settings.ephemeral_names
+    marked = any(p.name == name and p.ephemeral for p in PROCESSES)
+    return marked or name in names or EPHEMERAL_ALL in names
 
 
 def by_name(name: str) -> Process:

@@ -205,6 +205,8 @@ def describe(item: Mapping[str, Any], *, now: float, hint_suffix: str = "") -> s
     if kind == "task" and item.get("assignment_status"):
         head = f"{node}: attempt {item.get('attempt')} of {item.get('max_attempts')} on {item.get('route')}"
         status = item["assignment_status"]
+        if item.get("dead_letter") == "held" or item.get("deferred"):
+            return item["summary"]  # a dead letter, or what admission waits for: said whole by explain
         if status == "retry_wait":
             return f"{head} failed ({item.get('last_error')}); next attempt {ago(item.get('retry_at'), now=now)}"
         if status == "running":

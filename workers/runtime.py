@@ -13,13 +13,14 @@ import signal
 import threading
 import time
 import traceback
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Engine
 
 from bus import faults, ledger, outcomes
+from bus.agents import Agent, Presence
 from bus.celery_app import TASK_EXECUTE
 from bus.envelope import AssignmentEnvelope, Usage, check_json
 from bus.errors import BrokerUnavailable, BudgetExceeded, CogoError, Problem, TTLExpired, WorkFailed
@@ -80,7 +81,8 @@ class Runtime:
         self.leases = LeaseKeeper(self)
 
     def handle(self, message_id: str) -> str:
-        """Run one dispatched assignment; returns ``done``, ``retry``, ``failed``, ``duplicate`` or ``lost``."""
+        """Run one dispatched assignment; returns ``done``, ``retry``, ``failed``, ``held`` (a dead letter),
+        ``duplicate`` or ``lost``."""
         now = self.clock()
         with self.engine.begin() as conn:
             claim = ledger.claim(conn, message_id, lease_s=self.settings.lease_s, now=now)
@@ -178,7 +180,20 @@ class Outcome:
         return "retry"
 
     def failed(self, conn, failure: Failure) -> str:
-        """``running → failed`` for good, audited, traced and reported to the brain."""
+        """``running → failed`` for good, audited, traced and reported to the brain; or, when its retry policy (or
+        ``COGO_DEAD_LETTER``) holds dead letters, ``running → dead`` held for an operator and not reported: its run
+        waits for it (``coordinator/dead_letters.py``). ``lease_until`` is cleared, so the reclaimer never takes a
+        held letter for an abandoned attempt."""
+        if self.envelope.holds_dead_letter(self.runtime.settings.dead_letter):
+            if not self._move(conn, ledger.DEAD, {**_error(failure, self.now), "lease_until": None,
+                                                   "dead_letter": "held"}):
+                return "lost"
+            error = failure.problem.to_dict()
+            kinds = [failure.audit] + (["execute_failed"] if failure.audit != "execute_failed" else [])
+            self._audit(conn, [(k, error) for k in kinds] + [
+                ("dead_letter_held", {"error": error, "attempts": self.claim.attempt})])
+            self._trace(conn, "dispatch.assignment.dead_lettered", error=error)
+            return "held"
         if not self._move(conn, ledger.FAILED, _error(failure, self.now)):
             return "lost"
         kinds = [failure.audit] + (["execute_failed"] if failure.audit != "execute_failed" else [])
@@ -307,8 +322,10 @@ def _ttl_guard(ctx: WorkContext) -> Iterator[None]:
         signal.signal(signal.SIGALRM, previous)
 
 
-def serve(settings: Settings, *, name: str, handlers: Mapping[tuple[str, str], Handler]) -> None:
-    """Run a worker process consuming the queues of ``handlers``' routes on every shard."""
+def serve(settings: Settings, *, name: str, handlers: Mapping[tuple[str, str], Handler],
+          spawn: Sequence[str] | None = None) -> None:
+    """Run a worker process consuming the queues of ``handlers``' routes on every shard; with ``spawn`` (the
+    command line of this worker), each assignment runs in a fresh child started with it (``workers/ephemeral.py``)."""
     from bus.celery_app import TASK_WORK, make_celery
     from bus.consumer import run_consumer
     from bus.db import make_engine
@@ -318,4 +335,20 @@ def serve(settings: Settings, *, name: str, handlers: Mapping[tuple[str, str], H
                       publisher=Publisher(make_celery(settings, name=f"{name}-producer")),
                       settings=settings, handlers=handlers)
     queues = [queue_name(s, r, shard) for (s, r) in handlers for shard in range(settings.shards)]
-    run_consumer(settings, name=name, queues=queues, task_name=TASK_WORK, handle=runtime.handle)
+    handle = runtime.handle
+    if spawn is not None:
+        from workers.ephemeral import Spawner
+
+        handle = Spawner(engine=runtime.engine, settings=settings, command=spawn).handle
+    presence = Presence(runtime.engine, agent_of(settings, name, handlers)).start()
+    try:
+        run_consumer(settings, name=name, queues=queues, task_name=TASK_WORK, handle=presence.track(handle))
+    finally:  # a clean stop (SIGTERM) says so; a kill -9 just stops heartbeating and is shown gone
+        presence.stop()
+
+
+def agent_of(settings: Settings, name: str, handlers: Mapping[tuple[str, str], Handler]) -> Agent:
+    """How a worker process serving ``handlers`` registers: its routes, the models the operator allows (any when
+    the list is empty), one assignment at a time (the solo pool)."""
+    return Agent(name, routes=tuple(f"{s}.{r}" for s, r in handlers),
+                 models=tuple(sorted(settings.model_allow_list or ())), heartbeat_s=settings.agent_heartbeat_s)

@@ -91,6 +91,7 @@ _DECLARED: dict[tuple[str, str], dict[int, list[str]]] = {
     ("post", "/api/approvals/{approval_id}/reject"): {409: ["approval.not_pending"]},
     ("post", "/api/runs/{run_id}/signals/{name}"): {409: ["run.terminal"]},
     ("post", "/api/runs/{run_id}/cancel"): {409: ["run.terminal"]},
+    ("post", "/api/dead-letters/{letter_id}/requeue"): {422: ["budget.over_ceiling"]},
 }
 """What the generated document cannot know: which handlers raise which conflicts and lookups."""
 _METHODS = ("get", "put", "post", "delete", "patch", "head", "options", "trace")

@@ -7,7 +7,9 @@ import uuid
 from typing import Any
 
 from fastapi import APIRouter, Depends
+from sqlalchemy import Connection
 
+from bus import circuits
 from bus.envelope import Intent
 from bus.errors import Forbidden
 from coordinator import events as ev
@@ -20,6 +22,7 @@ from coordinator.keys import Principal
 from coordinator.planning import plan
 from coordinator.replay import as_json, initial_state
 from coordinator.store import run_view, token_rows
+from coordinator.timefmt import with_iso
 
 router = APIRouter()
 
@@ -55,9 +58,21 @@ def execute_intent(body: Intent, s: Services = Depends(services), who: Principal
 
 
 @router.get("/api/orchestrator/state")
-def state(run_id: str, s: Services = Depends(services),
+def state(run_id: str | None = None, s: Services = Depends(services),
           who: Principal = Depends(scoped("runs:read"))) -> dict[str, Any]:
-    """A run's state in one answer: the run, its tokens, and what it waits for and why."""
+    """A run's state in one answer: the run, its tokens, and what it waits for and why. Without ``run_id``
+    (admin only): the fleet's orchestrator state, every circuit breaker of (service, role, model) with it."""
+    if run_id is None:
+        who.require("admin")
+        with s.engine.connect() as conn:
+            return fleet_state(conn, now=time.time())
     with s.engine.connect() as conn:
         owned_run(conn, run_id, who)
         return {"run": run_view(conn, run_id), "tokens": token_rows(conn, run_id), "explain": explain(conn, run_id)}
+
+
+def fleet_state(conn: Connection, *, now: float) -> dict[str, Any]:
+    """The fleet's orchestrator state: every circuit (``bus/circuits.py``) and how many are in each state."""
+    found = [c.view() for c in circuits.read_all(conn)]
+    counts = {state: sum(1 for c in found if c["state"] == state) for state in circuits.STATES}
+    return with_iso({"checked_at": now, "circuits": found, "circuit_counts": counts})

@@ -7,12 +7,13 @@ from typing import Any
 from fastapi import FastAPI
 from sqlalchemy import select
 
-from coordinator.api import fleet, intents, keys, openapi, orchestrator, people, runs
+from coordinator.api import agents, dead_letters, fleet, intents, keys, openapi, orchestrator, people, runs
 from coordinator.api.deps import Services
 from coordinator.api.errors import install_error_handlers
 from coordinator.api.limits import BodyGuard
 
-ROUTERS = [runs.router, intents.router, people.router, orchestrator.router, fleet.router, keys.router]
+ROUTERS = [runs.router, intents.router, people.router, orchestrator.router, fleet.router, keys.router,
+           agents.router, dead_letters.router]
 """Every router of the API; a module adds its router here."""
 
 

@@ -226,7 +226,8 @@ def _enter_end(b: PlanBuilder, token: Token, node: EndNode) -> None:
         return
     finish_token(b, token)
     if node.status == "failed":
-        fail_workflow(b, Problem("workflow.end_failed", f"reached end node {token.node_id!r} with status failed",
+        fail_workflow(b, Problem(node.code or "workflow.end_failed",
+                                 node.message or f"reached end node {token.node_id!r} with status failed",
                                  details={"node": token.node_id, "output": output}))
     else:
         complete_workflow(b, output, reason=f"reached end node {token.node_id!r}")

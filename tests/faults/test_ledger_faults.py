@@ -7,6 +7,7 @@ PostgreSQL) with a recording bus that plays the broker; the real-process version
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 
 import pytest
 from sqlalchemy import select
@@ -16,7 +17,6 @@ from bus.celery_app import TASK_WORK
 from bus.envelope import Intent
 from bus.errors import WorkFailed
 from bus.schema import agent_messages, bus_events
-from bus.settings import Settings
 from coordinator import intents
 from coordinator.definitions import Registry, parse_definition
 from coordinator.store import run_view
@@ -285,18 +285,15 @@ def test_a_lost_row_is_resent_even_while_its_queue_is_busy(engine):
 
 
 def test_a_model_outside_the_allow_list_is_denied(engine):
-    from coordinator.dispatcher import Dispatcher
-
     registry = Registry.builtin()
     registry.add(parse_definition({
         "name": "pricey", "start": "a",
         "nodes": {"a": {"kind": "task", "route": {"service": "rag", "role": "embed"},
                         "agent": {"agent_id": "x", "model": "gpt-9-ultra"}, "next": "b"}, "b": {"kind": "end"}}}))
     handler = Calls()
-    fleet = Fleet(engine, {("rag", "embed"): handler}, registry=registry)
-    fleet.dispatcher = Dispatcher(engine=engine, publisher=fleet.publisher, clock=fleet.clock,
-                                  allowed_models=Settings(allowed_models="cogo-local, gpt-4o-mini").model_allow_list)
-    fleet.routes["cogo.execute"] = fleet.dispatcher.handle
+    fleet = Fleet(engine, {("rag", "embed"): handler}, registry=registry,
+                  settings=replace(Fleet.__dataclass_fields__["settings"].default_factory(),
+                                   allowed_models="cogo-local, gpt-4o-mini"))
     run_id = submit(fleet, intent="pricey")
     fleet.drain()
     assert run_status(engine, run_id)["error"]["code"] == "policy.model_denied"

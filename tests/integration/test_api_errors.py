@@ -38,7 +38,7 @@ def api(engine, key: str | None = None) -> TestClient:
     ("GET", "/api/runs/nope/messages", 404, "run.unknown"),
     ("GET", "/api/runs/nope/explain", 404, "run.unknown"),
     ("GET", "/api/orchestrator/state?run_id=nope", 404, "run.unknown"),
-    ("GET", "/api/orchestrator/state", 422, "request.invalid"),
+    ("GET", "/api/dead-letters/nope", 404, "dead_letter.not_found"),
     ("GET", "/api/runs?limit=0", 422, "request.invalid"),
     ("POST", "/api/approvals/nope/approve", 404, "approval.unknown"),
     ("POST", "/api/runs/nope/cancel", 404, "run.unknown"),

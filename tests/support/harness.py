@@ -9,20 +9,25 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from sqlalchemy import Engine
 
+from bus.agents import Presence
 from bus.celery_app import TASK_DECIDE, TASK_EXECUTE, TASK_WORK
 from bus.outbox import Delivery, messages
 from bus.reclaimer import Reclaimer
 from bus.settings import Settings
+from coordinator.admission import Setup, build
+from coordinator.admission.waiting import Waiting
 from coordinator.brain import Brain
 from coordinator.definitions import Registry
 from coordinator.dispatcher import Dispatcher
 from workers.handler import Handler
-from workers.runtime import Runtime
+from workers.runtime import Runtime, agent_of
 
 
 @dataclass
@@ -83,7 +88,8 @@ class Fleet:
     engine: Engine
     handlers: Mapping[tuple[str, str], Handler]
     registry: Registry = field(default_factory=Registry.builtin)
-    settings: Settings = field(default_factory=lambda: Settings(broker_url="memory://").checked())
+    settings: Settings = field(default_factory=lambda: Settings(broker_url="memory://",
+                                                                policy_file=Path(os.devnull)).checked())
     clock: Clock = field(default_factory=Clock)
     trace: list[tuple[str, str, str]] = field(default_factory=list)
     fail_fast: bool = False
@@ -98,15 +104,19 @@ class Fleet:
         self.publisher = RecordingPublisher(self.clock, batched=self.batched)
         common = {"engine": self.engine, "publisher": self.publisher, "clock": self.clock}
         self.brain = Brain(registry=self.registry, shards=self.settings.shards, fail_fast=self.fail_fast,
-                           batch_after_s=self.brain_batch_after_s, **common)
-        self.dispatcher = Dispatcher(**common)
+                           batch_after_s=self.brain_batch_after_s, waiting=Waiting(self.settings.policy_path), **common)
+        self.dispatcher = Dispatcher(policies=build(Setup(self.settings, frozenset(self.handlers))), **common)
         self.runtime = Runtime(settings=self.settings, handlers=self.handlers, rng=lambda: 0.5, **common)
+        # Registered like a worker process (``workers.runtime.serve``), heartbeating by the test's clock in ``deliver``.
+        self.agent = Presence(self.engine, agent_of(self.settings, "harness", self.handlers), clock=self.clock)
+        self.agent.start(heartbeats=False)
         self.reclaimer = Reclaimer(settings=self.settings, depth=lambda _q: 0, **common)
         self.routes: dict[str, Callable[[str], str]] = {
             TASK_DECIDE: self.brain.handle, TASK_EXECUTE: self.dispatcher.handle, TASK_WORK: self.runtime.handle}
 
     def deliver(self, delivery: Delivery) -> str:
         """Hand one delivery to its consumer, as the broker would (a batched one: all its rows at once)."""
+        self.agent.beat_if_due()
         ids = self.publisher.batch_of.get(id(delivery))  # a duplicate of the message carries them all again
         if ids is not None:
             outcomes = self.dispatcher.handle_batch(ids)

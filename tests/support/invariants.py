@@ -10,7 +10,8 @@
   join fired once (one ``operation.fan_in.fire`` per fan-in); each run's counts of active and waiting
   tokens are what its tokens say, and each fan-in's count of arrivals is how many arrival rows it has;
 * **nothing overspent**: every budget in every run tree holds (``tests.support.harness.overspent``), each
-  run's settled spend is exactly the usage recorded on its settled assignments, and every budgeted run's
+  run's settled spend is exactly the usage recorded on its settled assignments (and what re-queued dead letters
+  settled when they were re-queued: ``dead_letter_requeued``), and every budgeted run's
   counters (``coordinator.budgets``) equal what its subtree's rows say (the same function).
 
 An empty list is a ledger that held.
@@ -57,10 +58,7 @@ def ledger_problems(engine: Engine, *, expect_runs: int | None = None, roots: It
         fires = conn.execute(select(introspection_events.c.run_id, introspection_events.c.data)
                              .where(introspection_events.c.type == "operation.fan_in.fire")).all()
         fans = arrival_counts(conn)
-        settled = {(r.run_id): (r.tokens, r.cost) for r in conn.execute(
-            select(m.c.run_id, func.sum(m.c.usage_tokens).label("tokens"),
-                   func.sum(m.c.usage_cost_usd).label("cost"))
-            .where(m.c.kind == "assignment", m.c.status == ledger.SETTLED).group_by(m.c.run_id))}
+        settled = settled_spend(conn)
 
     if roots is not None:
         chosen = set(roots)
@@ -101,6 +99,21 @@ def ledger_problems(engine: Engine, *, expect_runs: int | None = None, roots: It
             problems.append(f"run {r.id} spent {r.spent_tokens} tokens / ${r.spent_cost_usd:.6f}, but its settled "
                             f"assignments used {int(tokens or 0)} / ${float(cost or 0.0):.6f}")
     return problems
+
+
+def settled_spend(conn) -> dict[str | None, tuple[int, float]]:
+    """Run id → the usage settled on its assignments (tokens, dollars): what its settled rows recorded, plus what
+    re-queued dead letters settled when they were re-queued (their rows start again from nothing; the spend is on
+    their ``dead_letter_requeued`` audit rows, ``coordinator/dead_letters.py``)."""
+    settled = {r.run_id: (int(r.tokens or 0), float(r.cost or 0.0)) for r in conn.execute(
+        select(m.c.run_id, func.sum(m.c.usage_tokens).label("tokens"), func.sum(m.c.usage_cost_usd).label("cost"))
+        .where(m.c.kind == "assignment", m.c.status == ledger.SETTLED).group_by(m.c.run_id))}
+    for r in conn.execute(select(bus_events.c.run_id, bus_events.c.detail)
+                          .where(bus_events.c.kind == "dead_letter_requeued")):
+        tokens, cost = settled.get(r.run_id, (0, 0.0))
+        spent = (r.detail or {}).get("settled") or {}
+        settled[r.run_id] = (tokens + spent.get("tokens", 0), cost + spent.get("cost_usd", 0.0))
+    return settled
 
 
 def arrival_counts(conn) -> list[tuple[str, str, int, int]]:

@@ -79,6 +79,7 @@ def test_the_catalogue_lists_builtin_intents_then_workflows_once_each():
     listed = [(i.name, i.workflow) for i in catalogue(REGISTRY)]
     assert listed == [("codegen", "codegen-build-test"), ("index", "indexing"), ("upgrade", "upgrade"),
                       ("demo", "demo"), ("embed", "single-task"), ("echo", "echo"),
+                      ("asdlc", "asdlc"),
                       ("codegen-build-test", "codegen-build-test"), ("indexing", "indexing"),
                       ("single-task", "single-task")]
     [index] = [i for i in catalogue(REGISTRY) if i.name == "index"]

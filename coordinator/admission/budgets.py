@@ -1,4 +1,4 @@
-"""Admission policies of the executor-dispatcher: pure checks of an assignment against the run tree's limits.
+"""The ``budgets`` admission policy: an assignment's whole budget must fit in every budget of its run tree.
 
 Budgets are admission control. Every budget in the tree (the run's own, each ancestor's that has one,
 the root's) is compared with its *commitment*: what was settled, plus the recorded usage of every
@@ -20,28 +20,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from bus.envelope import Assignment
-from bus.errors import Problem
+from coordinator.admission import ADMIT, Ask, Setup, Verdict
 
 COST_EPSILON = 1e-9
 """Costs are sums of doubles: a budget is met when the sum is within this of it."""
-
-
-@dataclass(frozen=True)
-class Verdict:
-    """The dispatcher's answer: admitted, deferred (ask again later) or denied, with a stable code and reason."""
-
-    admitted: bool
-    code: str = ""
-    reason: str = ""
-    detail: Mapping[str, Any] | None = None
-    deferred: bool = False
-
-    def problem(self) -> Problem:
-        """Why it was not admitted, as data (a denial is final; a deferral is not)."""
-        return Problem(self.code, self.reason, self.deferred, dict(self.detail or {}))
-
-
-ADMIT = Verdict(True)
 
 
 @dataclass(frozen=True)
@@ -78,12 +60,24 @@ class BudgetSnapshot:
         return self.spent_cost_usd + self.unsettled_cost_usd
 
 
-def admit(assignment: Assignment, run: BudgetSnapshot, *, allowed_models: frozenset[str] | None = None) -> Verdict:
-    """Check the model, then the budget; the first broken rule is the verdict."""
-    if allowed_models is not None and assignment.model not in allowed_models:
-        return Verdict(False, "policy.model_denied", f"model {assignment.model!r} is not allowed",
-                       {"allowed": sorted(allowed_models)})
-    return fits(assignment, run)
+class BudgetsPolicy:
+    """Every budget above a first admission must fit it (a re-admission after a backoff keeps what it reserved)."""
+
+    name = "budgets"
+
+    def __init__(self, setup: Setup):
+        pass
+
+    def check(self, ask: Ask) -> Verdict:
+        """A denial (spend alone leaves too little) wins over a deferral (what is held in flight may come back)."""
+        verdict = ADMIT
+        for limit in ask.budgets:
+            answer = fits(ask.assignment, limit)
+            if not answer.admitted and not answer.deferred:
+                return answer
+            if answer.deferred and verdict.admitted:
+                verdict = answer
+        return verdict
 
 
 def fits(assignment: Assignment, run: BudgetSnapshot) -> Verdict:

@@ -1,0 +1,41 @@
+"""admission policies: tenant period spend (tenant_spend, agent_messages.period_held) and the slot indexes
+
+Revision ID: 0013
+Revises: 0012
+Create Date: 2026-12-03 08:00:00
+"""
+import sqlalchemy as sa
+from alembic import op
+
+revision = '0013'
+down_revision = '0012'
+branch_labels = None
+depends_on = None
+
+SLOT_HOLDING = "kind = 'assignment' AND status IN ('dispatched', 'running')"
+WAITING = "kind = 'assignment' AND status = 'queued' AND retry_at IS NOT NULL"
+
+
+def upgrade() -> None:
+    op.create_table('tenant_spend',
+                    sa.Column('tenant', sa.String(length=128), nullable=False),
+                    sa.Column('period', sa.String(length=16), nullable=False),
+                    sa.Column('spent_usd', sa.Double(), nullable=False),
+                    sa.Column('held_usd', sa.Double(), nullable=False),
+                    sa.Column('updated_at', sa.Double(), nullable=False),
+                    sa.PrimaryKeyConstraint('tenant', 'period', name=op.f('pk_tenant_spend')))
+    with op.batch_alter_table('agent_messages', schema=None) as batch_op:
+        batch_op.add_column(sa.Column('period_held', sa.JSON(), nullable=True))
+    for name, columns, where in (("ix_agent_messages_slots_tenant", ["tenant"], SLOT_HOLDING),
+                                 ("ix_agent_messages_slots_route", ["service", "role"], SLOT_HOLDING),
+                                 ("ix_agent_messages_waiting", ["service", "role", "tenant"], WAITING)):
+        op.create_index(name, 'agent_messages', columns, unique=False,
+                        sqlite_where=sa.text(where), postgresql_where=sa.text(where))
+
+
+def downgrade() -> None:
+    for name in ("ix_agent_messages_waiting", "ix_agent_messages_slots_route", "ix_agent_messages_slots_tenant"):
+        op.drop_index(name, table_name='agent_messages')
+    with op.batch_alter_table('agent_messages', schema=None) as batch_op:
+        batch_op.drop_column('period_held')
+    op.drop_table('tenant_spend')
