@@ -53,6 +53,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
     fair.add_argument("--flood", type=int, default=1000, help="the flooding tenant's runs (default 1000)")
     fair.add_argument("--small", type=int, default=10, help="the small tenant's runs (default 10)")
     fair.add_argument("--ledger", choices=["sqlite", "postgres"], default="sqlite")
+    fair.add_argument("--sleep-ms", type=float, default=200.0, help="how long each task takes (default 200)")
+    fair.add_argument("--slots", type=int, default=3, help="the route's maxConcurrent in the fair scenario")
     fair.add_argument("--out", type=Path, default=None, help="also write <out>/fairness.json")
     table = sub.add_parser("table", help="print a result's tables as Markdown (for the README)")
     table.add_argument("path", type=Path, nargs="?", default=RESULTS / "latest.json")
@@ -133,7 +135,7 @@ def main(argv: list[str]) -> int:
     if args.command == "fairness":
         from bench import fairness
 
-        result = fairness.main(args.flood, args.small, args.ledger)
+        result = fairness.main(args.flood, args.small, args.ledger, args.sleep_ms, args.slots)
         print(json.dumps(result, indent=1))
         if args.out:
             args.out.mkdir(parents=True, exist_ok=True)

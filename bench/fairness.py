@@ -1,15 +1,18 @@
 """Fair shares weighted by spend: one tenant floods the fleet, another submits a few runs.
 
 ``python -m bench fairness [--flood 1000] [--small 10] [--ledger sqlite|postgres]`` starts a fleet whose
-bottleneck is its workers (two ``bench.sleep`` workers whose task takes ``SLEEP_MS``, as a model call would), and
-measures, on fresh ledgers:
+bottleneck is its workers (two ``bench.sleep`` workers whose task takes ``--sleep-ms``, 200 by default, as a model
+call would), and measures, on fresh ledgers:
 
 - ``idle``: the small tenant's runs on an otherwise idle fleet (their latency, ``ended_at - created_at``);
 - ``fifo``: the same runs submitted while the flood tenant's runs wait, with no policy table (admission sends
   everything to the worker queue, which serves it first come, first served);
-- ``fair``: the same with ``routes: {bench.sleep: {maxConcurrent: 4}}``: the route holds four assignments in flight
-  (two running, two queued behind them), the rest wait in the ledger, and a free slot goes to the tenant with the
-  lower spend-weighted share.
+- ``fair``: the same with ``routes: {bench.sleep: {maxConcurrent: 3}}`` (``--slots``): the route holds three
+  assignments in flight (two running, one queued behind them), the rest wait in the ledger, and a free slot goes
+  to the tenant with the lower spend-weighted share.
+
+The small runs are submitted once the brain has planned every flood run (each flood assignment exists and waits
+for a worker): what is measured is admission's order, not the brain's queue of start events.
 
 It prints JSON: per scenario the small runs' latency p50/max and the flood's throughput (runs per second from its
 first submission to its last run's end). The targets (issue 12): the small runs finish within 2 × their idle
@@ -18,6 +21,7 @@ latency, and the flood's throughput drops by no more than 10 % against ``fifo``.
 
 from __future__ import annotations
 
+import os
 import statistics
 import sys
 import tempfile
@@ -30,24 +34,27 @@ from sqlalchemy import create_engine, func, select
 
 from bench import fleet as bench_fleet
 from bench.cogo_side import post_many
+from bus.schema import agent_messages as m
 from bus.settings import Settings
 from coordinator.schema import runs as runs_table
 from ecosystem.launcher import Fleet
 from ecosystem.processes import PROCESSES, Process
 from workers.handler import WorkContext, WorkResult
 
-SLEEP_MS = 50
-WORKER = Process("bench-sleep-worker", "celery", "bench.fairness:worker", "bench.sleep: 50 ms per task",
+SLEEP_MS = 200
+"""How long a ``bench.sleep`` task takes (``COGO_BENCH_SLEEP_MS`` in the workers' environment)."""
+WORKER = Process("bench-sleep-worker", "celery", "bench.fairness:worker", "bench.sleep: a task that sleeps",
                  routes=(("bench", "sleep"),), replicas=2)
 CORE = ("orchestrator-chat", "cogo-orchestrator-brain", "cogo-executor-dispatcher", "cogo-bus-reclaimer")
 WORKFLOWS = Path(__file__).resolve().parent / "workflows"
-FAIR_TABLE = "routes: {bench.sleep: {maxConcurrent: 4}}\n"
+SLOTS = 3
+"""The route's limit in the ``fair`` scenario: its two workers' capacity and one message queued behind them."""
 ENDED = ("completed", "failed", "cancelled")
 
 
 def sleepy(_ctx: WorkContext, _payload: dict) -> WorkResult:
-    """Take ``SLEEP_MS``, like a short model call."""
-    time.sleep(SLEEP_MS / 1000)
+    """Take ``COGO_BENCH_SLEEP_MS``, like a model call."""
+    time.sleep(float(os.environ.get("COGO_BENCH_SLEEP_MS", SLEEP_MS)) / 1000)
     return WorkResult(output={})
 
 
@@ -81,10 +88,18 @@ def _latencies(engine, tenant: str) -> list[float]:
     return [(r.ended_at - r.created_at) * 1000 for r in rows]
 
 
-def scenario(settings: Settings, *, flood: int, small: int) -> dict:
-    """One fleet: warm up, then (with ``flood`` > 0) flood and submit the small runs once the flood waits."""
+def _planned(engine, tenant: str) -> int:
+    with engine.connect() as conn:
+        return conn.execute(select(func.count()).select_from(m).where(m.c.tenant == tenant,
+                                                                       m.c.kind == "assignment")).scalar()
+
+
+def scenario(settings: Settings, *, flood: int, small: int, sleep_ms: float) -> dict:
+    """One fleet: warm up, then (with ``flood`` > 0) flood, wait until the brain planned every flood run (its
+    assignments wait for the workers), and submit the small runs."""
     with Fleet(settings, only=[*CORE, WORKER.name], processes=(*PROCESSES, WORKER), free_ports=True,
-               console=Console(quiet=True), show_logs=False, env={"PYTHONUNBUFFERED": "1"}) as running:
+               console=Console(quiet=True), show_logs=False,
+               env={"PYTHONUNBUFFERED": "1", "COGO_BENCH_SLEEP_MS": str(sleep_ms)}) as running:
         engine = create_engine(settings.database_url)
         post_many(running.api_url, "warm", "bench-sleep", 4, clients=2, api_key=running.api_key)
         _wait(engine, "warm", 4, 60)
@@ -92,7 +107,9 @@ def scenario(settings: Settings, *, flood: int, small: int) -> dict:
         start = time.time()
         if flood:
             post_many(running.api_url, "flood", "bench-sleep", flood, clients=4, api_key=running.api_key)
-            time.sleep(1.0)  # the flood's starts are planned; its assignments wait for the workers
+            deadline = time.time() + 120
+            while _planned(engine, "flood") < flood and time.time() < deadline:
+                time.sleep(0.1)
             out["flood_ended_before_small"] = _ended(engine, "flood")
         post_many(running.api_url, "small", "bench-sleep", small, clients=2, api_key=running.api_key)
         _wait(engine, "small", small, 600)
@@ -108,11 +125,13 @@ def scenario(settings: Settings, *, flood: int, small: int) -> dict:
     return out
 
 
-def run(*, flood: int, small: int, ledger: str, broker_url: str, workdir: Path, log: Callable[[str], None]) -> dict:
+def run(*, flood: int, small: int, ledger: str, broker_url: str, workdir: Path, log: Callable[[str], None],
+        sleep_ms: float = SLEEP_MS, slots: int = SLOTS) -> dict:
     """The three scenarios on fresh ledgers of kind ``ledger``; the JSON the CLI prints."""
-    result: dict = {"flood": flood, "small": small, "ledger": ledger, "sleep_ms": SLEEP_MS, "workers": 2,
-                    "scenarios": {}}
-    for name, table, n in (("idle", "", 0), ("fifo", "", flood), ("fair", FAIR_TABLE, flood)):
+    result: dict = {"flood": flood, "small": small, "ledger": ledger, "sleep_ms": sleep_ms, "workers": 2,
+                    "slots": slots, "scenarios": {}}
+    fair = f"routes: {{bench.sleep: {{maxConcurrent: {slots}}}}}\n"
+    for name, table, n in (("idle", "", 0), ("fifo", "", flood), ("fair", fair, flood)):
         log(f"{name}: flood {n}, small {small}")
         home = workdir / name
         home.mkdir(parents=True)
@@ -120,7 +139,7 @@ def run(*, flood: int, small: int, ledger: str, broker_url: str, workdir: Path, 
         with bench_fleet.ledger(ledger, home / "ledger") as url:
             settings = Settings(home=home, broker_url=broker_url, database_url=url, workflows_dir=WORKFLOWS,
                                 log_level="WARNING", rate_per_s=10_000.0, rate_burst=10_000).checked()
-            result["scenarios"][name] = scenario(settings, flood=n, small=small)
+            result["scenarios"][name] = scenario(settings, flood=n, small=small, sleep_ms=sleep_ms)
     s = result["scenarios"]
     idle = s["idle"]["small"]
     result["fair_small_vs_idle"] = {"p50": round(s["fair"]["small"]["p50_ms"] / idle["p50_ms"], 2),
@@ -131,8 +150,8 @@ def run(*, flood: int, small: int, ledger: str, broker_url: str, workdir: Path, 
     return result
 
 
-def main(flood: int, small: int, ledger: str) -> dict:
+def main(flood: int, small: int, ledger: str, sleep_ms: float = SLEEP_MS, slots: int = SLOTS) -> dict:
     """Run the bench on a Redis of its own in a temporary directory."""
     with tempfile.TemporaryDirectory(prefix="cogo-bench-") as tmp, bench_fleet.own_redis(Path(tmp)) as broker:
-        return run(flood=flood, small=small, ledger=ledger, broker_url=broker, workdir=Path(tmp),
-                   log=lambda line: print(line, file=sys.stderr, flush=True))
+        return run(flood=flood, small=small, ledger=ledger, broker_url=broker, workdir=Path(tmp), sleep_ms=sleep_ms,
+                   slots=slots, log=lambda line: print(line, file=sys.stderr, flush=True))

@@ -43,9 +43,12 @@ TRANSITIONS: Mapping[str, frozenset[str]] = {
     RETRY_WAIT: frozenset({DISPATCHED, FAILED, DEAD}),
     DONE: frozenset({SETTLED}),
     FAILED: frozenset({SETTLED}),
-    DEAD: frozenset({SETTLED}),
+    DEAD: frozenset({SETTLED, QUEUED}),  # → queued: only a held dead letter an operator re-queues (``requeue``)
     SETTLED: frozenset(),
 }
+
+HELD_LETTER = "held"
+"""``agent_messages.dead_letter`` of a ``dead`` assignment held for an operator (its run waits for it)."""
 
 SNIPPET_CHARS = 2000
 
@@ -268,12 +271,23 @@ def close_abandoned(conn: Connection, message_id: str, *, attempt: int, now: flo
     return conn.execute(stmt).rowcount == 1
 
 
-def defer(conn: Connection, message_id: str, *, retry_at: float, now: float, from_: str = QUEUED) -> bool:
+def defer(conn: Connection, message_id: str, *, retry_at: float, now: float, from_: str = QUEUED,
+          waiting_for: str | None = None, waiting_since: float | None = None) -> bool:
     """Leave a ``queued`` (or ``retry_wait``) assignment as it is, to be admitted again at ``retry_at`` (an
-    admission policy said not yet). Its status does not change: it is not admitted, so it reserves nothing and
-    uses no attempt."""
+    admission policy said not yet: ``waiting_for`` its code, since ``waiting_since``). Its status does not
+    change: it is not admitted, so it reserves nothing and uses no attempt."""
     stmt = (update(m).where(m.c.id == message_id, m.c.status == from_)
-            .values(retry_at=retry_at, updated_at=now))
+            .values(retry_at=retry_at, updated_at=now, waiting_for=waiting_for, waiting_since=waiting_since))
+    return conn.execute(stmt).rowcount == 1
+
+
+def requeue(conn: Connection, message_id: str, *, now: float, values: Mapping[str, Any]) -> bool:
+    """``dead → queued`` for a dead letter held for an operator (``dead_letter = 'held'``, no attempt running):
+    its new attempts go through admission again. False when it is not such a letter now (acted on already)."""
+    assert can_move(DEAD, QUEUED)
+    stmt = (update(m).where(m.c.id == message_id, m.c.status == DEAD, m.c.dead_letter == HELD_LETTER,
+                            m.c.lease_until.is_(None))
+            .values(status=QUEUED, updated_at=now, **values))
     return conn.execute(stmt).rowcount == 1
 
 

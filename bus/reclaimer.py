@@ -132,7 +132,7 @@ class Reclaimer:
                 self.settings.dead_letter):
             return False
         values = {"last_error": f"{error['code']}: {error['message']}", "last_error_at": now, "lease_until": None,
-                  "dead_letter": "held"}
+                  "dead_letter": ledger.HELD_LETTER}
         if not ledger.move(conn, row.id, from_=(ledger.RUNNING,), to=ledger.DEAD, now=now, attempt=row.attempts,
                            values=values):
             return False

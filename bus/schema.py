@@ -31,7 +31,7 @@ HELD_FINAL = "{t}held_tokens IS NOT NULL AND {t}status IN ('done', 'failed', 'de
 """An assignment that held budget and ended (or was abandoned) but is not settled yet (``{t}``: a table
 prefix, so a query can name the partial index's predicate exactly)."""
 SLOT_HOLDING = "kind = 'assignment' AND status IN ('dispatched', 'running')"
-WAITING = "kind = 'assignment' AND status = 'queued' AND retry_at IS NOT NULL"
+WAITING = "kind = 'assignment' AND status = 'queued' AND waiting_for IS NOT NULL"
 BIGID = BigInteger().with_variant(Integer, "sqlite")  # SQLite autoincrements only INTEGER PRIMARY KEY
 
 agent_messages = Table(
@@ -72,6 +72,9 @@ agent_messages = Table(
     # What an admitted assignment holds against its tenant's period budgets until it is settled:
     # ``{"periods": [...], "usd": held, "usd_per_token": price or null}`` (``coordinator/admission/period.py``).
     Column("period_held", JSON, nullable=True),
+    # What a deferred assignment waits for (the admission policy's code) and since when; NULL once admitted.
+    Column("waiting_for", String(64), nullable=True),
+    Column("waiting_since", Double, nullable=True),
     Index(None, "status", "updated_at"),
     Index(None, "run_id"),
     Index(None, "causation_id"),

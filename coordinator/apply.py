@@ -15,21 +15,19 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import JSON, Connection, cast, delete, func, insert, literal, select, update
+from sqlalchemy import JSON, Connection, cast, delete, func, insert, literal, update
 from sqlalchemy.dialects.postgresql import JSONB
 
 from bus import db, introspection, ledger
-from bus.celery_app import TASK_EXECUTE
-from bus.envelope import AssignmentEnvelope, Intent, TokenRef, Usage
+from bus.envelope import AssignmentEnvelope, Intent, TokenRef
 from bus.errors import Conflict, Problem
 from bus.introspection import IntrospectionEvent
 from bus.outbox import Delivery, Publisher, delivery_for
-from bus.routing import Route, execute_queue, shard_for
+from bus.routing import Route, shard_for
 from bus.schema import agent_messages
 from bus.sql_trace import SqlTrace
-from coordinator import budgets
+from coordinator import budgets, settlement
 from coordinator import decisions as d
-from coordinator.admission import period
 from coordinator.admission.waiting import Waiting
 from coordinator.definitions import Registry
 from coordinator.planning.builder import Plan
@@ -276,33 +274,15 @@ class Phase1:
         attempt that may still run keeps its reservation until it ends: ``ledger.close_abandoned``, or the
         reclaimer once its lease ran out, reports it back to be settled). Each adds its total usage, read from
         the row, to the run — once, because only the first settle returns it — and, under budgets, moves what
-        it held to spent on the tree's counters (``coordinator.budgets``); what it held beyond its usage is
-        free, so the tree's assignments deferred for budget are asked again now rather than after their
-        back-off. After the changes: rows are locked in the dispatcher's order (root run, run, assignment)."""
+        it held to spent on the tree's counters (``coordinator.settlement``); what it held beyond its usage is
+        free, so what waits for it is asked again now rather than after its back-off. After the changes: rows
+        are locked in the dispatcher's order (root run, run, assignment)."""
         settled = [s for a in self.to_settle if (s := ledger.settle(self.conn, a, now=self.now)) is not None]
         settled += ledger.settle_abandoned(self.conn, self.abandoned, now=self.now)
-        if not settled:
-            return
-        spent = sum((s.usage for s in settled), Usage())
-        if spent.tokens or spent.cost_usd:
-            self.conn.execute(update(runs).where(runs.c.id == self.run.id).values(
-                spent_tokens=runs.c.spent_tokens + spent.tokens, spent_cost_usd=runs.c.spent_cost_usd + spent.cost_usd))
         for s in settled:
             self.op_at("dispatch.assignment.settled", s.id, tokens=s.usage.tokens, cost_usd=s.usage.cost_usd)
-        period.settle(self.conn, settled, self.now)
-        if self.waiting is not None:
-            self.effects.deliveries += self.waiting.wake(self.conn, settled, self.now)
-        if self.above is not None:  # only a budget defers: a tree without one has none waiting
-            budgets.settle(self.conn, self.above, settled)
-            self.effects.deliveries += self._wake_deferred()
-
-    def _wake_deferred(self) -> list[Delivery]:
-        tree = select(runs.c.id).where(runs.c.root_run_id == (self.run.root_run_id or self.run.id))
-        m = agent_messages
-        woken = self.conn.execute(update(m).where(m.c.run_id.in_(tree), m.c.kind == "assignment",
-                                                  m.c.status == ledger.QUEUED, m.c.retry_at > self.now)
-                                  .values(retry_at=self.now).returning(m.c.id, m.c.shard)).all()
-        return [Delivery(TASK_EXECUTE, execute_queue(r.shard), r.id) for r in woken]
+        self.effects.deliveries += settlement.settle(self.conn, settled, run_id=self.run.id, above=self.above,
+                                                     now=self.now, shard=self.shard, waiting=self.waiting)
 
 
 def _token_row(run_id: str, t: Any, error: Any, now: float) -> dict[str, Any]:

@@ -27,7 +27,7 @@ from typing import Any
 from sqlalchemy import Connection, select, update
 
 from bus import ledger, outcomes
-from bus.envelope import ASSIGNMENT_KEY, AssignmentEnvelope, Budget, Usage
+from bus.envelope import ASSIGNMENT_KEY, AssignmentEnvelope, Budget
 from bus.errors import CogoError, InvalidRequest, NotFound, Problem
 from bus.introspection import write
 from bus.outbox import Delivery, destination
@@ -35,12 +35,11 @@ from bus.routing import Route
 from bus.schema import agent_messages as m
 from bus.schema import bus_events
 from bus.schema import introspection_events as ie
-from coordinator import budgets
-from coordinator.admission import period
+from coordinator import budgets, settlement
 from coordinator.schema import runs
 from coordinator.timefmt import with_iso
 
-HELD = "held"
+HELD = ledger.HELD_LETTER
 REQUEUED = "requeued"
 DISCARDED = "discarded"
 STATES = (HELD, REQUEUED, DISCARDED)
@@ -78,6 +77,13 @@ class Acted:
     run_id: str | None
     detail: dict[str, Any]
     delivery: Delivery | None
+    woken: tuple[Delivery, ...] = ()
+    """What the settlement of a re-queued letter's spend woke (assignments that waited for its budget)."""
+
+    @property
+    def deliveries(self) -> list[Delivery]:
+        """Everything to send after commit."""
+        return ([self.delivery] if self.delivery is not None else []) + list(self.woken)
 
     def view(self, action: str) -> dict[str, Any]:
         """The answer of the API and the CLI."""
@@ -154,21 +160,19 @@ def requeue(conn: Connection, letter_id: str, *, by: Actor, tenant: str | None, 
     if budget is not None:
         payload[ASSIGNMENT_KEY] = {**envelope.assignment, "budget": budget.model_dump(by_alias=True)}
     attempts = envelope.retry_policy(1).maximum_attempts if envelope.retry else 1
-    moved = conn.execute(update(m).where(m.c.id == letter_id, m.c.status == ledger.DEAD, m.c.dead_letter == HELD,
-                                         m.c.lease_until.is_(None))
-                         .values(status=ledger.QUEUED, dead_letter=REQUEUED, max_attempts=row.attempts + attempts,
-                                 retry_at=None, payload=payload, usage_tokens=0, usage_cost_usd=0.0,
-                                 held_tokens=None, held_cost_usd=None, period_held=None, updated_at=now,
-                                 published_at=now)).rowcount
-    if moved != 1:
+    moved = ledger.requeue(conn, letter_id, now=now, values={
+        "dead_letter": REQUEUED, "max_attempts": row.attempts + attempts, "retry_at": None, "payload": payload,
+        "usage_tokens": 0, "usage_cost_usd": 0.0, "held_tokens": None, "held_cost_usd": None, "period_held": None,
+        "published_at": now})
+    if not moved:
         raise _not_held(letter_id, "it was re-queued or discarded meanwhile")
-    settled = _settle(conn, row, above, now)
+    settled, woken = _settle(conn, row, above, now)
     detail = {"by": by.name, "tenant": by.tenant,
               "budget": None if budget is None else budget.model_dump(by_alias=True),
               "attempts": attempts, "max_attempts": row.attempts + attempts, "settled": settled}
     _record(conn, row, "dead_letter_requeued", detail, "dispatch.assignment.requeued", now)
     task, queue = destination(route=Route(row.service, row.role, row.shard, row.tenant), status=ledger.QUEUED)
-    return Acted(letter_id, row.run_id, detail, Delivery(task, queue, letter_id))
+    return Acted(letter_id, row.run_id, detail, Delivery(task, queue, letter_id), tuple(woken))
 
 
 def discard(conn: Connection, letter_id: str, *, by: Actor, tenant: str | None, now: float, reason: str = ""
@@ -192,8 +196,9 @@ def discard(conn: Connection, letter_id: str, *, by: Actor, tenant: str | None, 
     detail = {"by": by.name, "tenant": by.tenant, "reason": reason, "error": error}
     _record(conn, row, "dead_letter_discarded", detail, "dispatch.assignment.discarded", now)
     if row.run_id is None:  # no run waits for it: nothing to report, so it is settled here
-        ledger.settle(conn, letter_id, now=now)
-        return Acted(letter_id, None, detail, None)
+        done = ledger.settle(conn, letter_id, now=now)
+        woken = settlement.settle(conn, [done] if done else [], run_id=None, above=None, now=now, shard=row.shard)
+        return Acted(letter_id, None, detail, None, tuple(woken))
     delivery = outcomes.report(conn, assignment_id=letter_id, run_id=row.run_id, tenant=row.tenant,
                                payload=row.payload, kind=outcomes.TASK_FAILED, now=now, shard=row.shard,
                                body={"error": error, "attempts": held.get("attempts", row.attempts),
@@ -240,22 +245,16 @@ def _check_budget(conn: Connection, budget: Budget, above: budgets.Chain | None,
                                      details={"field": f"budget.{field}", "max": ceiling, "limit": where})
 
 
-def _settle(conn: Connection, row: Any, above: budgets.Chain | None, now: float) -> dict[str, Any]:
+def _settle(conn: Connection, row: Any, above: budgets.Chain | None, now: float
+            ) -> tuple[dict[str, Any], list[Delivery]]:
     """Turn what the letter held and spent into settled spend, once (the brain's settlement, ``apply._settle``):
     its usage to its run's ``spent_*`` and, under budgets, its hold released and its usage added on every
     budgeted run above it. The caller reset the row's usage and hold in the same transaction."""
-    usage = Usage(tokens=row.usage_tokens, cost_usd=row.usage_cost_usd)
-    held = None if row.held_tokens is None else Usage(tokens=row.held_tokens, cost_usd=row.held_cost_usd or 0.0)
-    if row.run_id and (usage.tokens or usage.cost_usd):
-        conn.execute(update(runs).where(runs.c.id == row.run_id).values(
-            spent_tokens=runs.c.spent_tokens + usage.tokens, spent_cost_usd=runs.c.spent_cost_usd + usage.cost_usd))
-    settled = ledger.Settled(row.id, row.run_id, usage, held, tenant=row.tenant, service=row.service, role=row.role,
-                             period_held=row.period_held)
-    period.settle(conn, [settled], now)
-    if above is not None:
-        budgets.settle(conn, above, [settled])
+    settled = ledger.Settled.of(row)
+    usage, held = settled.usage, settled.held
+    woken = settlement.settle(conn, [settled], run_id=row.run_id, above=above, now=now, shard=row.shard)
     return {"tokens": usage.tokens, "cost_usd": usage.cost_usd,
-            "released": None if held is None else held.model_dump()}
+            "released": None if held is None else held.model_dump()}, woken
 
 
 def _record(conn: Connection, row: Any, kind: str, detail: dict[str, Any], trace: str, now: float) -> None:

@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, NamedTuple
 
-from sqlalchemy import Engine, bindparam, desc, select
+from sqlalchemy import Engine, bindparam, select
 
 from bus import faults, ledger, outcomes
 from bus.celery_app import TASK_EXECUTE, TASK_WORK
@@ -20,11 +20,10 @@ from bus.introspection import IntrospectionEvent, write
 from bus.outbox import EARLY_TOLERANCE_S, Delivery, Publisher
 from bus.routing import Route, execute_queue
 from bus.schema import agent_messages as m
-from bus.schema import bus_events
 from bus.settings import Settings
 from bus.sql_trace import traced
 from coordinator import budgets
-from coordinator.admission import Ask, Policy, Setup, Verdict, admitted, build, evaluate
+from coordinator.admission import Ask, Policy, Setup, Verdict, admitted, build, evaluate, prepare
 from coordinator.admission.budgets import BudgetSnapshot
 from coordinator.schema import runs
 
@@ -137,6 +136,7 @@ class Dispatcher:
         out = _Written()
         with self.engine.begin() as conn, traced(conn, self.sql_events) as trace:
             rows = {r.id: r for r in conn.execute(_ROWS, {"ids": list(message_ids)})}
+            prepare(self.policies, conn, list(rows.values()), now)
             results = [self._one(conn, rows.get(message_id), now, out) for message_id in message_ids]
             row = rows.get(message_ids[0])
             if trace is not None and row is not None and row.run_id and results[0] not in ("duplicate", "early"):
@@ -166,6 +166,7 @@ class Dispatcher:
             ask = Ask(conn, row, contract, now, first=row.status == ledger.QUEUED,
                       budgets=out.budgets_above(conn, above) if above else ())
             verdict = evaluate(self.policies, ask)
+            out.deliveries += [Delivery(TASK_EXECUTE, execute_queue(shard), i) for i, shard in ask.woken]
         except Exception as exc:  # malformed data must fail this assignment, not loop through the reclaimer
             if faults.is_infrastructure(exc):  # not the assignment's fault: retried, never a denial
                 raise
@@ -184,7 +185,7 @@ class Dispatcher:
         budget = contract.budget
         held = budgets.holding(budget) if above is not None else {}  # held by the row until it is settled
         if not ledger.move(conn, row.id, from_=(row.status,), to=ledger.DISPATCHED, now=now,
-                           values={"retry_at": None, **held}):
+                           values={"retry_at": None, "waiting_for": None, "waiting_since": None, **held}):
             return "duplicate"
         if above is not None:
             budgets.reserve(conn, above, budget)
@@ -202,17 +203,20 @@ class Dispatcher:
 
     def _defer(self, conn, row: Any, verdict: Verdict, token: TokenRef, now: float, out: _Written) -> str:
         """Leave the assignment where it is (``queued``, or ``retry_wait``: no attempt and no budget consumed)
-        and ask again at the verdict's time, or after a doubling delay. What it waits for is said when it starts
-        waiting and whenever that changes, not at every re-check."""
+        and ask again at the verdict's time, or after a delay as long as it has waited so far (doubling, from
+        ``DEFER_MIN_S`` up to ``DEFER_MAX_S``). The row keeps what it waits for (``waiting_for``, the code) and
+        since when; that is said when a wait starts and when what it waits for changes (``_kind``), not at every
+        re-check."""
+        same = row.waiting_for is not None and _kind(row.waiting_for) == _kind(verdict.code)
+        since = row.waiting_since if same and row.waiting_since is not None else now
         if verdict.until is not None:
             delay_s = min(DEFER_UNTIL_MAX_S, max(DEFER_MIN_S / 10, verdict.until - now))
-        elif row.retry_at is None or row.status != ledger.QUEUED:
-            delay_s = DEFER_MIN_S
         else:
-            delay_s = min(DEFER_MAX_S, max(DEFER_MIN_S, 2 * (row.retry_at - row.updated_at)))
-        if not ledger.defer(conn, row.id, from_=row.status, retry_at=now + delay_s, now=now):
+            delay_s = min(DEFER_MAX_S, max(DEFER_MIN_S, now - since))
+        if not ledger.defer(conn, row.id, from_=row.status, retry_at=now + delay_s, now=now,
+                            waiting_for=verdict.code, waiting_since=since):
             return "duplicate"
-        if row.run_id and _deferred_for(conn, row.id) != verdict.code:
+        if row.run_id and not same:
             detail = dict(verdict.detail or {})
             if verdict.code == "budget.deferred":
                 detail["waiting_for"] = _in_flight(conn, detail.get("run_id") or row.run_id, row.id)
@@ -241,12 +245,15 @@ class Dispatcher:
                                                   shard=row.shard, body={"error": error, "attempts": row.attempts}))
 
 
-def _deferred_for(conn, message_id: str) -> str | None:
-    """The code of the assignment's latest deferral, if it was deferred before."""
-    detail = conn.execute(select(bus_events.c.detail).where(bus_events.c.message_id == message_id,
-                                                            bus_events.c.kind == "execute_deferred")
-                          .order_by(desc(bus_events.c.id)).limit(1)).scalar()
-    return (detail or {}).get("code") if detail is not None else None
+ONE_WAIT = frozenset({"concurrency", "agents"})
+"""Families of deferral codes that are one wait whatever the code says at each ask: a slot (at the limit, or
+yielding it to a tenant with a lower share), a live agent (none, or none serving the model)."""
+
+
+def _kind(code: str) -> str:
+    """Which wait a deferral code is: its family for ``ONE_WAIT``, else the code itself."""
+    family = code.partition(".")[0]
+    return family if family in ONE_WAIT else code
 
 
 def _in_flight(conn, run_id: str, exclude: str) -> list[str]:

@@ -12,6 +12,7 @@ from typing import Any
 
 from sqlalchemy import Connection, select
 
+from bus import ledger
 from bus.schema import agent_messages as m
 from bus.schema import introspection_events as ie
 from coordinator.schema import approvals, fan_arrivals, fan_ins, runs, tokens
@@ -75,7 +76,8 @@ def _explain_token(conn: Connection, run_id: str, token, since: float, active) -
 
 def _task(conn: Connection, _run_id: str, token, _active) -> dict[str, Any]:
     row = conn.execute(select(m.c.id, m.c.status, m.c.attempts, m.c.max_attempts, m.c.retry_at, m.c.lease_until,
-                              m.c.last_error, m.c.service, m.c.role, m.c.dead_letter)
+                              m.c.last_error, m.c.service, m.c.role, m.c.dead_letter, m.c.waiting_for,
+                              m.c.waiting_since)
                        .where(m.c.id == token.assignment_id)).first() \
         if token.assignment_id else None
     if row is None:
@@ -83,15 +85,16 @@ def _task(conn: Connection, _run_id: str, token, _active) -> dict[str, Any]:
     route = f"{row.service}.{row.role}"
     detail = {"assignment_id": row.id, "route": route, "assignment_status": row.status,
               "attempt": row.attempts, "max_attempts": row.max_attempts, "last_error": row.last_error}
-    if row.status == "retry_wait":
+    if row.status in ("queued", "retry_wait") and row.waiting_for is not None:  # admission deferred it
+        deferred = _deferral(conn, _run_id, token.id, row.id)
+        detail.update(retry_at=row.retry_at, deferred=deferred, waiting_for=row.waiting_for,
+                      waiting_since=row.waiting_since)
+        summary = f"{token.node_id}: {_wait(row.id, deferred, row.retry_at)}"
+    elif row.status == "retry_wait":
         detail["retry_at"] = row.retry_at
         summary = (f"{token.node_id}: attempt {row.attempts} of {row.max_attempts} failed ({row.last_error}); "
                    f"retry backoff until {iso(row.retry_at)}")
-    elif row.status == "queued" and row.retry_at is not None:
-        deferred = _deferral(conn, _run_id, token.id, row.id)
-        detail.update(retry_at=row.retry_at, deferred=deferred)
-        summary = f"{token.node_id}: {_wait(row.id, deferred, row.retry_at)}"
-    elif row.status == "dead" and row.dead_letter == "held":
+    elif row.status == "dead" and row.dead_letter == ledger.HELD_LETTER:
         detail["dead_letter"] = "held"
         attempts = f"{row.attempts} attempt" + ("s" if row.attempts != 1 else "")
         summary = (f"{token.node_id}: assignment {row.id} is a dead letter after {attempts} ({row.last_error}); "

@@ -186,7 +186,7 @@ class Outcome:
         held letter for an abandoned attempt."""
         if self.envelope.holds_dead_letter(self.runtime.settings.dead_letter):
             if not self._move(conn, ledger.DEAD, {**_error(failure, self.now), "lease_until": None,
-                                                   "dead_letter": "held"}):
+                                                   "dead_letter": ledger.HELD_LETTER}):
                 return "lost"
             error = failure.problem.to_dict()
             kinds = [failure.audit] + (["execute_failed"] if failure.audit != "execute_failed" else [])

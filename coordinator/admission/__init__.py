@@ -72,6 +72,7 @@ class Ask:
             keeps the budget it reserved the first time.
         budgets: every budget of the run tree above it with what is committed to each (read with the tree's
             root locked; empty when none, or on a re-admission).
+        woken: filled by a policy that wakes other waiting assignments.
     """
 
     conn: Connection
@@ -80,6 +81,8 @@ class Ask:
     now: float
     first: bool = True
     budgets: Sequence[Any] = ()
+    woken: list[tuple[str, int]] = field(default_factory=list)
+    """``(row id, shard)`` of waiting assignments a policy asks to be asked again now (sent after commit)."""
 
     @property
     def route(self) -> str:
@@ -109,8 +112,10 @@ class Policy(Protocol):
         """Admit, deny or defer ``ask``."""
         ...
 
-    # Optional: ``admitted(ask)``, called once every policy admitted ``ask``, in its admission transaction, to hold
-    # what the policy counts (a period budget's reservation), so nothing is held for an assignment that waits.
+    # Optional: ``prepare(conn, rows, now)``, called once per admission transaction with every row it will ask
+    # about, to take the locks the policy needs in one order (a deadlock needs two orders); and ``admitted(ask)``,
+    # called once every policy admitted ``ask``, in its admission transaction, to hold what the policy counts (a
+    # period budget's reservation), so nothing is held for an assignment that waits.
 
 
 POLICIES: dict[str, str] = {
@@ -146,6 +151,14 @@ def _load(entry: str) -> type:
     except (ImportError, AttributeError) as exc:
         raise ConfigError(f"admission policy {entry!r} cannot be loaded: {exc}") from exc
     return cls
+
+
+def prepare(policies: Sequence[Policy], conn: Connection, rows: Sequence[Any], now: float) -> None:
+    """Let the policies that lock something take their locks for the whole batch first."""
+    for policy in policies:
+        hook = getattr(policy, "prepare", None)
+        if hook is not None:
+            hook(conn, rows, now)
 
 
 def admitted(policies: Sequence[Policy], ask: Ask) -> None:

@@ -3,7 +3,8 @@
 - A route that the composition root does not declare and that no agent ever registered is a mistake that waiting
   cannot fix: denied at once, ``agents.no_agent_type``.
 - A known route with no live agent (every one stopped or gone, or none registered yet at fleet start) waits,
-  visibly, up to ``COGO_AGENT_WAIT_S`` after it began waiting, then is denied, ``agents.no_available_agent``.
+  visibly, up to ``COGO_AGENT_WAIT_S`` after it began waiting for one, then is denied,
+  ``agents.no_available_agent``.
 - A route whose live agents serve neither the assignment's model (when they declare models) nor its contract
   version waits the same way, then is denied, ``agents.no_matching_agent``.
 
@@ -89,12 +90,13 @@ class AgentsPolicy:
 
 
 def _waiting_since(ask: Ask) -> float:
-    """When the assignment began waiting for an agent: created (a first admission), or its last attempt's failure
-    (a re-admission after a retry's backoff)."""
+    """When the assignment began waiting for an agent: the start of its current ``agents.*`` wait (the dispatcher
+    keeps it on the row), else now — not when it was created, so work that waited for something else (a slot, a
+    budget), a backlog found at a restart or a re-queued dead letter gets its whole wait."""
     row = ask.row
-    if ask.first:
-        return row.created_at
-    return getattr(row, "last_error_at", None) or row.created_at
+    waiting_for = getattr(row, "waiting_for", None) or ""
+    since = getattr(row, "waiting_since", None)
+    return since if waiting_for.startswith("agents.") and since is not None else ask.now
 
 
 def _clock(at: float) -> str:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from sqlalchemy import Connection, func, select
 
+from bus import ledger
 from bus.schema import agent_messages as m
 from coordinator.admission.table import Table
 
@@ -22,6 +23,9 @@ WINDOW_S = 300.0
 UNIT_USD = 0.001
 """What one assignment counts for beside its dollars."""
 REFRESH_S = 1.0
+ADMITTED = (ledger.DISPATCHED, ledger.RUNNING, ledger.RETRY_WAIT, ledger.DONE, ledger.FAILED, ledger.DEAD,
+            ledger.SETTLED)
+"""Every status of an assignment that was admitted."""
 
 
 def share(spent_usd: float, assignments: int, weight: float) -> float:
@@ -51,7 +55,8 @@ class Shares:
 
 
 def _recent(conn: Connection, since: float) -> Mapping[str, tuple[float, int]]:
+    # One range of the (status, updated_at) index per status: the window's rows, not the table's history.
     rows = conn.execute(select(m.c.tenant, func.coalesce(func.sum(m.c.usage_cost_usd), 0.0), func.count())
-                        .where(m.c.kind == "assignment", m.c.updated_at >= since, m.c.status != "queued")
+                        .where(m.c.status.in_(ADMITTED), m.c.updated_at >= since, m.c.kind == "assignment")
                         .group_by(m.c.tenant))
     return {r[0]: (float(r[1]), int(r[2])) for r in rows}

@@ -7,20 +7,21 @@ assignment holds what it may cost at most (its ``maxTokens`` at its model's pric
 model the table does not price) in every period it falls in (the row remembers it in ``period_held``), and the
 brain, when it settles the row, releases the hold and adds the priced usage to the period's spend (``settle``).
 An assignment whose cost does not fit what the period has left waits for the next period (deferred until it
-starts, and said so); one that fits once the assignments in flight settle waits for them.
+starts, and said so); one that fits once the assignments in flight settle waits for them; one whose most cost
+exceeds the period's whole budget is denied (``budget.period_exceeded``): no period could admit it.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 
 from sqlalchemy import Connection, select, update
 from sqlalchemy.exc import IntegrityError
 
 from bus import ledger
 from bus.schema import agent_messages as m
-from coordinator.admission import ADMIT, Ask, Setup, Verdict, defer
+from coordinator.admission import ADMIT, Ask, Setup, Verdict, defer, deny
 from coordinator.admission.budgets import COST_EPSILON
 from coordinator.admission.table import Live, PeriodBudget
 from coordinator.schema import tenant_spend as ts
@@ -46,15 +47,18 @@ def _epoch(year: int, month: int, day: int) -> float:
 
 
 class PeriodBudgetPolicy:
-    """``tenants.<t>.budgetUsd: {day, month}`` of the policy table."""
+    """``tenants.<t>.budgetUsd: {day, month}`` of the policy table. It locks its tenant's period rows, so it is
+    asked only while the policies before it admitted (``takes``): an assignment already waiting locks nothing."""
 
     name = "period"
+    takes = True
 
     def __init__(self, setup: Setup):
         self.table = Live(setup.settings.policy_path)
 
     def check(self, ask: Ask) -> Verdict:
-        """Defer an assignment whose most cost does not fit a period of its tenant."""
+        """Deny an assignment whose most cost exceeds a period's whole budget; defer one that does not fit what the
+        period has left (until the next period) or what is held in flight (until they settle)."""
         table = self.table.get(ask.now)
         budget = table.tenant(ask.row.tenant).budget_usd
         if not ask.first or budget is None:
@@ -67,6 +71,9 @@ class PeriodBudgetPolicy:
                     f"(${held:.4f} held by assignments in flight); this assignment may cost up to ${asked:.4f}")
             detail = {"period": key, "limit_usd": limit, "spent_usd": round(spent, 9), "held_usd": round(held, 9),
                       "asked_usd": round(asked, 9)}
+            if asked > limit + COST_EPSILON:
+                return deny("budget.period_exceeded", f"this assignment may cost up to ${asked:.4f}, more than tenant "
+                            f"{ask.row.tenant}'s whole ${limit:g} {kind} budget", **detail)
             if spent + asked > limit + COST_EPSILON:
                 return defer("budget.period", f"{said}: it waits for the next {kind}, from {iso(next_at)}",
                              next_at, **detail)
@@ -83,8 +90,9 @@ class PeriodBudgetPolicy:
         price = table.usd_per_token(ask.assignment.model)
         asked = _most(ask, price)
         keys = [key for key, _limit, _next in periods(budget, ask.now)]
-        ask.conn.execute(update(ts).where(ts.c.tenant == ask.row.tenant, ts.c.period.in_(keys))
-                         .values(held_usd=ts.c.held_usd + asked, updated_at=ask.now))
+        for key in keys:  # locked by ``check`` already, in this order
+            ask.conn.execute(update(ts).where(ts.c.tenant == ask.row.tenant, ts.c.period == key)
+                             .values(held_usd=ts.c.held_usd + asked, updated_at=ask.now))
         ask.conn.execute(update(m).where(m.c.id == ask.row.id).values(
             period_held={"periods": keys, "usd": asked, "usd_per_token": price}))
 
@@ -113,17 +121,15 @@ def _locked(conn: Connection, tenant: str, key: str, now: float) -> tuple[float,
 
 def settle(conn: Connection, settled: Iterable[ledger.Settled], now: float) -> None:
     """Release what settled assignments held in their periods and add their priced usage: its tokens at the price
-    in force when it was admitted, or what the worker metered for a model without a price."""
+    in force when it was admitted, or what the worker metered for a model without a price. Rows are written in
+    the order admission locks them (day before month), so the two never wait on each other in a cycle."""
     for s in settled:
         held = s.period_held
         if not held:
             continue
         price = held.get("usd_per_token")
         cost = s.usage.tokens * price if price is not None else s.usage.cost_usd
-        conn.execute(update(ts).where(ts.c.tenant == s.tenant, ts.c.period.in_(_keys(held["periods"])))
-                     .values(held_usd=ts.c.held_usd - float(held["usd"]), spent_usd=ts.c.spent_usd + cost,
-                             updated_at=now))
-
-
-def _keys(keys: Sequence[str]) -> list[str]:
-    return [str(k) for k in keys]
+        for key in sorted(str(k) for k in held["periods"]):
+            conn.execute(update(ts).where(ts.c.tenant == s.tenant, ts.c.period == key)
+                         .values(held_usd=ts.c.held_usd - float(held["usd"]), spent_usd=ts.c.spent_usd + cost,
+                                 updated_at=now))

@@ -62,9 +62,9 @@ def _own(who: Principal) -> str | None:
 
 
 def _answer(s: Services, acted: dead_letters.Acted, action: str) -> dict[str, Any]:
-    if acted.delivery is not None:
+    if acted.deliveries:
         try:
-            s.publisher.send([acted.delivery])
+            s.publisher.send(acted.deliveries)
         except CogoError:
             pass  # committed: the reclaimer sends it once the broker is back
     return acted.view(action)

@@ -140,11 +140,11 @@ def test_presence_counts_what_runs_in_memory_and_its_heartbeat_writes_it(engine)
 
 
 # -- the policy, asked directly ---------------------------------------------------------------------------------
-def ask(conn, *, route="codegen.generate", now=T0, created_at=T0, first=True, model="cogo-local", version="1",
-        last_error_at=None) -> Ask:
+def ask(conn, *, route="codegen.generate", now=T0, since=T0, first=True, model="cogo-local", version="1") -> Ask:
+    """An assignment that has waited for an agent since ``since`` (None: it waits for nothing yet)."""
     service, role = route.split(".")
-    row = SimpleNamespace(service=service, role=role, created_at=created_at, updated_at=now,
-                          last_error_at=last_error_at)
+    row = SimpleNamespace(service=service, role=role, created_at=T0 - 1000, updated_at=now,
+                          waiting_for=None if since is None else "agents.no_available_agent", waiting_since=since)
     return Ask(conn=conn, row=row, assignment=Assignment(agent_id="x", model=model, version=version), now=now,
                first=first)
 
@@ -189,17 +189,20 @@ def test_a_live_agent_admits_and_its_disappearance_makes_work_wait_then_fail(eng
     with engine.connect() as conn:
         assert p.check(ask(conn, now=T0 + 1)).admitted
         # gone (no heartbeat for three intervals): created at T0 + 10, it waits until T0 + 40
-        gone = p.check(ask(conn, now=T0 + 10, created_at=T0 + 10))
-        denied = p.check(ask(conn, now=T0 + 40, created_at=T0 + 10))
+        gone = p.check(ask(conn, now=T0 + 10, since=T0 + 10))
+        denied = p.check(ask(conn, now=T0 + 40, since=T0 + 10))
     assert (gone.deferred, gone.code, gone.detail["last_seen_at"]) == (True, "agents.no_available_agent", T0)
     assert (denied.deferred, denied.code, denied.detail["waited_s"]) == (False, "agents.no_available_agent", 30)
 
 
-def test_a_readmission_waits_from_its_last_failure_not_from_its_creation(engine):
+def test_a_wait_for_an_agent_starts_when_it_starts_not_when_the_assignment_was_created(engine):
+    # Created long ago (a backlog found at a restart, a re-queued dead letter, a retry): its wait starts now.
     p = policy(wait_s=30)
     with engine.connect() as conn:
-        verdict = p.check(ask(conn, now=T0 + 100, created_at=T0, first=False, last_error_at=T0 + 90))
-    assert (verdict.deferred, verdict.detail["deadline"]) == (True, T0 + 120)
+        fresh = p.check(ask(conn, now=T0 + 100, since=None, first=False))
+        going_on = p.check(ask(conn, now=T0 + 100, since=T0 + 90))
+    assert (fresh.deferred, fresh.detail["deadline"]) == (True, T0 + 130)
+    assert (going_on.deferred, going_on.detail["deadline"]) == (True, T0 + 120)
 
 
 @pytest.mark.parametrize("model, version, what", [("gpt-x", "1", "model 'gpt-x'"), ("m1", "7", "version '7'")])
@@ -210,7 +213,7 @@ def test_work_no_live_agent_can_run_waits_then_is_refused_with_its_own_code(engi
     with engine.connect() as conn:
         assert p.check(ask(conn, now=T0 + 1, model="m1")).admitted
         waiting = p.check(ask(conn, now=T0 + 1, model=model, version=version))
-        denied = p.check(ask(conn, now=T0 + 5, created_at=T0 - 5, model=model, version=version))
+        denied = p.check(ask(conn, now=T0 + 5, since=T0 - 5, model=model, version=version))
     assert (waiting.deferred, waiting.code) == (True, "agents.no_matching_agent")
     assert f"no live agent of codegen.generate serves {what}" in waiting.reason
     assert (denied.deferred, denied.code) == (False, "agents.no_matching_agent")

@@ -1,4 +1,5 @@
-"""admission policies: tenant period spend (tenant_spend, agent_messages.period_held) and the slot indexes
+"""admission policies: tenant period spend (tenant_spend, agent_messages.period_held), what a deferred assignment
+waits for (agent_messages.waiting_for, waiting_since) and the slot indexes
 
 Revision ID: 0013
 Revises: 0012
@@ -13,7 +14,7 @@ branch_labels = None
 depends_on = None
 
 SLOT_HOLDING = "kind = 'assignment' AND status IN ('dispatched', 'running')"
-WAITING = "kind = 'assignment' AND status = 'queued' AND retry_at IS NOT NULL"
+WAITING = "kind = 'assignment' AND status = 'queued' AND waiting_for IS NOT NULL"
 
 
 def upgrade() -> None:
@@ -26,6 +27,8 @@ def upgrade() -> None:
                     sa.PrimaryKeyConstraint('tenant', 'period', name=op.f('pk_tenant_spend')))
     with op.batch_alter_table('agent_messages', schema=None) as batch_op:
         batch_op.add_column(sa.Column('period_held', sa.JSON(), nullable=True))
+        batch_op.add_column(sa.Column('waiting_for', sa.String(length=64), nullable=True))
+        batch_op.add_column(sa.Column('waiting_since', sa.Double(), nullable=True))
     for name, columns, where in (("ix_agent_messages_slots_tenant", ["tenant"], SLOT_HOLDING),
                                  ("ix_agent_messages_slots_route", ["service", "role"], SLOT_HOLDING),
                                  ("ix_agent_messages_waiting", ["service", "role", "tenant"], WAITING)):
@@ -37,5 +40,7 @@ def downgrade() -> None:
     for name in ("ix_agent_messages_waiting", "ix_agent_messages_slots_route", "ix_agent_messages_slots_tenant"):
         op.drop_index(name, table_name='agent_messages')
     with op.batch_alter_table('agent_messages', schema=None) as batch_op:
+        batch_op.drop_column('waiting_since')
+        batch_op.drop_column('waiting_for')
         batch_op.drop_column('period_held')
     op.drop_table('tenant_spend')
