@@ -323,7 +323,8 @@ def sweep(engine: Engine, *, now: float, settings: Settings) -> CircuitSweep:
             before = stored.get(key) or Circuit(*key, updated_at=now)
             after, changes = apply(before, [o for _, o in sorted(read.outcomes.get(key, []))], t)
             probe = read.stale_probes.get(key)
-            if probe is not None and after.state == HALF_OPEN and after.probe_id == probe:
+            if (probe is not None and after.state == HALF_OPEN and after.probe_id == probe
+                    and _still_stale(conn, after, now)):
                 after, change = release(after, now, f"its probe {probe} was not run")
                 changes += [change] if change else []
             if after != before:
@@ -372,16 +373,31 @@ def _read(conn: Connection, now: float) -> _Read:
 
 def _stale_probes(conn: Connection, now: float) -> dict[Key, str]:
     """Half-open circuits whose probe is not running and will not report: it was never sent (another policy
-    deferred it after this one admitted it), it is gone, or it ended long ago without a verdict."""
+    deferred it after this one admitted it), it is gone, or it ended long ago without a verdict. Read with no
+    lock: ``_still_stale`` checks each again before the sweep releases its circuit."""
     rows = conn.execute(select(ct.c.service, ct.c.role, ct.c.model, ct.c.probe_id, ct.c.updated_at, m.c.status)
                         .select_from(ct.outerjoin(m, m.c.id == ct.c.probe_id)).where(ct.c.state == HALF_OPEN))
-    stale = {}
-    for r in rows:
-        never_sent = r.status is None or r.status in (ledger.QUEUED, ledger.RETRY_WAIT)
-        ended_silently = r.status in (*ledger.FINAL, ledger.SETTLED) and r.updated_at < now - SETTLE_S
-        if never_sent or ended_silently:
-            stale[(r.service, r.role, r.model)] = r.probe_id
-    return stale
+    return {(r.service, r.role, r.model): r.probe_id for r in rows if _stale(r.status, r.updated_at, now)}
+
+
+def _stale(status: str | None, half_open_since: float, now: float) -> bool:
+    """Whether a probe in ``status`` (None: its row is gone) will never give its circuit a verdict."""
+    never_sent = status is None or status in (ledger.QUEUED, ledger.RETRY_WAIT)
+    ended_silently = status in (*ledger.FINAL, ledger.SETTLED) and half_open_since < now - SETTLE_S
+    return never_sent or ended_silently
+
+
+def _still_stale(conn: Connection, c: Circuit, now: float) -> bool:
+    """``_stale`` again for the probe of locked circuit ``c``, in the sweep's write transaction: between the
+    unlocked read and now the deferred probe may have been admitted, and releasing the circuit then would let a
+    second probe through. The probe's row is read locked (on PostgreSQL), skipping it when another transaction
+    holds it: an admission under way, not committed yet, so not stale for this sweep (the next one looks again)."""
+    exists = conn.execute(select(m.c.id).where(m.c.id == c.probe_id)).first() is not None
+    if not exists:
+        return True
+    status = conn.execute(select(m.c.status).where(m.c.id == c.probe_id)
+                          .with_for_update(skip_locked=True)).scalar_one_or_none()
+    return status is not None and _stale(status, c.updated_at, now)
 
 
 def _lock(conn: Connection, keys: Sequence[Key]) -> dict[Key, Circuit]:

@@ -21,7 +21,7 @@ import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import IO
-from urllib.parse import urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 from sqlalchemy import Engine, select
 
@@ -40,7 +40,10 @@ TAIL_BYTES = 2_000
 """How much of a child's stderr the consumer logs when the child did not end cleanly."""
 DEFAULT_TTL_S = Assignment.model_fields["ttl_ms"].default / 1000
 """The deadline of an assignment whose contract cannot be read (its child fails it at once as unroutable)."""
-_SECRET_MARKS = ("KEY", "PASSWORD", "SECRET", "TOKEN")
+_SECRET_MARKS = ("KEY", "SECRET", "PASSWORD", "PASSWD", "TOKEN", "CREDENTIAL")
+"""A variable whose name holds one of these (in any case) has a secret value."""
+MIN_SECRET_LEN = 4
+"""Shorter values are not scrubbed: replacing every ``0`` or ``yes`` in the log would shred it."""
 
 
 def run_one(settings: Settings, *, name: str, handlers: Mapping[tuple[str, str], Handler], assignment_id: str) -> int:
@@ -142,21 +145,32 @@ def _tail(stream: IO[bytes]) -> str:
 
 
 def scrub(text: str, env: Mapping[str, str]) -> str:
-    """``text`` with every secret of ``env`` replaced by its variable's name: the values of ``COGO_*`` keys,
-    passwords, secrets and tokens, and the password of every ``COGO_*`` URL."""
+    """``text`` with every secret of ``env`` replaced by its variable's name.
+
+    The secrets are the value of every variable whose name looks secret (``_SECRET_MARKS``, in any case: an
+    ``OPENAI_API_KEY`` as much as a ``COGO_…_TOKEN``) and the password of every URL-valued variable, both as
+    written (percent-encoded) and decoded. Values shorter than ``MIN_SECRET_LEN`` are left alone.
+    """
     secrets: dict[str, str] = {}
     for var, value in env.items():
-        if not var.startswith("COGO_") or not value:
-            continue
-        if any(mark in var for mark in _SECRET_MARKS):
-            secrets[value] = f"<{var}>"
-        elif "://" in value:
-            try:
-                password = urlsplit(value).password
-            except ValueError:
-                password = None
-            if password:
-                secrets[password] = f"<password of {var}>"
-    for value in sorted(secrets, key=len, reverse=True):
+        if any(mark in var.upper() for mark in _SECRET_MARKS):
+            secrets.setdefault(value, f"<{var}>")
+        for password in _url_passwords(value):
+            secrets.setdefault(password, f"<password of {var}>")
+    for value in sorted((v for v in secrets if len(v) >= MIN_SECRET_LEN), key=len, reverse=True):
         text = text.replace(value, secrets[value])
     return text
+
+
+def _url_passwords(value: str) -> set[str]:
+    """The password of URL ``value`` as written and decoded (and re-encoded), or nothing when it is no URL."""
+    if "://" not in value:
+        return set()
+    try:
+        written = urlsplit(value).password
+    except ValueError:
+        return set()
+    if not written:
+        return set()
+    decoded = unquote(written)
+    return {written, decoded, quote(decoded, safe="")}

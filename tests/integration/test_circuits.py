@@ -8,9 +8,9 @@ from __future__ import annotations
 import threading
 from dataclasses import replace
 
-from sqlalchemy import insert, select
+from sqlalchemy import event, insert, select
 
-from bus import circuits
+from bus import circuits, ledger
 from bus.errors import WorkFailed
 from bus.schema import agent_messages as m
 from bus.schema import bus_events, circuit_cursor
@@ -200,6 +200,39 @@ def test_a_probe_another_policy_held_back_hands_the_circuit_back(engine):
     back = circuit(fleet)
     assert (back.state, back.probe_id, back.retry_at) == ("open", None, now - 10)
     assert circuit_rows(fleet)[-1][1]["why"] == f"its probe {probe} was not run"
+
+
+def test_a_held_back_probe_admitted_while_the_sweep_reads_keeps_its_circuit_half_open(engine):
+    fleet = fleet_of(engine, Model(failing=0))
+    run_id = submit(fleet, "call")
+    run(fleet, until=lambda: _has_assignment(fleet, run_id))
+    probe = assignment_of(fleet, run_id)
+    assert probe.status == "queued"
+    now = fleet.clock.now
+    with engine.begin() as conn:  # half-open, its probe held back by a later policy: the sweep reads it stale
+        conn.execute(insert(circuits_table).values(**circuits.Circuit(
+            *KEY, state="half_open", opened_at=now - 40, retry_at=now - 10, open_count=1, probe_id=probe.id,
+            reason="5 consecutive failures", updated_at=now).values()))
+    admitted = []
+
+    def readmit(dbapi_conn, record) -> None:  # the sweep's read is over: a dispatcher admits the probe right then
+        if not admitted:
+            admitted.append(None)
+            with engine.begin() as other:
+                admitted[0] = ledger.move(other, probe.id, from_=("queued",), to="dispatched", now=now)
+
+    event.listen(engine.pool, "checkin", readmit)
+    try:
+        circuits.sweep(engine, now=now, settings=fleet.settings)
+    finally:
+        event.remove(engine.pool, "checkin", readmit)
+    assert admitted == [True]
+    kept = circuit(fleet)
+    assert (kept.state, kept.probe_id) == ("half_open", probe.id)
+    assert [kind for kind, _ in circuit_rows(fleet)] == []
+    with engine.begin() as conn:  # so no second assignment becomes a probe of the same circuit
+        assert circuits.claim_probe(conn, replace(kept, state="open"), "other", now=now + 1, tenant="acme",
+                                    run_id=None) is None
 
 
 def _has_assignment(fleet: Fleet, run_id: str) -> bool:
