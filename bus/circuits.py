@@ -442,9 +442,13 @@ def read_all(conn: Connection, *, only_unclosed: bool = False) -> list[Circuit]:
     return [Circuit.of(r) for r in conn.execute(stmt)]
 
 
-def read_one(conn: Connection, key: Key) -> Circuit | None:
-    """One circuit, or None when it has never seen an outcome."""
-    row = conn.execute(select(ct).where(ct.c.service == key[0], ct.c.role == key[1], ct.c.model == key[2])).first()
+def read_one(conn: Connection, key: Key, *, lock: bool = False) -> Circuit | None:
+    """One circuit, or None when it has never seen an outcome; ``lock``: its row locked until the caller's
+    transaction ends (PostgreSQL), so the sweep cannot release it meanwhile."""
+    q = select(ct).where(ct.c.service == key[0], ct.c.role == key[1], ct.c.model == key[2])
+    if lock and conn.dialect.name == "postgresql":
+        q = q.with_for_update()
+    row = conn.execute(q).first()
     return Circuit.of(row) if row else None
 
 

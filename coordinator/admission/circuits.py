@@ -49,7 +49,11 @@ class CircuitsPolicy:
             circuit = probing or circuits.read_one(ask.conn, key) or circuit
             self._remember(circuit)
         if circuit.state == HALF_OPEN and circuit.probe_id == ask.row.id:
-            return ADMIT
+            # Still its probe? (The sweep hands back a probe held up too long; the row, locked now, says.)
+            circuit = circuits.read_one(ask.conn, key, lock=True) or circuit
+            self._remember(circuit)
+            if circuit.state == HALF_OPEN and circuit.probe_id == ask.row.id:
+                return ADMIT
         if circuit.state in (OPEN, HALF_OPEN):
             return _waiting(circuit)
         return ADMIT

@@ -31,7 +31,7 @@ from coordinator.admission.fairness import Shares
 from coordinator.admission.table import Live, Table
 from coordinator.admission.waiting import wake_oldest
 
-RECHECK_S = 30.0
+RECHECK_S = 60.0
 """A waiting assignment asks again after this long even if nothing woke it (waking is the rule: a backlog of a
 thousand waiting assignments re-asking every few seconds would cost the dispatcher more than the work)."""
 FOR_A_SLOT = ("concurrency.route", "concurrency.yield")
