@@ -82,15 +82,23 @@ def measure(url: str, *, runs: int, workflow: str = "bench-chain3", warmup: int 
 
 
 def _measure(engine: Engine, queue: Queue, counter: Counter, *, runs: int, workflow: str, warmup: int) -> dict:
+    from bus import agents
+    from coordinator.admission import Setup, build
+    from coordinator.admission.waiting import Waiting
     from coordinator.brain import Brain
     from coordinator.definitions import Registry
     from coordinator.dispatcher import Dispatcher
-    from workers.runtime import Runtime
+    from workers.runtime import Runtime, agent_of
 
     registry = Registry.load(Path(__file__).resolve().parent / "workflows")
     settings = Settings(broker_url="memory://", home=Path(tempfile.gettempdir()) / "cogo-bench-handlers").checked()
-    routes = {TASK_DECIDE: Brain(engine=engine, publisher=queue, registry=registry, shards=1).handle,
-              TASK_EXECUTE: Dispatcher(engine=engine, publisher=queue).handle,
+    with engine.begin() as conn:  # a live worker of the bench's route, as a fleet has (the agents policy asks)
+        agents.register(conn, agent_of(settings, "bench-worker", HANDLERS), now=time.time())
+    # Every default admission policy, as a fleet runs them (no policy table: no limit is set).
+    dispatcher = Dispatcher(engine=engine, publisher=queue, policies=build(Setup(settings, frozenset(HANDLERS))))
+    brain = Brain(engine=engine, publisher=queue, registry=registry, shards=1, waiting=Waiting(settings.policy_path))
+    routes = {TASK_DECIDE: brain.handle,
+              TASK_EXECUTE: dispatcher.handle,
               TASK_WORK: Runtime(engine=engine, publisher=queue, settings=settings, handlers=HANDLERS).handle}
     event.listen(Engine, "before_cursor_execute", counter)
     try:
