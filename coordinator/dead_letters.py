@@ -28,7 +28,7 @@ from sqlalchemy import Connection, select, update
 
 from bus import ledger, outcomes
 from bus.envelope import ASSIGNMENT_KEY, AssignmentEnvelope, Budget
-from bus.errors import CogoError, InvalidRequest, NotFound, Problem
+from bus.errors import Conflict, InvalidRequest, NotFound, Problem
 from bus.introspection import write
 from bus.outbox import Delivery, destination
 from bus.routing import Route
@@ -54,10 +54,11 @@ class DeadLetterNotFound(NotFound):
     code = "dead_letter.not_found"
 
 
-class DeadLetterNotHeld(CogoError):
+class DeadLetterNotHeld(Conflict):
     """The assignment is not held as a dead letter now: re-queued or discarded already, or settled."""
 
     code = "dead_letter.not_held"
+    retryable = False
 
 
 @dataclass(frozen=True)

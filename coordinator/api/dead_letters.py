@@ -12,7 +12,6 @@ import time
 from typing import Any, Literal
 
 from fastapi import APIRouter, Depends, Query
-from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from bus.envelope import Budget
@@ -20,22 +19,9 @@ from bus.errors import CogoError
 from coordinator import dead_letters
 from coordinator.api.auth import scoped, tenant_filter
 from coordinator.api.deps import Services, services
-from coordinator.api.errors import error_response
 from coordinator.keys import Principal
 
 router = APIRouter()
-
-
-def _error(status: int, why: str, codes: list[str]) -> dict[str, Any]:
-    """An error answer the OpenAPI document declares (the one error body), with the codes behind it."""
-    return {"description": why + " Codes: " + ", ".join(f"`{c}`" for c in codes) + ".",
-            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
-
-
-_NOT_FOUND = {404: _error(404, "No dead letter by that id (or one of another tenant).",
-                          [dead_letters.DeadLetterNotFound.code])}
-_ACTION = {**_NOT_FOUND, 409: _error(409, "The assignment is not held as a dead letter now.",
-                                     [dead_letters.DeadLetterNotHeld.code])}
 
 
 class RequeueBody(BaseModel):
@@ -70,10 +56,6 @@ def _answer(s: Services, acted: dead_letters.Acted, action: str) -> dict[str, An
     return acted.view(action)
 
 
-def _conflict(exc: dead_letters.DeadLetterNotHeld) -> JSONResponse:
-    return error_response(exc.code, str(exc), 409, exc.details, retryable=False)
-
-
 @router.get("/api/dead-letters")
 def list_dead_letters(tenant: str | None = None,
                       state: Literal["held", "requeued", "discarded", "all"] = "held",
@@ -88,7 +70,7 @@ def list_dead_letters(tenant: str | None = None,
                                                           state=None if state == "all" else state, limit=limit)}
 
 
-@router.get("/api/dead-letters/{letter_id}", responses=_NOT_FOUND)
+@router.get("/api/dead-letters/{letter_id}")
 def get_dead_letter(letter_id: str, s: Services = Depends(services),
                     who: Principal = Depends(scoped("runs:read"))) -> dict[str, Any]:
     """One dead letter and its whole history: its audit rows and its run's trace events about it, in order."""
@@ -96,33 +78,27 @@ def get_dead_letter(letter_id: str, s: Services = Depends(services),
         return dead_letters.letter(conn, letter_id, tenant=_own(who))
 
 
-@router.post("/api/dead-letters/{letter_id}/requeue", responses=_ACTION)
+@router.post("/api/dead-letters/{letter_id}/requeue")
 def requeue_dead_letter(letter_id: str, body: RequeueBody | None = None, s: Services = Depends(services),
                         who: Principal = Depends(scoped("runs:cancel"))) -> Any:
     """Re-queue a held dead letter with a new set of attempts (and ``budget``, if given): the dispatcher admits
     it like any assignment and its run goes on. 409 ``dead_letter.not_held`` when it is not held (any more);
     422 ``budget.over_ceiling`` for a budget over the deployment's ceilings or its run's budget."""
     body = body or RequeueBody()
-    try:
-        with s.engine.begin() as conn:
-            acted = dead_letters.requeue(conn, letter_id, by=_actor(who), tenant=_own(who), now=time.time(),
-                                         budget=body.budget, max_cost_usd=s.settings.max_run_cost_usd,
-                                         max_tokens=s.settings.max_run_tokens)
-    except dead_letters.DeadLetterNotHeld as exc:
-        return _conflict(exc)
+    with s.engine.begin() as conn:
+        acted = dead_letters.requeue(conn, letter_id, by=_actor(who), tenant=_own(who), now=time.time(),
+                                     budget=body.budget, max_cost_usd=s.settings.max_run_cost_usd,
+                                     max_tokens=s.settings.max_run_tokens)
     return _answer(s, acted, "requeued")
 
 
-@router.post("/api/dead-letters/{letter_id}/discard", responses=_ACTION)
+@router.post("/api/dead-letters/{letter_id}/discard")
 def discard_dead_letter(letter_id: str, body: DiscardBody | None = None, s: Services = Depends(services),
                         who: Principal = Depends(scoped("runs:cancel"))) -> Any:
     """Discard a held dead letter: the failure it recorded is reported to its run, which goes on to its failure
     handling; it can no longer be re-queued. 409 ``dead_letter.not_held`` when it is not held (any more)."""
     body = body or DiscardBody()
-    try:
-        with s.engine.begin() as conn:
-            acted = dead_letters.discard(conn, letter_id, by=_actor(who), tenant=_own(who), now=time.time(),
-                                         reason=body.reason)
-    except dead_letters.DeadLetterNotHeld as exc:
-        return _conflict(exc)
+    with s.engine.begin() as conn:
+        acted = dead_letters.discard(conn, letter_id, by=_actor(who), tenant=_own(who), now=time.time(),
+                                     reason=body.reason)
     return _answer(s, acted, "discarded")

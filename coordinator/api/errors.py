@@ -18,7 +18,7 @@ log = logging.getLogger(__name__)
 
 STATUS = {"run.unknown": 404, "intent.unknown": 404, "workflow.unknown": 404, "conflict": 409,
           "approval.unknown": 404, "approval.not_pending": 409, "idempotency.mismatch": 409, "run.terminal": 409,
-          "key.unknown": 404,
+          "key.unknown": 404, "dead_letter.not_held": 409,
           "ledger.unavailable": 503, "broker.unavailable": 503, "auth.unavailable": 503}
 """HTTP status of an error code; otherwise by the error's type (``_by_type``), else 400."""
 

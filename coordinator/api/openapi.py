@@ -79,7 +79,8 @@ _CODES = {400: ["request.invalid"], 401: ["auth.required", "auth.invalid", "auth
           403: ["auth.scope"], 413: ["request.too_large"],
           422: ["request.invalid"], 429: ["rate.limited"], 503: ["ledger.unavailable", "auth.unavailable"]}
 """The codes every answer of a status may carry; ``_PATH_IDS`` and ``_DECLARED`` add per-operation ones."""
-_PATH_IDS = {"run_id": "run.unknown", "approval_id": "approval.unknown", "key_id": "key.unknown"}
+_PATH_IDS = {"run_id": "run.unknown", "approval_id": "approval.unknown", "key_id": "key.unknown",
+             "letter_id": "dead_letter.not_found"}
 """The 404 code of a path parameter that names something that may not exist."""
 _INGRESS = {403: ["auth.tenant"], 404: ["intent.unknown"], 422: ["payload.invalid", "budget.over_ceiling"]}
 _DECLARED: dict[tuple[str, str], dict[int, list[str]]] = {
@@ -91,7 +92,8 @@ _DECLARED: dict[tuple[str, str], dict[int, list[str]]] = {
     ("post", "/api/approvals/{approval_id}/reject"): {409: ["approval.not_pending"]},
     ("post", "/api/runs/{run_id}/signals/{name}"): {409: ["run.terminal"]},
     ("post", "/api/runs/{run_id}/cancel"): {409: ["run.terminal"]},
-    ("post", "/api/dead-letters/{letter_id}/requeue"): {422: ["budget.over_ceiling"]},
+    ("post", "/api/dead-letters/{letter_id}/requeue"): {409: ["dead_letter.not_held"], 422: ["budget.over_ceiling"]},
+    ("post", "/api/dead-letters/{letter_id}/discard"): {409: ["dead_letter.not_held"]},
 }
 """What the generated document cannot know: which handlers raise which conflicts and lookups."""
 _METHODS = ("get", "put", "post", "delete", "patch", "head", "options", "trace")
