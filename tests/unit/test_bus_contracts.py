@@ -140,9 +140,10 @@ class TestStateMachine:
     def test_no_way_back(self, a, b):
         assert not ledger.can_move(a, b)
 
-    def test_finished_rows_only_settle(self):
+    def test_finished_rows_only_settle_but_a_dead_letter_may_be_requeued(self):
         for final in ledger.FINAL:
-            assert ledger.TRANSITIONS[final] == {ledger.SETTLED}
+            assert ledger.TRANSITIONS[final] == ({ledger.SETTLED, ledger.QUEUED} if final == ledger.DEAD
+                                                 else {ledger.SETTLED})
 
     def test_destination_follows_status_on_the_rows_own_shard(self):
         route = Route("codegen", "generate", 2, "t")
