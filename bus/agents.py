@@ -100,11 +100,16 @@ def is_gone(row: Any, now: float) -> bool:
     return row.stopped_at is None and now - row.heartbeat_at > GONE_AFTER * row.heartbeat_s
 
 
-def list_agents(conn: Connection, *, now: float) -> list[dict[str, Any]]:
-    """Every listed agent, live first then by id, with ``state`` idle, busy, stopped or gone, ``alive`` and the
-    age of its last heartbeat."""
+def read(conn: Connection) -> list[Any]:
+    """Every registry row (one statement)."""
+    return conn.execute(select(a)).all()
+
+
+def list_agents(rows: Iterable[Any], *, now: float) -> list[dict[str, Any]]:
+    """Every listed agent of ``rows`` (``read``), live first then by id, with ``state`` idle, busy, stopped or
+    gone, ``alive`` and the age of its last heartbeat."""
     found = []
-    for row in conn.execute(select(a)):
+    for row in rows:
         gone = is_gone(row, now)
         found.append({**row._asdict(), "routes": list(row.routes or []), "models": list(row.models or []),
                       "state": GONE if gone else row.state, "alive": row.stopped_at is None and not gone,
@@ -155,11 +160,6 @@ def summarise(rows: Iterable[Any], *, now: float) -> dict[str, RouteAgents]:
                 known = RouteAgents(route, known.live, known.capacity, known.versions, known.models, seen)
             found[route] = known
     return found
-
-
-def live_capacity(conn: Connection, *, now: float) -> dict[str, int]:
-    """Per route, the assignments its live agents can run at once (routes with none live answer 0)."""
-    return {route: agents.capacity for route, agents in live_routes(conn, now=now).items()}
 
 
 class Presence:

@@ -123,14 +123,6 @@ class Circuit:
         """The row's columns."""
         return {k: getattr(self, k) for k in _COLUMNS}
 
-    def view(self) -> dict[str, Any]:
-        """What the API shows."""
-        return {"service": self.service, "role": self.role, "model": self.model, "state": self.state,
-                "consecutive_failures": self.consecutive_failures, "window_total": self.window_total,
-                "window_failures": self.window_failures, "window_started_at": self.window_started_at,
-                "opened_at": self.opened_at, "retry_at": self.retry_at, "open_count": self.open_count,
-                "probe_id": self.probe_id, "reason": self.reason, "updated_at": self.updated_at}
-
 
 _COLUMNS = tuple(c.name for c in ct.columns)
 
@@ -308,7 +300,6 @@ def sweep(engine: Engine, *, now: float, settings: Settings) -> CircuitSweep:
     """
     with engine.connect() as conn:
         read = _read(conn, now)
-        conn.rollback()
     result = CircuitSweep(read=sum(len(v) for v in read.outcomes.values()))
     if not read.outcomes and not read.stale_probes and read.new_low == read.low_id and read.new_seen == read.seen:
         return result

@@ -110,42 +110,36 @@ class Reclaimer:
                         ledger.record(conn, [{**audit, "kind": "lease_expired", "detail": error}], now=now)
                         result.expired += 1
                         result.deliveries.append(self._delivery(row, ledger.RETRY_WAIT))
-                elif self._hold(conn, row, now, error):
-                    result.dead += 1
-                elif ledger.move(conn, row.id, from_=(ledger.RUNNING,), to=ledger.DEAD, now=now, attempt=row.attempts,
-                                 values={"last_error": lost.message, "last_error_at": now, "lease_until": None}):
-                    ledger.record(conn, [{**audit, "kind": "lease_expired", "detail": error},
-                                         {**audit, "kind": "execute_dead", "detail": error}], now=now)
-                    result.dead += 1
-                    if row.run_id:
-                        result.deliveries.append(outcomes.report(
-                            conn, assignment_id=row.id, run_id=row.run_id, tenant=row.tenant, payload=row.payload,
-                            kind=outcomes.TASK_FAILED, now=now, shard=row.shard,
-                            body={"error": Problem("execute.dead", lost.message).to_dict(),
-                                  "attempts": row.attempts}))
+                else:
+                    self._dead(conn, row, now, lost, audit, result)
 
-    def _hold(self, conn, row, now: float, error: dict) -> bool:
-        """An assignment out of attempts whose policy (or ``COGO_DEAD_LETTER``) holds dead letters: ``dead``, held
-        for an operator and not reported (its run waits for it). ``lease_until`` is cleared, so duty 3 never
-        takes it for an abandoned attempt. False when it is not to be held, or moved on meanwhile."""
-        if row.kind != "assignment" or not AssignmentEnvelope.of(row.payload).holds_dead_letter(
-                self.settings.dead_letter):
-            return False
-        values = {"last_error": f"{error['code']}: {error['message']}", "last_error_at": now, "lease_until": None,
-                  "dead_letter": ledger.HELD_LETTER}
+    def _dead(self, conn, row, now: float, lost: Problem, audit: dict, result: Sweep) -> None:
+        """Out of attempts: ``dead``, its failure reported to its run — or, when its policy (or
+        ``COGO_DEAD_LETTER``) holds dead letters, held for an operator and not reported (its run waits for it).
+        ``lease_until`` is cleared, so duty 3 never takes it for an abandoned attempt."""
+        envelope = AssignmentEnvelope.of(row.payload) if row.kind == "assignment" else None
+        hold = envelope is not None and envelope.holds_dead_letter(self.settings.dead_letter)
+        error = lost.to_dict()
+        values = {"last_error": f"{lost.code}: {lost.message}", "last_error_at": now, "lease_until": None}
+        if hold:
+            values["dead_letter"] = ledger.HELD_LETTER
         if not ledger.move(conn, row.id, from_=(ledger.RUNNING,), to=ledger.DEAD, now=now, attempt=row.attempts,
                            values=values):
-            return False
-        held = {"error": Problem("execute.dead", error["message"]).to_dict(), "attempts": row.attempts}
-        audit = {"message_id": row.id, "run_id": row.run_id, "tenant": row.tenant, "attempt": row.attempts}
+            return
+        failure = {"error": Problem("execute.dead", lost.message).to_dict(), "attempts": row.attempts}
         ledger.record(conn, [{**audit, "kind": "lease_expired", "detail": error},
-                             {**audit, "kind": "execute_dead", "detail": error},
-                             {**audit, "kind": "dead_letter_held", "detail": held}], now=now)
-        if row.run_id:
-            token = AssignmentEnvelope.of(row.payload).token
-            write(conn, [token.event("dispatch.assignment.dead_lettered", row.run_id,
-                                     {"assignment_id": row.id, "attempt": row.attempts, **held})], now=now)
-        return True
+                             {**audit, "kind": "execute_dead", "detail": error}]
+                      + ([{**audit, "kind": "dead_letter_held", "detail": failure}] if hold else []), now=now)
+        result.dead += 1
+        if not row.run_id:
+            return
+        if hold:
+            write(conn, [envelope.token.event("dispatch.assignment.dead_lettered", row.run_id,
+                                              {"assignment_id": row.id, **failure})], now=now)
+        else:
+            result.deliveries.append(outcomes.report(
+                conn, assignment_id=row.id, run_id=row.run_id, tenant=row.tenant, payload=row.payload,
+                kind=outcomes.TASK_FAILED, now=now, shard=row.shard, body=failure))
 
     def _close_abandoned(self, result: Sweep) -> None:
         now = self.clock()

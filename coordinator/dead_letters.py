@@ -42,7 +42,6 @@ from coordinator.timefmt import with_iso
 HELD = ledger.HELD_LETTER
 REQUEUED = "requeued"
 DISCARDED = "discarded"
-STATES = (HELD, REQUEUED, DISCARDED)
 """What ``agent_messages.dead_letter`` says of a row that was held: held now, re-queued, or discarded."""
 MAX_HISTORY = 1000
 """Most audit rows and trace events ``letter`` returns of one assignment (its oldest first)."""

@@ -31,15 +31,14 @@ def take(conn: Connection, tenant: str, *, now: float, rate_per_s: float, burst:
 def try_take(conn: Connection, key: str, *, now: float, rate_per_s: float, burst: int) -> float | None:
     """Spend one token of the bucket ``key``: 0 when taken, else how many seconds until one is there (None when
     other processes kept changing the bucket under every try)."""
-    tenant = key
     for _ in range(_RACES):
-        if _spend(conn, tenant, now=now, rate_per_s=rate_per_s, burst=burst):
+        if _spend(conn, key, now=now, rate_per_s=rate_per_s, burst=burst):
             return 0.0
-        row = conn.execute(select(rb.c.tokens, rb.c.updated_at).where(rb.c.tenant == tenant)).first()
+        row = conn.execute(select(rb.c.tokens, rb.c.updated_at).where(rb.c.tenant == key)).first()
         if row is None:
             try:
                 with conn.begin_nested():
-                    conn.execute(insert(rb).values(tenant=tenant, tokens=float(burst) - 1.0, updated_at=now))
+                    conn.execute(insert(rb).values(tenant=key, tokens=float(burst) - 1.0, updated_at=now))
                 return 0.0
             except IntegrityError:  # another API process created it first: take from the row it made
                 continue

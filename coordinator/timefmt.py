@@ -34,6 +34,13 @@ def iso(epoch_s: float | None) -> str | None:
     return text.removesuffix("+00:00") + "Z"
 
 
+def clock(epoch_s: float | None) -> str:
+    """The time of day of ``epoch_s`` in UTC (``08:31:05 UTC``), for a reason that must read the same at every ask;
+    ``now`` when not a time."""
+    text = iso(epoch_s)
+    return f"{text[11:19]} UTC" if text else "now"
+
+
 def with_iso(tree: Any, *, opaque: Iterable[str] = OPAQUE_KEYS) -> Any:
     """A copy of ``tree`` (dicts and lists) with ``<key>_iso`` beside every epoch-seconds field.
 

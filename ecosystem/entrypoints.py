@@ -103,9 +103,7 @@ def serve_worker(settings: Settings, name: str, handlers: Mapping[tuple[str, str
 
     assignment_id = os.environ.get(ephemeral.ASSIGNMENT_ENV)
     if assignment_id:
-        code = ephemeral.run_one(settings, name=name, handlers=handlers, assignment_id=assignment_id)
-        if code:
-            raise SystemExit(code)
+        ephemeral.run_one(settings, name=name, handlers=handlers, assignment_id=assignment_id)
         return
     spawn = [sys.executable, *sys.orig_argv[1:]] if is_ephemeral(name, settings) else None
     serve(settings, name=name, handlers=handlers, spawn=spawn)

@@ -46,9 +46,9 @@ MIN_SECRET_LEN = 4
 """Shorter values are not scrubbed: replacing every ``0`` or ``yes`` in the log would shred it."""
 
 
-def run_one(settings: Settings, *, name: str, handlers: Mapping[tuple[str, str], Handler], assignment_id: str) -> int:
-    """The child: claim ``assignment_id``, run it under lease and TTL, write its outcome; returns the exit code
-    (0 whenever the ledger holds what happened, a duplicate included)."""
+def run_one(settings: Settings, *, name: str, handlers: Mapping[tuple[str, str], Handler], assignment_id: str) -> None:
+    """The child: claim ``assignment_id``, run it under lease and TTL, write its outcome. It returns (exit 0)
+    whenever the ledger holds what happened, a duplicate included; anything else raises."""
     from bus.celery_app import make_celery
     from bus.db import make_engine
     from bus.outbox import Publisher
@@ -62,7 +62,6 @@ def run_one(settings: Settings, *, name: str, handlers: Mapping[tuple[str, str],
     finally:
         engine.dispose()
     log.info("%s ran %s in pid %d: %s", name, assignment_id, os.getpid(), status)
-    return 0
 
 
 @dataclass(frozen=True)

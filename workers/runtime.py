@@ -184,22 +184,19 @@ class Outcome:
         ``COGO_DEAD_LETTER``) holds dead letters, ``running → dead`` held for an operator and not reported: its run
         waits for it (``coordinator/dead_letters.py``). ``lease_until`` is cleared, so the reclaimer never takes a
         held letter for an abandoned attempt."""
-        if self.envelope.holds_dead_letter(self.runtime.settings.dead_letter):
-            if not self._move(conn, ledger.DEAD, {**_error(failure, self.now), "lease_until": None,
-                                                   "dead_letter": ledger.HELD_LETTER}):
-                return "lost"
-            error = failure.problem.to_dict()
-            kinds = [failure.audit] + (["execute_failed"] if failure.audit != "execute_failed" else [])
-            self._audit(conn, [(k, error) for k in kinds] + [
-                ("dead_letter_held", {"error": error, "attempts": self.claim.attempt})])
+        hold = self.envelope.holds_dead_letter(self.runtime.settings.dead_letter)
+        values = {"lease_until": None, "dead_letter": ledger.HELD_LETTER} if hold else {}
+        if not self._move(conn, ledger.DEAD if hold else ledger.FAILED, {**_error(failure, self.now), **values}):
+            return "lost"
+        error = failure.problem.to_dict()
+        kinds = [failure.audit] + (["execute_failed"] if failure.audit != "execute_failed" else [])
+        self._audit(conn, [(k, error) for k in kinds]
+                    + ([("dead_letter_held", {"error": error, "attempts": self.claim.attempt})] if hold else []))
+        if hold:
             self._trace(conn, "dispatch.assignment.dead_lettered", error=error)
             return "held"
-        if not self._move(conn, ledger.FAILED, _error(failure, self.now)):
-            return "lost"
-        kinds = [failure.audit] + (["execute_failed"] if failure.audit != "execute_failed" else [])
-        self._audit(conn, [(k, failure.problem.to_dict()) for k in kinds])
-        self._trace(conn, "dispatch.assignment.failed", error=failure.problem.to_dict())
-        self._report(conn, outcomes.TASK_FAILED, {"error": failure.problem.to_dict()})
+        self._trace(conn, "dispatch.assignment.failed", error=error)
+        self._report(conn, outcomes.TASK_FAILED, {"error": error})
         return "failed"
 
     def _move(self, conn, to: str, values: dict[str, Any]) -> bool:

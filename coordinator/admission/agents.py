@@ -15,13 +15,13 @@ next ask.
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from sqlalchemy import Connection
 
 from bus import agents
 from coordinator.admission import ADMIT, Ask, Setup, Verdict, defer, deny
+from coordinator.timefmt import clock
 
 REFRESH_S = 1.0
 """How old the cached registry may be."""
@@ -40,11 +40,6 @@ class RegistryCache:
         if self._read_at is None or not 0 <= now - self._read_at < self.refresh_s:
             self._routes, self._read_at = agents.live_routes(conn, now=now), now
         return self._routes
-
-    def capacity(self, conn: Connection, now: float, route: str) -> int:
-        """How many assignments of ``route`` its live agents can run at once (0: none live, or unknown)."""
-        known = self.routes(conn, now).get(route)
-        return known.capacity if known else 0
 
 
 class AgentsPolicy:
@@ -67,7 +62,7 @@ class AgentsPolicy:
         known = known or agents.RouteAgents(route)
         model, version = ask.assignment.model, ask.assignment.version
         if known.live == 0:
-            seen = (f"last seen at {_clock(known.last_seen_at)}" if known.last_seen_at is not None
+            seen = (f"last seen at {clock(known.last_seen_at)}" if known.last_seen_at is not None
                     else "none has registered yet")
             return self._wait(ask, "agents.no_available_agent", f"no live agent serves {route} ({seen})",
                               route=route, last_seen_at=known.last_seen_at)
@@ -98,7 +93,3 @@ def _waiting_since(ask: Ask) -> float:
     since = getattr(row, "waiting_since", None)
     return since if waiting_for.startswith("agents.") and since is not None else ask.now
 
-
-def _clock(at: float) -> str:
-    """A time of day an operator can read next to their logs (UTC)."""
-    return time.strftime("%H:%M:%S UTC", time.gmtime(at))

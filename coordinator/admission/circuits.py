@@ -19,7 +19,7 @@ from __future__ import annotations
 from bus import circuits
 from bus.circuits import HALF_OPEN, OPEN, Circuit, Key
 from coordinator.admission import ADMIT, Ask, Setup, Verdict, defer
-from coordinator.timefmt import iso
+from coordinator.timefmt import clock
 
 REFRESH_S = 0.5
 """How stale this process's view of the circuits may be."""
@@ -32,7 +32,6 @@ class CircuitsPolicy:
     takes = True
 
     def __init__(self, setup: Setup):
-        self.settings = setup.settings
         self._unclosed: dict[Key, Circuit] = {}
         self._read_at: float | None = None
 
@@ -46,7 +45,10 @@ class CircuitsPolicy:
         if circuit.state == OPEN and circuit.retry_at is not None and ask.now >= circuit.retry_at:
             probing = circuits.claim_probe(ask.conn, circuit, ask.row.id, now=ask.now, tenant=ask.row.tenant,
                                            run_id=ask.row.run_id)
-            circuit = probing or circuits.read_one(ask.conn, key) or circuit
+            if probing is not None:  # this one is the probe (its UPDATE holds the row): admitted
+                self._remember(probing)
+                return ADMIT
+            circuit = circuits.read_one(ask.conn, key) or circuit
             self._remember(circuit)
         if circuit.state == HALF_OPEN and circuit.probe_id == ask.row.id:
             # Still its probe? (The sweep hands back a probe held up too long; the row, locked now, says.)
@@ -80,10 +82,5 @@ def _waiting(c: Circuit) -> Verdict:
         return defer("circuit.half_open", f"the circuit of {c.name} is half-open: its probe {c.probe_id} runs, and "
                      "other work waits for its outcome", **detail)
     return defer("circuit.open", f"the circuit of {c.name} is open after {c.reason}; next probe at "
-                 f"{clock_time(c.retry_at)}", until=c.retry_at, **detail)
+                 f"{clock(c.retry_at)}", until=c.retry_at, **detail)
 
-
-def clock_time(epoch_s: float | None) -> str:
-    """``08:31:05 UTC``, or ``now`` when not a time."""
-    text = iso(epoch_s)
-    return f"{text[11:19]} UTC" if text else "now"

@@ -28,7 +28,7 @@ from bus import ledger
 from bus.schema import agent_messages as m
 from coordinator.admission import ADMIT, Ask, Setup, Verdict, defer
 from coordinator.admission.fairness import Shares
-from coordinator.admission.table import Live, Table
+from coordinator.admission.table import Table, live
 from coordinator.admission.waiting import wake_oldest
 
 RECHECK_S = 60.0
@@ -46,7 +46,7 @@ class ConcurrencyPolicy:
     name = "concurrency"
 
     def __init__(self, setup: Setup):
-        self.table = Live(setup.settings.policy_path)
+        self.table = live(setup.settings.policy_path)
         self.shares = Shares()
 
     def prepare(self, conn: Connection, rows: Iterable[Any], now: float) -> None:

@@ -13,6 +13,7 @@ exceeds the period's whole budget is denied (``budget.period_exceeded``): no per
 
 from __future__ import annotations
 
+import calendar
 import time
 from collections.abc import Iterable
 
@@ -23,7 +24,7 @@ from bus import ledger
 from bus.schema import agent_messages as m
 from coordinator.admission import ADMIT, Ask, Setup, Verdict, defer, deny
 from coordinator.admission.budgets import COST_EPSILON
-from coordinator.admission.table import Live, PeriodBudget
+from coordinator.admission.table import PeriodBudget, live
 from coordinator.schema import tenant_spend as ts
 from coordinator.timefmt import iso
 
@@ -42,7 +43,6 @@ def periods(budget: PeriodBudget, now: float) -> list[tuple[str, float, float]]:
 
 
 def _epoch(year: int, month: int, day: int) -> float:
-    import calendar
     return float(calendar.timegm((year, month, day, 0, 0, 0, 0, 0, 0)))
 
 
@@ -54,7 +54,7 @@ class PeriodBudgetPolicy:
     takes = True
 
     def __init__(self, setup: Setup):
-        self.table = Live(setup.settings.policy_path)
+        self.table = live(setup.settings.policy_path)
 
     def check(self, ask: Ask) -> Verdict:
         """Deny an assignment whose most cost exceeds a period's whole budget; defer one that does not fit what the

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from coordinator import ratelimit
 from coordinator.admission import ADMIT, Ask, Setup, Verdict, defer
-from coordinator.admission.table import Live
+from coordinator.admission.table import live
 
 TENANT_KEY = "admission/tenant/{}"
 MODEL_KEY = "admission/model/{}"
@@ -24,7 +24,7 @@ class RatePolicy:
     takes = True
 
     def __init__(self, setup: Setup):
-        self.table = Live(setup.settings.policy_path)
+        self.table = live(setup.settings.policy_path)
 
     def check(self, ask: Ask) -> Verdict:
         """Take a token of each bucket that applies, or defer until one is there."""

@@ -110,6 +110,14 @@ def parse(text: str, *, where: str = "policy table") -> Table:
         raise ConfigError(f"{where} is invalid: {exc}", details={"file": where}) from None
 
 
+def live(path: Path) -> Live:
+    """The one ``Live`` table of ``path`` in this process, shared by every policy that reads it."""
+    found = _LIVE.get(path)
+    if found is None:
+        found = _LIVE[path] = Live(path)
+    return found
+
+
 @dataclass
 class Live:
     """The table of a file, read again (at most every ``RELOAD_EVERY_S``) when the file changed."""
@@ -136,3 +144,6 @@ class Live:
                 log.error("the policy table %s is kept as it was: %s", self.path, exc)
             self._mtime = mtime
         return self.table
+
+
+_LIVE: dict[Path, Live] = {}

@@ -20,14 +20,14 @@ from bus.celery_app import TASK_EXECUTE
 from bus.outbox import Delivery
 from bus.routing import execute_queue
 from bus.schema import agent_messages as m
-from coordinator.admission.table import Live
+from coordinator.admission.table import live
 
 
 class Waiting:
     """The brain's side of concurrency limits."""
 
     def __init__(self, policy_path: Path):
-        self.table = Live(policy_path)
+        self.table = live(policy_path)
 
     def wake(self, conn: Connection, settled: Sequence[ledger.Settled], now: float, shard: int) -> list[Delivery]:
         """Ask again now the oldest waiting assignment of each tenant on the routes of ``settled``, and of their

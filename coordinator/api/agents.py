@@ -27,8 +27,9 @@ def get_agents(s: Services = Depends(services), _who: Principal = Depends(scoped
     """Every registered agent with its state and last heartbeat, and each route's live agents (admin)."""
     now = time.time()
     with s.engine.connect() as conn:
-        listed = agents.list_agents(conn, now=now)
-        summary = agents.live_routes(conn, now=now)
+        rows = agents.read(conn)
+    listed = agents.list_agents(rows, now=now)
+    summary = agents.summarise(rows, now=now)
     routes = {route: summary.get(route) or agents.RouteAgents(route) for route in set(summary) | used(s.registry)}
     return with_iso({
         "checked_at": now,

@@ -73,6 +73,6 @@ def state(run_id: str | None = None, s: Services = Depends(services),
 
 def fleet_state(conn: Connection, *, now: float) -> dict[str, Any]:
     """The fleet's orchestrator state: every circuit (``bus/circuits.py``) and how many are in each state."""
-    found = [c.view() for c in circuits.read_all(conn)]
+    found = [c.values() for c in circuits.read_all(conn)]
     counts = {state: sum(1 for c in found if c["state"] == state) for state in circuits.STATES}
     return with_iso({"checked_at": now, "circuits": found, "circuit_counts": counts})

@@ -32,7 +32,7 @@ def agent(process: str = "cogo-codegen-service", routes=("codegen.generate",), p
 
 def listed(engine, now: float) -> dict[str, dict]:
     with engine.connect() as conn:
-        return {a["agent_id"]: a for a in agents.list_agents(conn, now=now)}
+        return {a["agent_id"]: a for a in agents.list_agents(agents.read(conn), now=now)}
 
 
 # -- the registry -------------------------------------------------------------------------------------------
@@ -96,12 +96,12 @@ def test_live_routes_sum_the_capacity_models_and_versions_of_live_agents_only(en
         agents.heartbeat(conn, any_model.agent_id, running=0, done=0, now=T0 + 10)
         agents.heartbeat(conn, one_model.agent_id, running=0, done=0, now=T0 + 10)
         routes = agents.live_routes(conn, now=T0 + 11)
-        capacity = agents.live_capacity(conn, now=T0 + 11)
+
     generate = routes["codegen.generate"]
     assert (generate.live, generate.capacity, generate.versions, generate.models) == (2, 3, {"1", "2"}, None)
     assert routes["rag.embed"].capacity == 2
     assert (routes["kg.build"].live, routes["kg.build"].last_seen_at) == (0, T0)  # known, but gone
-    assert capacity == {"codegen.generate": 3, "rag.embed": 2, "kg.build": 0}
+    assert {r: k.capacity for r, k in routes.items()} == {"codegen.generate": 3, "rag.embed": 2, "kg.build": 0}
     with engine.begin() as conn:
         agents.unregister(conn, any_model.agent_id, now=T0 + 12)
         generate = agents.live_routes(conn, now=T0 + 12)["codegen.generate"]
@@ -234,7 +234,7 @@ def test_the_registry_is_read_at_most_once_a_second(engine):
         assert len(statements) == 1
         assert p.check(ask(conn, now=T0 + 1.0)).admitted  # read again: the new agent admits
         assert len(statements) == 2
-        assert p.registry.capacity(conn, T0 + 1.0, "codegen.generate") == 1
+        assert p.registry.routes(conn, T0 + 1.0)["codegen.generate"].capacity == 1
 
 
 # -- the policy in the in-process fleet --------------------------------------------------------------------------

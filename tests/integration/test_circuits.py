@@ -241,9 +241,9 @@ def _has_assignment(fleet: Fleet, run_id: str) -> bool:
 
 
 def circuits_time(epoch_s: float) -> str:
-    from coordinator.admission.circuits import clock_time
+    from coordinator.timefmt import clock
 
-    return clock_time(epoch_s)
+    return clock(epoch_s)
 
 
 
