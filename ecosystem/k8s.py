@@ -23,12 +23,12 @@ from ecosystem.launcher import SECRETS
 from ecosystem.manifests import (
     CONFINES_CODE,
     CONTAINER_ENV,
-    HEALTH_FILE,
     HEALTHCHECK,
     IMAGE,
     PROCESS_ENV,
     SECRET_ENV,
     _Dumper,
+    process_flags,
 )
 from ecosystem.processes import PROCESSES, Process
 from workers.ephemeral import ASSIGNMENT_ENV
@@ -129,18 +129,9 @@ def _pod(process: Process, container: dict, **spec) -> dict:
                      "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": DATA_CLAIM}}]}}
 
 
-def _process_env(process: Process) -> dict[str, str]:
-    env = {}
-    if process.kind == "loop":
-        env["COGO_READY_FILE"] = HEALTH_FILE
-    if process.ephemeral:
-        env["COGO_EPHEMERAL"] = process.name
-    return env
-
-
 def deployment(process: Process, *, name: str | None = None, shard: int | None = None) -> dict:
     """The Deployment running ``process`` (one shard's copy when ``shard`` is given)."""
-    extra = _process_env(process) | ({"COGO_SHARD": str(shard)} if shard is not None else {})
+    extra = process_flags(process) | ({"COGO_SHARD": str(shard)} if shard is not None else {})
     meta_labels = labels(process) | ({"cogo.dev/shard": str(shard)} if shard is not None else {})
     pod = _pod(process, _container(process, extra, probe=True))
     pod["metadata"]["labels"] = meta_labels

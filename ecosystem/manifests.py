@@ -79,13 +79,20 @@ HEALTHCHECK = {"interval": "15s", "timeout": "15s", "retries": 3, "start_period"
 """How often compose runs ``cogo health <process>`` and how many failures make a container unhealthy."""
 
 
-def process_environment(process: Process) -> dict[str, str]:
-    """The variables one process's container gets beyond ``CONTAINER_ENV``: its own settings and secrets."""
-    env = dict(PROCESS_ENV.get(process.name, {}))
+def process_flags(process: Process) -> dict[str, str]:
+    """What the table says of one process that its container must know: where a loop marks itself ready, and
+    whether a worker is ephemeral (compose and Kubernetes alike)."""
+    env = {}
     if process.kind == "loop":
         env[READY_ENV] = HEALTH_FILE
     if process.ephemeral:
         env["COGO_EPHEMERAL"] = process.name
+    return env
+
+
+def process_environment(process: Process) -> dict[str, str]:
+    """The variables one process's container gets beyond ``CONTAINER_ENV``: its own settings and secrets."""
+    env = {**PROCESS_ENV.get(process.name, {}), **process_flags(process)}
     env.update({var: SECRET_ENV[var] for var, holders in SECRETS.items() if process.name in holders})
     return env
 
