@@ -30,7 +30,6 @@ ID = String(36)
 HELD_FINAL = "{t}held_tokens IS NOT NULL AND {t}status IN ('done', 'failed', 'dead')"
 """An assignment that held budget and ended (or was abandoned) but is not settled yet (``{t}``: a table
 prefix, so a query can name the partial index's predicate exactly)."""
-SLOT_HOLDING = "kind = 'assignment' AND status IN ('dispatched', 'running')"
 WAITING = "kind = 'assignment' AND status = 'queued' AND waiting_for IS NOT NULL"
 BIGID = BigInteger().with_variant(Integer, "sqlite")  # SQLite autoincrements only INTEGER PRIMARY KEY
 
@@ -85,12 +84,9 @@ agent_messages = Table(
     Index("ix_agent_messages_open", "status", "updated_at",
           sqlite_where=text("status NOT IN ('settled', 'done', 'failed', 'dead')"),
           postgresql_where=text("status NOT IN ('settled', 'done', 'failed', 'dead')")),
-    # Concurrency slots (``coordinator/admission/concurrency.py``): the assignments holding one, by tenant and by
-    # route, and the ones waiting for one — only those rows, whatever the table's size.
-    Index("ix_agent_messages_slots_tenant", "tenant",
-          sqlite_where=text(SLOT_HOLDING), postgresql_where=text(SLOT_HOLDING)),
-    Index("ix_agent_messages_slots_route", "service", "role",
-          sqlite_where=text(SLOT_HOLDING), postgresql_where=text(SLOT_HOLDING)),
+    # The assignments a policy deferred (``coordinator/admission/``): only those rows, whatever the table's size.
+    # (The slots a limit counts are read through ``ix_agent_messages_open``: the in-flight rows, which the limits
+    # keep few; an index of its own would cost every step an index write for the few fleets that set limits.)
     Index("ix_agent_messages_waiting", "service", "role", "tenant",
           sqlite_where=text(WAITING), postgresql_where=text(WAITING)),
 )

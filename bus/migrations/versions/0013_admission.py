@@ -1,5 +1,5 @@
 """admission policies: tenant period spend (tenant_spend, agent_messages.period_held), what a deferred assignment
-waits for (agent_messages.waiting_for, waiting_since) and the slot indexes
+waits for (agent_messages.waiting_for, waiting_since) and the index of waiting assignments
 
 Revision ID: 0013
 Revises: 0012
@@ -13,7 +13,6 @@ down_revision = '0012'
 branch_labels = None
 depends_on = None
 
-SLOT_HOLDING = "kind = 'assignment' AND status IN ('dispatched', 'running')"
 WAITING = "kind = 'assignment' AND status = 'queued' AND waiting_for IS NOT NULL"
 
 
@@ -29,16 +28,12 @@ def upgrade() -> None:
         batch_op.add_column(sa.Column('period_held', sa.JSON(), nullable=True))
         batch_op.add_column(sa.Column('waiting_for', sa.String(length=64), nullable=True))
         batch_op.add_column(sa.Column('waiting_since', sa.Double(), nullable=True))
-    for name, columns, where in (("ix_agent_messages_slots_tenant", ["tenant"], SLOT_HOLDING),
-                                 ("ix_agent_messages_slots_route", ["service", "role"], SLOT_HOLDING),
-                                 ("ix_agent_messages_waiting", ["service", "role", "tenant"], WAITING)):
-        op.create_index(name, 'agent_messages', columns, unique=False,
-                        sqlite_where=sa.text(where), postgresql_where=sa.text(where))
+    op.create_index('ix_agent_messages_waiting', 'agent_messages', ['service', 'role', 'tenant'], unique=False,
+                    sqlite_where=sa.text(WAITING), postgresql_where=sa.text(WAITING))
 
 
 def downgrade() -> None:
-    for name in ("ix_agent_messages_waiting", "ix_agent_messages_slots_route", "ix_agent_messages_slots_tenant"):
-        op.drop_index(name, table_name='agent_messages')
+    op.drop_index('ix_agent_messages_waiting', table_name='agent_messages')
     with op.batch_alter_table('agent_messages', schema=None) as batch_op:
         batch_op.drop_column('waiting_since')
         batch_op.drop_column('waiting_for')
