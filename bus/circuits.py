@@ -25,9 +25,11 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from sqlalchemy import Connection, Engine, and_, func, insert, or_, select, update
+from sqlalchemy import Connection, Engine, and_, insert, or_, select, update
 
 from bus import ledger
+from bus.cursor import Position, Read
+from bus.cursor import read as cursor_read
 from bus.introspection import IntrospectionEvent, write
 from bus.schema import agent_messages as m
 from bus.schema import bus_events as be
@@ -46,12 +48,10 @@ OUTCOME_KINDS = ("execute_done", "execute_failed", "ttl_expired", "lease_expired
 assignment also ``execute_dead`` (not read: its ``lease_expired`` counts)."""
 NOT_THEIR_FAULT = ("budget.", "execute.abandoned", "work.unroutable", "policy.", "contract.")
 """Failure codes (or prefixes) that say nothing about the worker or the model: no verdict."""
-DEFAULT_MODEL = "cogo-local"
-"""An assignment's model when its contract names none (``bus.envelope.Assignment.model``)."""
 SETTLE_S = 30.0
-"""Ids of ``bus_events`` may commit out of order on PostgreSQL; an event written this long ago is taken to be
-committed, and everything below it too: the sweep reads again everything above the newest such id, skipping
-the ids it already applied (``circuit_cursor.seen``)."""
+"""Ids of ``bus_events`` may commit out of order on PostgreSQL; every id below one the sweep read this long ago
+(by its own clock) is taken to be committed: the sweep reads again everything above the highest such id, skipping
+the ids it already applied (``circuit_cursor.seen``, ``marks``; ``bus/cursor.py``)."""
 FIRST_LOOK_S = 600.0
 """How far back the first sweep on a ledger looks."""
 BATCH = 2000
@@ -277,19 +277,16 @@ class CircuitSweep:
 
 @dataclass(frozen=True)
 class _Read:
-    low_id: int
-    seen: frozenset[int]
+    position: Read
     outcomes: dict[Key, list[tuple[int, Outcome]]]
-    new_low: int
-    new_seen: frozenset[int]
     stale_probes: dict[Key, str]
 
 
-_MODEL = func.coalesce(m.c.payload[("__assignment", "model")].as_string(), DEFAULT_MODEL)
 _OUTCOMES = (select(be.c.id, be.c.message_id, be.c.run_id, be.c.tenant, be.c.kind, be.c.detail, be.c.created_at,
-                    m.c.service, m.c.role, _MODEL.label("model"))
+                    m.c.service, m.c.role, ledger.MODEL.label("model"))
              .select_from(be.join(m, m.c.id == be.c.message_id))
              .where(be.c.kind.in_(OUTCOME_KINDS), m.c.kind == "assignment"))
+_OUTCOME_IDS = select(be.c.id).where(be.c.kind.in_(OUTCOME_KINDS))
 
 
 def sweep(engine: Engine, *, now: float, settings: Settings) -> CircuitSweep:
@@ -301,12 +298,12 @@ def sweep(engine: Engine, *, now: float, settings: Settings) -> CircuitSweep:
     with engine.connect() as conn:
         read = _read(conn, now)
     result = CircuitSweep(read=sum(len(v) for v in read.outcomes.values()))
-    if not read.outcomes and not read.stale_probes and read.new_low == read.low_id and read.new_seen == read.seen:
+    if not read.outcomes and not read.stale_probes and not read.position.moved:
         return result
     t = Thresholds.of(settings)
     with engine.begin() as conn:
         cursor = conn.execute(select(cc).where(cc.c.id == CURSOR_ID).with_for_update()).first()
-        if _position(cursor) != (read.low_id, read.seen):
+        if _position(cursor) != read.position.before:
             return result  # another sweeper applied these meanwhile
         keys = sorted(set(read.outcomes) | set(read.stale_probes))
         stored = _lock(conn, keys)
@@ -322,44 +319,29 @@ def sweep(engine: Engine, *, now: float, settings: Settings) -> CircuitSweep:
                 _store(conn, after, exists=key in stored)
             result.changes += changes
         record(conn, result.changes, now=now)
-        _store_cursor(conn, cursor is not None, read.new_low, read.new_seen, now)
+        _store_cursor(conn, cursor is not None, read.position.position, now)
     return result
 
 
-def _position(cursor: Any) -> tuple[int, frozenset[int]]:
-    return (cursor.low_id, frozenset(cursor.seen or ())) if cursor is not None else (0, frozenset())
+def _position(cursor: Any) -> Position | None:
+    return Position.stored(cursor.low_id, cursor.seen, cursor.marks) if cursor is not None else None
 
 
 def _read(conn: Connection, now: float) -> _Read:
-    """The outcomes not applied yet, and where the cursor goes once they are."""
+    """The outcomes not applied yet, and where the cursor goes once they are (``bus/cursor.py``)."""
     cursor = conn.execute(select(cc).where(cc.c.id == CURSOR_ID)).first()
-    low_id, seen = _position(cursor)
-    high, settled_at = max(seen, default=low_id), now - SETTLE_S
-    # Ids between the floor and the highest applied: those not applied are late commits (rare).
-    known = [] if cursor is None else conn.execute(
-        select(be.c.id, be.c.created_at).where(be.c.id > low_id, be.c.id <= high, be.c.kind.in_(OUTCOME_KINDS))).all()
-    late = [r.id for r in known if r.id not in seen]
-    fresh = _OUTCOMES.where(be.c.id > high)
-    if cursor is None:  # the first sweep ever reads the last window's worth of history, not the whole ledger
-        fresh = fresh.where(be.c.created_at >= now - FIRST_LOOK_S)
-    rows = list(conn.execute(fresh.order_by(be.c.id).limit(BATCH)))
-    if late:
-        rows += list(conn.execute(_OUTCOMES.where(be.c.id.in_(late))))
+    # The first sweep ever reads the last window's worth of history, not the whole ledger.
+    got = cursor_read(conn, _position(cursor), rows=_OUTCOMES, ids=_OUTCOME_IDS, id_column=be.c.id,
+                      created_column=be.c.created_at, now=now, settle_s=SETTLE_S, limit=BATCH,
+                      first_look_s=FIRST_LOOK_S)
     outcomes: dict[Key, list[tuple[int, Outcome]]] = {}
-    for row in rows:
+    for row in got.rows:
         said = verdict(row.kind, row.detail if isinstance(row.detail, dict) else None)
         if said is not None:
             key = (row.service, row.role, str(row.model)[:128])
             outcomes.setdefault(key, []).append(
                 (row.id, Outcome(row.message_id, said[0], row.created_at, row.run_id, row.tenant, said[1])))
-    # The floor rises to the newest id written SETTLE_S ago: every id below it has committed by now.
-    floor = [r.id for r in (*known, *rows) if r.created_at <= settled_at]
-    if cursor is None and rows:
-        floor.append(min(r.id for r in rows) - 1)
-    new_low = max([low_id, *floor])
-    applied = seen | set(late) | {r.id for r in rows}
-    return _Read(low_id, seen, outcomes, new_low, frozenset(i for i in applied if i > new_low),
-                 _stale_probes(conn, now))
+    return _Read(got, outcomes, _stale_probes(conn, now))
 
 
 def _stale_probes(conn: Connection, now: float) -> dict[Key, str]:
@@ -409,8 +391,8 @@ def _store(conn: Connection, c: Circuit, *, exists: bool) -> None:
         conn.execute(insert(ct).values(**c.values()))
 
 
-def _store_cursor(conn: Connection, exists: bool, low_id: int, seen: frozenset[int], now: float) -> None:
-    values = {"low_id": low_id, "seen": sorted(seen), "updated_at": now}
+def _store_cursor(conn: Connection, exists: bool, at: Position, now: float) -> None:
+    values = {**at.columns(), "updated_at": now}
     if exists:
         conn.execute(update(cc).where(cc.c.id == CURSOR_ID).values(**values))
     else:

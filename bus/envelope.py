@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from bus.errors import ContractError
 from bus.introspection import IntrospectionEvent
 from bus.retry import RetryPolicy, holds_dead_letter
+from bus.tracing import TRACE_KEY, traceparent_of
 
 ASSIGNMENT_KEY = "__assignment"
 TOKEN_KEY = "__token"
@@ -111,18 +112,24 @@ class TokenRef:
 @dataclass(frozen=True, slots=True)
 class AssignmentEnvelope:
     """What travels with an assignment, as its row's payload: the ``__assignment`` contract, the token it works
-    for, its retry policy (data, applied wherever a retry is decided) and its input. The one place these keys
-    are written (``wire``) and read (``of``)."""
+    for, its retry policy (data, applied wherever a retry is decided), its input, and the trace context of the
+    span that last handed it on (``bus/tracing.py``). The one place these keys are written (``wire``) and read
+    (``of``)."""
 
     assignment: Mapping[str, Any]
     token: TokenRef = TokenRef()
     retry: Mapping[str, Any] | None = None
     input: Any = None
+    traceparent: str | None = None
+    """A W3C ``traceparent`` (``TRACE_KEY``), only while tracing is on; one that is not well formed reads as None."""
 
     def wire(self) -> dict[str, Any]:
         """The payload of the assignment row."""
-        return {ASSIGNMENT_KEY: dict(self.assignment), TOKEN_KEY: self.token.wire(),
-                RETRY_KEY: None if self.retry is None else dict(self.retry), "input": self.input}
+        out = {ASSIGNMENT_KEY: dict(self.assignment), TOKEN_KEY: self.token.wire(),
+               RETRY_KEY: None if self.retry is None else dict(self.retry), "input": self.input}
+        if self.traceparent is not None:
+            out[TRACE_KEY] = self.traceparent
+        return out
 
     @classmethod
     def of(cls, payload: Any) -> AssignmentEnvelope:
@@ -133,8 +140,10 @@ class AssignmentEnvelope:
         token = TokenRef(token.get("token_id"), token.get("node_id"), token.get("parent_run_id")) \
             if isinstance(token, dict) else TokenRef()
         retry = raw.get(RETRY_KEY)
+        carried = raw.get(TRACE_KEY)
         return cls(raw.get(ASSIGNMENT_KEY) if isinstance(raw.get(ASSIGNMENT_KEY), dict) else {}, token,
-                   retry if isinstance(retry, dict) else None, raw.get("input"))
+                   retry if isinstance(retry, dict) else None, raw.get("input"),
+                   None if carried is None else traceparent_of(carried))
 
     def contract(self) -> Assignment:
         """The checked ``__assignment``.

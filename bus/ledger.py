@@ -167,7 +167,7 @@ _CLAIM = (update(m)
           .values(status=RUNNING, attempts=m.c.attempts + 1, lease_until=bindparam("_lease_until"),
                   updated_at=bindparam("_now"))
           .returning(m.c.attempts, m.c.max_attempts, m.c.run_id, m.c.tenant, m.c.service, m.c.role, m.c.shard,
-                     m.c.payload, m.c.usage_tokens, m.c.usage_cost_usd))
+                     m.c.payload, m.c.usage_tokens, m.c.usage_cost_usd, m.c.dispatched_at))
 """``claim``'s statement, built once (see ``_move_statement``)."""
 
 
@@ -185,6 +185,16 @@ class Claim:
     lease_until: float
     spent: Usage = Usage()
     """What earlier attempts of this assignment already spent: the budget covers all attempts together."""
+    claimed_at: float = 0.0
+    """When this attempt took the assignment (the end of its queue wait, the start of its run)."""
+    dispatched_at: float | None = None
+    """When the dispatcher admitted it for this attempt (the start of its queue wait); None on rows admitted
+    before the column existed."""
+
+    @property
+    def wait_s(self) -> float | None:
+        """How long the attempt waited in its worker queue (dispatched → claimed), never negative."""
+        return None if self.dispatched_at is None else max(0.0, self.claimed_at - self.dispatched_at)
 
 
 def claim(conn: Connection, message_id: str, *, lease_s: float, now: float) -> Claim | None:
@@ -199,7 +209,8 @@ def claim(conn: Connection, message_id: str, *, lease_s: float, now: float) -> C
         return None
     route = Route(row.service, row.role, row.shard, row.tenant)
     return Claim(message_id, row.attempts, row.max_attempts, row.run_id, row.tenant, route, row.payload,
-                 lease_until, Usage(tokens=row.usage_tokens, cost_usd=row.usage_cost_usd))
+                 lease_until, Usage(tokens=row.usage_tokens, cost_usd=row.usage_cost_usd), claimed_at=now,
+                 dispatched_at=row.dispatched_at)
 
 
 _IDLE = or_(m.c.status != DEAD, m.c.lease_until.is_(None), m.c.lease_until <= bindparam("_now"))
@@ -207,8 +218,13 @@ _IDLE = or_(m.c.status != DEAD, m.c.lease_until.is_(None), m.c.lease_until <= bi
 that was running when it was abandoned may still spend; that attempt's end (``close_abandoned``), or the
 reclaimer once the lease ran out, clears it."""
 
+DEFAULT_MODEL = "cogo-local"
+"""An assignment's model when its contract names none (``bus.envelope.Assignment.model``)."""
+MODEL = func.coalesce(m.c.payload[("__assignment", "model")].as_string(), DEFAULT_MODEL)
+"""An ``agent_messages`` row's model in SQL: what its contract names, or ``DEFAULT_MODEL`` (``model_of`` in Python)."""
+_MODEL = MODEL.label("model")
 _SETTLED = (m.c.id, m.c.run_id, m.c.usage_tokens, m.c.usage_cost_usd, m.c.held_tokens, m.c.held_cost_usd,
-            m.c.tenant, m.c.service, m.c.role, m.c.period_held)
+            m.c.tenant, m.c.service, m.c.role, m.c.period_held, _MODEL)
 _SETTLE = (update(m).where(m.c.id == bindparam("_id"), m.c.status.in_(FINAL), _IDLE)
            .values(status=SETTLED, settled_at=bindparam("_now"), updated_at=bindparam("_now"))
            .returning(*_SETTLED))
@@ -228,12 +244,24 @@ class Settled:
     role: str = ""
     period_held: Any = None
     """What it held against its tenant's period budgets (``coordinator/admission/period.py``), or None."""
+    model: str = DEFAULT_MODEL
+    """The model its contract names (what its usage is counted under: ``cogo_tokens_total{tenant,model}``)."""
 
     @classmethod
     def of(cls, row: Any) -> Settled:
+        """From a row settled by ``_SETTLE`` (or a whole ``agent_messages`` row)."""
         held = None if row.held_tokens is None else Usage(tokens=row.held_tokens, cost_usd=row.held_cost_usd or 0.0)
+        values = row._mapping
+        model = values["model"] if "model" in values else model_of(values.get("payload"))
         return cls(row.id, row.run_id, Usage(tokens=row.usage_tokens, cost_usd=row.usage_cost_usd), held,
-                   row.tenant, row.service, row.role, row.period_held)
+                   row.tenant, row.service, row.role, row.period_held, str(model or DEFAULT_MODEL))
+
+
+def model_of(payload: Any) -> str:
+    """The model an assignment's payload names, or ``DEFAULT_MODEL``."""
+    assignment = payload.get("__assignment") if isinstance(payload, dict) else None
+    model = assignment.get("model") if isinstance(assignment, dict) else None
+    return model if isinstance(model, str) and model else DEFAULT_MODEL
 
 
 def settle(conn: Connection, message_id: str, *, now: float) -> Settled | None:

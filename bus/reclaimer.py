@@ -103,11 +103,14 @@ class Reclaimer:
                 lost = Problem("lease.expired", f"worker lost attempt {row.attempts}", True)
                 error = lost.to_dict()
                 audit = {"message_id": row.id, "run_id": row.run_id, "tenant": row.tenant, "attempt": row.attempts}
+                route = f"{row.service}.{row.role}"
                 if row.attempts < row.max_attempts:
                     if ledger.move(conn, row.id, from_=(ledger.RUNNING,), to=ledger.RETRY_WAIT, now=now,
                                    attempt=row.attempts, values={"retry_at": now, "last_error": lost.message,
                                                                  "last_error_at": now, "lease_until": None}):
-                        ledger.record(conn, [{**audit, "kind": "lease_expired", "detail": error}], now=now)
+                        # ``route`` and ``end``: this attempt ended, another follows (``coordinator/metrics``).
+                        ledger.record(conn, [{**audit, "kind": "lease_expired",
+                                              "detail": {**error, "route": route, "end": "retry"}}], now=now)
                         result.expired += 1
                         result.deliveries.append(self._delivery(row, ledger.RETRY_WAIT))
                 else:
@@ -127,9 +130,12 @@ class Reclaimer:
                            values=values):
             return
         failure = {"error": Problem("execute.dead", lost.message).to_dict(), "attempts": row.attempts}
+        # ``route`` and ``end`` (``coordinator/metrics``): it ended here, or it is held (its run waits for it)
+        route, end = f"{row.service}.{row.role}", "held" if hold else "dead"
+        held = [{**audit, "kind": "dead_letter_held", "detail": {**failure, "route": route}}] if hold else []
         ledger.record(conn, [{**audit, "kind": "lease_expired", "detail": error},
-                             {**audit, "kind": "execute_dead", "detail": error}]
-                      + ([{**audit, "kind": "dead_letter_held", "detail": failure}] if hold else []), now=now)
+                             {**audit, "kind": "execute_dead", "detail": {**error, "route": route, "end": end}},
+                             *held], now=now)
         result.dead += 1
         if not row.run_id:
             return

@@ -74,6 +74,9 @@ agent_messages = Table(
     # What a deferred assignment waits for (the admission policy's code) and since when; NULL once admitted.
     Column("waiting_for", String(64), nullable=True),
     Column("waiting_since", Double, nullable=True),
+    # When the dispatcher last admitted the assignment (``queued | retry_wait → dispatched``): the start of the
+    # attempt's queue wait, which the worker's audit row reports (``wait_s``); NULL until admitted.
+    Column("dispatched_at", Double, nullable=True),
     Index(None, "status", "updated_at"),
     Index(None, "run_id"),
     Index(None, "causation_id"),
@@ -104,6 +107,10 @@ bus_events = Table(
     Index(None, "message_id"),
     Index(None, "run_id"),
     Index(None, "kind", "created_at"),
+    Index(None, "tenant", "kind", "created_at"),  # a tenant's recent rows of a kind (the metric cards)
+    # Readers that follow the ids (the circuit sweep, the metrics fold: ``bus/cursor.py``) need ids never reused:
+    # without AUTOINCREMENT SQLite would hand out again the ids of the newest rows once retention deleted them.
+    sqlite_autoincrement=True,
 )
 
 introspection_events = Table(
@@ -141,12 +148,37 @@ circuits = Table(
 )
 
 circuit_cursor = Table(
-    # The one row of what the circuit sweep has read of ``bus_events``: every id up to ``low_id``, and the ids
-    # above it in ``seen`` (ids may commit out of order on PostgreSQL, so the sweep reads again above low_id).
+    # The one row of what the circuit sweep has read of ``bus_events``: every id up to ``low_id``, the ids
+    # above it in ``seen`` (ids may commit out of order on PostgreSQL, so the sweep reads again above low_id), and
+    # when it read up to which id (``marks``, by its own clock: ``bus/cursor.py``).
     "circuit_cursor", metadata,
     Column("id", Integer, primary_key=True, autoincrement=False),
     Column("low_id", BIGID, nullable=False),
     Column("seen", JSON, nullable=False),
+    Column("marks", JSON, nullable=True),
+    Column("updated_at", Double, nullable=False),
+)
+
+metric_totals = Table(
+    # The fleet's Prometheus counters and histogram buckets, folded from ``bus_events`` exactly once
+    # (``coordinator/metrics/fold.py``): one row per family sample, ``labels`` its canonical label text
+    # (sorted ``k="v"`` pairs). Never pruned: a counter never goes down.
+    "metric_totals", metadata,
+    Column("name", String(128), primary_key=True),
+    Column("labels", String(1024), primary_key=True),
+    Column("value", Double, nullable=False),
+)
+
+metric_cursor = Table(
+    # The one row of what the metrics fold has read of ``bus_events`` (``bus/cursor.py``): every id up to
+    # ``low_id``, the ids above it in ``seen``, when it read up to which id (``marks``); and since when retention
+    # has waited for the fold to read the audit rows of the runs it would prune (NULL: it does not wait).
+    "metric_cursor", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("low_id", BIGID, nullable=False),
+    Column("seen", JSON, nullable=False),
+    Column("marks", JSON, nullable=True),
+    Column("retention_waiting_since", Double, nullable=True),
     Column("updated_at", Double, nullable=False),
 )
 

@@ -141,6 +141,13 @@ class Settings:
     """What becomes of an assignment whose last attempt failed, unless its task's retry policy says
     (``dead_letter``): ``fail`` reports the failure to its run at once; ``hold`` keeps it as a dead letter the run
     waits for until an operator re-queues or discards it (``docs/dead-letters.md``)."""
+    otel_endpoint: str = ""
+    """Where every process sends its spans over OTLP/HTTP (a base URL such as ``http://collector:4318``; ``/v1/traces``
+    is added), when the ``otel`` extra is installed (``docs/tracing.md``). Empty: the standard
+    ``OTEL_EXPORTER_OTLP_ENDPOINT``, and without either, tracing is off. ``OTEL_SDK_DISABLED=true`` turns it off."""
+    otel_traces_endpoint: str = ""
+    """The traces URL itself, used as it is (nothing added), ahead of ``otel_endpoint``. Empty: the standard
+    ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`` (read only when neither ``COGO_OTEL_*`` endpoint is set)."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -157,6 +164,15 @@ class Settings:
             if raw is None or raw == "":
                 continue
             values[f.name] = _parse(var, raw, f.type)
+        if not values.get("otel_endpoint") and not values.get("otel_traces_endpoint"):  # OpenTelemetry's own names
+            for name, var in (("otel_endpoint", "OTEL_EXPORTER_OTLP_ENDPOINT"),
+                              ("otel_traces_endpoint", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")):
+                if env.get(var, "").strip():
+                    values[name] = env[var].strip()
+        if env.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
+            values["otel_endpoint"] = values["otel_traces_endpoint"] = ""
+        elif values.get("otel_endpoint") or values.get("otel_traces_endpoint"):
+            _check_otlp_protocol(env)
         return cls(**values).checked()
 
     def _check_shards(self) -> None:
@@ -178,6 +194,14 @@ class Settings:
         if self.dead_letter not in DEAD_LETTER_MODES:
             raise ConfigError(f"COGO_DEAD_LETTER must be one of {', '.join(DEAD_LETTER_MODES)}, got "
                               f"{self.dead_letter!r}", details={"variable": "COGO_DEAD_LETTER"})
+
+    def _check_otel(self) -> None:
+        for url, var, theirs in ((self.otel_endpoint, "COGO_OTEL_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT"),
+                                 (self.otel_traces_endpoint, "COGO_OTEL_TRACES_ENDPOINT",
+                                  "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")):
+            if url and (not url.startswith(("http://", "https://")) or any(c.isspace() for c in url)):
+                raise ConfigError(f"{var} (or {theirs}) must be an http:// or https:// URL (OTLP/HTTP), got "
+                                  f"{_scheme_only(url)!r}", details={"variable": var})
 
     def _check_circuits(self) -> None:
         if self.circuit_failures < 1 or self.circuit_min_calls < 1:
@@ -209,6 +233,7 @@ class Settings:
             raise ConfigError(f"COGO_LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR, got {self.log_level!r}")
         self._check_ephemeral()
         self._check_dead_letter()
+        self._check_otel()
         if self.sandbox not in SANDBOX_MODES:
             raise ConfigError(f"COGO_SANDBOX must be one of {', '.join(SANDBOX_MODES)}, got {self.sandbox!r}")
         for name in ("sandbox_memory_mb", "sandbox_max_procs", "sandbox_cpu_s", "sandbox_file_mb", "max_body_bytes",
@@ -250,6 +275,25 @@ class Settings:
             value = getattr(self, f.name)
             out[f"COGO_{f.name.upper()}"] = ("1" if value else "0") if isinstance(value, bool) else str(value)
         return out
+
+
+OTLP_PROTOCOL = "http/protobuf"
+"""The one OTLP transport cogo's exporter speaks (``bus/tracing.py``)."""
+
+
+def _check_otlp_protocol(env: Mapping[str, str]) -> None:
+    """Refuse an OTLP protocol other than ``http/protobuf`` (``grpc``, ``http/json``) when tracing is on: the
+    exporter would send OTLP/HTTP protobuf to an endpoint set up for something else, and every export would fail.
+    The traces-specific variable wins over the general one, as the OpenTelemetry specification says."""
+    for var in ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL"):
+        raw = env.get(var, "").strip()
+        if not raw:
+            continue
+        if raw.lower() != OTLP_PROTOCOL:
+            raise ConfigError(f"{var} is {raw[:32]!r}, but cogo exports traces over OTLP/HTTP with protobuf only: "
+                              f"set it to {OTLP_PROTOCOL} (or unset it) and point the endpoint at the collector's "
+                              "OTLP/HTTP port (4318 by default), not its gRPC one", details={"variable": var})
+        return
 
 
 def _scheme_only(url: str) -> str:

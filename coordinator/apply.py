@@ -26,6 +26,7 @@ from bus.outbox import Delivery, Publisher, delivery_for
 from bus.routing import Route, shard_for
 from bus.schema import agent_messages
 from bus.sql_trace import SqlTrace
+from bus.tracing import TRACE_KEY
 from coordinator import budgets, settlement
 from coordinator import decisions as d
 from coordinator.admission.waiting import Waiting
@@ -45,14 +46,18 @@ class Effects:
 
     deliveries: list[Delivery] = field(default_factory=list)
     notifications: list[tuple[str, Any]] = field(default_factory=list)
+    settled: list[ledger.Settled] = field(default_factory=list)
+    """What phase 1 settled (the brain's audit row of the step counts its usage: ``coordinator/metrics``)."""
 
 
 class Phase1:
     """Writes one plan: its changes, then its decisions' outside effects, as few statements as it can."""
 
     def __init__(self, conn: Connection, state: WorkflowState, *, cause_id: str, now: float, shards: int,
-                 registry: Registry | None = None, sql_trace: SqlTrace | None = None, waiting: Waiting | None = None):
+                 registry: Registry | None = None, sql_trace: SqlTrace | None = None, waiting: Waiting | None = None,
+                 traceparent: str | None = None):
         self.conn, self.state, self.cause_id, self.now, self.shards = conn, state, cause_id, now, shards
+        self.traceparent = traceparent  # the step's span (tracing on): every row this step writes carries it
         self.sql_trace = sql_trace  # the step's statements so far, recorded as sql.* events when asked
         self.registry = registry  # child runs need their definitions
         self.waiting = waiting  # wakes assignments waiting for the slots this step frees
@@ -126,6 +131,8 @@ class Phase1:
     def decide_row(self, run_id: str, kind: str, payload: dict[str, Any], *, retry_at: float | None = None,
                    id: str | None = None) -> ledger.NewMessage:
         """An outbox row for a brain (this run's, a parent's or a child's)."""
+        if self.traceparent is not None:
+            payload = {**payload, TRACE_KEY: self.traceparent}
         return ledger.brain_event(run_id=run_id, tenant=self.run.tenant, kind=kind, payload=payload,
                                   shard=self.shard, causation_id=self.cause_id, retry_at=retry_at, id=id)
 
@@ -254,7 +261,7 @@ class Phase1:
                       "depth": self.run.depth + 1}
             _, delivery = create_run(self.conn, Intent(tenant=self.run.tenant, intent=x.workflow, payload=x.input),
                                      definition, now=self.now, shards=self.shards, run_id=x.child_run_id,
-                                     parent=parent)
+                                     parent=parent, traceparent=self.traceparent)
             self.effects.deliveries.append(delivery)
 
     def _abandon(self) -> None:
@@ -279,6 +286,7 @@ class Phase1:
         are locked in the dispatcher's order (root run, run, assignment)."""
         settled = [s for a in self.to_settle if (s := ledger.settle(self.conn, a, now=self.now)) is not None]
         settled += ledger.settle_abandoned(self.conn, self.abandoned, now=self.now)
+        self.effects.settled += settled
         for s in settled:
             self.op_at("dispatch.assignment.settled", s.id, tokens=s.usage.tokens, cost_usd=s.usage.cost_usd)
         self.effects.deliveries += settlement.settle(self.conn, settled, run_id=self.run.id, above=self.above,
@@ -296,7 +304,7 @@ def _token_row(run_id: str, t: Any, error: Any, now: float) -> dict[str, Any]:
 def _dispatch(p: Phase1, x: d.DispatchToken) -> None:
     route = Route(x.service, x.role, p.shard, p.run.tenant)
     payload = AssignmentEnvelope(x.assignment, TokenRef(x.token_id, x.node_id, p.run.parent_run_id), x.retry,
-                                 x.input).wire()
+                                 x.input, p.traceparent).wire()
     p.send(ledger.NewMessage(route=route, kind="assignment", payload=payload, run_id=p.run.id,
                              causation_id=p.cause_id, max_attempts=x.max_attempts, id=x.assignment_id))
     p.op("dispatch.token.enqueued", x.token_id, x.node_id, assignment_id=x.assignment_id, queue=route.queue)

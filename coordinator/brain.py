@@ -15,7 +15,7 @@ from typing import Any
 
 from sqlalchemy import Engine, bindparam, or_, select, update
 
-from bus import faults, ledger
+from bus import faults, ledger, tracing
 from bus.celery_app import TASK_DECIDE
 from bus.errors import BrokerUnavailable, CogoError, Conflict, Problem
 from bus.outbox import BATCH_MAX, EARLY_TOLERANCE_S, Delivery, Publisher
@@ -104,11 +104,12 @@ class Brain:
         with self.engine.begin() as conn, traced(conn, self.sql_events) as trace:
             outcome, first, row = self._apply(conn, message_id, now, trace)  # a failure fails the whole step
             effects = [first]
+            taken_rows = [(message_id, row, first)] if outcome == "applied" else []
             extra = self._queued(conn, row.shard, now, skip=message_id) if self._queue_forming(row, now) else []
             for other in extra:
                 try:
                     with conn.begin_nested():  # a savepoint: a failing event rolls back alone
-                        taken, more, _ = self._apply(conn, other, now, trace)
+                        taken, more, other_row = self._apply(conn, other, now, trace)
                 except Exception as exc:
                     if faults.is_infrastructure(exc) or (self.fail_fast and not isinstance(exc, Conflict | _Rejected)):
                         raise
@@ -117,6 +118,9 @@ class Brain:
                 effects.append(more)
                 if taken == "applied":
                     applied.append(other)
+                    taken_rows.append((other, other_row, more))
+            roots = _roots(conn, [taken[1] for taken in taken_rows])
+            ledger.record(conn, [_applied_audit(*taken, now, roots) for taken in taken_rows], now=now)  # one statement
         self._applied.update(applied)  # their own messages, when they come, find them applied here
         for other, exc in failed:  # as one at a time: a rejection recorded, a crash counted
             effects.append(self._failed_alone(other, exc))
@@ -134,7 +138,10 @@ class Brain:
 
     def _apply(self, conn, message_id: str, now: float, trace) -> tuple[str, Effects | None, Any]:
         """Take one decide row and apply it: load, plan, phase 1; returns its outcome, its effects and the row
-        taken (None: not taken)."""
+        taken (None: not taken). Tracing on, the step is a span (``cogo.step <kind>``) under the context the row
+        carries, and every row the step writes carries the step's."""
+        tracer = tracing.active()
+        started = tracer.clock_ns() if tracer is not None else 0
         # The inbox, the first statement: the first brain to take the row applies it; if anything below fails,
         # the take rolls back with the rest.
         row = conn.execute(_TAKE, {"_id": message_id, "_now": now, "_due": now + EARLY_TOLERANCE_S}).first()
@@ -150,14 +157,28 @@ class Brain:
             raise _Rejected(exc) from exc
         if row.run_version != state.run.version + 1:  # the run moved between the take and the load
             raise Conflict(f"run {row.run_id} changed while {message_id} was taken")
+        if tracer is None:
+            return "applied", self._write(conn, message_id, row, event, state, now, trace, None), row
+        token = state.tokens.get(getattr(event, "token_id", "") or "")
+        with tracer.span(f"cogo.step {row.kind}", carrier=tracing.carried(row.payload),
+                         root_run_id=state.run.root_run_id or state.run.id, run_id=row.run_id, tenant=row.tenant,
+                         node=token.node_id if token is not None else None, start_ns=started,
+                         attributes={"cogo.event_id": message_id, "cogo.run_version": row.run_version}) as span:
+            return "applied", self._write(conn, message_id, row, event, state, now, trace,
+                                          tracing.traceparent(span)), row
+
+    def _write(self, conn, message_id: str, row: Any, event: ev.Event, state: Any, now: float, trace,
+               traceparent: str | None) -> Effects:
+        """Plan the event on the state loaded for it and write the plan (phase 1); the rows it writes carry
+        ``traceparent``."""
         try:
             the_plan = plan(state, event, now=now)
         except NeedsWholeState:
             state = load_state(conn, row.run_id, self.registry)
             the_plan = plan(state, event, now=now)
         phase1 = Phase1(conn, state, cause_id=message_id, now=now, shards=self.shards, registry=self.registry,
-                        sql_trace=trace, waiting=self.waiting)
-        return "applied", phase1.apply(the_plan), row
+                        sql_trace=trace, waiting=self.waiting, traceparent=traceparent)
+        return phase1.apply(the_plan)
 
     def _queue_forming(self, row: Any, now: float) -> bool:
         """Whether the row just taken waited in the queue after it was due: then more are likely waiting (never
@@ -219,6 +240,39 @@ class Brain:
         except Exception:  # noqa: BLE001 - committed: the reclaimer sends the gave_up event again
             log.warning("the gave_up event of run %s is left to the reclaimer", row.run_id, exc_info=True)
             return "rejected", None
+
+
+def _roots(conn, rows: list[Any]) -> set[str]:
+    """Of the runs ``rows`` start (their ``start`` events), the root runs (started by the API, not by a parent's
+    step): one read, only when a ``start`` is among them."""
+    started = [row.run_id for row in rows if row.kind == ev.Start.kind]
+    if not started:
+        return set()
+    return set(conn.execute(select(runs.c.id).where(runs.c.id.in_(started), runs.c.parent_run_id.is_(None)))
+               .scalars())
+
+
+def _applied_audit(message_id: str, row: Any, effects: Effects | None, now: float, roots: set[str]) -> dict[str, Any]:
+    """The ``event_applied`` audit row of a decide row this step applied: its event, how long after it was due it
+    was applied (``latency_s``; for a root run's ``start``, marked ``root``, the intent's ingress latency: a child
+    run is started by its parent's step, not by the API) and, per model, the usage of the
+    assignments its step settled (``[[model, tokens, cost_usd], …]``): what ``coordinator/metrics`` folds into
+    ``cogo_step_latency_seconds`` and ``cogo_tokens_total``/``cogo_cost_usd_total``, so the counters equal what
+    the ledger settles. It feeds the metrics, not the run's audit: no ``run_id`` (``message_id`` names the decide
+    row), so a run's audit rows stay its messages' moves; retention prunes it by age once folded."""
+    detail: dict[str, Any] = {"event": row.kind, "latency_s": max(0.0, now - max(row.created_at, row.retry_at or 0.0))}
+    if row.kind == ev.Start.kind:
+        detail["root"] = row.run_id in roots
+    used: dict[str, list[float]] = {}
+    for s in effects.settled if effects is not None else ():
+        if s.usage.tokens or s.usage.cost_usd:
+            total = used.setdefault(s.model, [0, 0.0])
+            total[0] += s.usage.tokens
+            total[1] += s.usage.cost_usd
+    if used:
+        detail["settled"] = [[model, tokens, cost] for model, (tokens, cost) in sorted(used.items())]
+    return {"message_id": message_id, "run_id": None, "tenant": row.tenant, "kind": "event_applied",
+            "detail": detail}
 
 
 def _merged(effects: list[Effects | None]) -> Effects:

@@ -194,7 +194,10 @@ def discard(conn: Connection, letter_id: str, *, by: Actor, tenant: str | None, 
                         .order_by(bus_events.c.id.desc()).limit(1)).scalar() or {}
     error = held.get("error") or Problem("execute.dead", row.last_error or "dead letter discarded").to_dict()
     detail = {"by": by.name, "tenant": by.tenant, "reason": reason, "error": error}
-    _record(conn, row, "dead_letter_discarded", detail, "dispatch.assignment.discarded", now)
+    # Held, it had not ended (its run waited); discarded, it ends dead: ``route`` and ``end`` are what
+    # ``coordinator/metrics`` counts (``cogo_assignments_total{outcome="dead"}``).
+    ended = {"route": f"{row.service}.{row.role}", "end": "dead"}
+    _record(conn, row, "dead_letter_discarded", {**detail, **ended}, "dispatch.assignment.discarded", now)
     if row.run_id is None:  # no run waits for it: nothing to report, so it is settled here
         done = ledger.settle(conn, letter_id, now=now)
         woken = settlement.settle(conn, [done] if done else [], run_id=None, above=None, now=now, shard=row.shard)
@@ -253,7 +256,7 @@ def _settle(conn: Connection, row: Any, above: budgets.Chain | None, now: float
     settled = ledger.Settled.of(row)
     usage, held = settled.usage, settled.held
     woken = settlement.settle(conn, [settled], run_id=row.run_id, above=above, now=now, shard=row.shard)
-    return {"tokens": usage.tokens, "cost_usd": usage.cost_usd,
+    return {"tokens": usage.tokens, "cost_usd": usage.cost_usd, "model": settled.model,
             "released": None if held is None else held.model_dump()}, woken
 
 

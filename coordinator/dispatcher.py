@@ -4,6 +4,7 @@ routes them to the worker queue, and re-admits them after a retry backoff. Every
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -12,7 +13,7 @@ from typing import Any, NamedTuple
 
 from sqlalchemy import Engine, bindparam, select
 
-from bus import faults, ledger, outcomes
+from bus import faults, ledger, outcomes, tracing
 from bus.celery_app import TASK_EXECUTE, TASK_WORK
 from bus.envelope import AssignmentEnvelope, Budget, TokenRef
 from bus.errors import BrokerUnavailable, CogoError
@@ -151,9 +152,20 @@ class Dispatcher:
         if (row.retry_at or 0) > now + EARLY_TOLERANCE_S:  # a retry's backoff or a deferral not yet over
             out.deliveries.append(Delivery(TASK_EXECUTE, execute_queue(row.shard), row.id, row.retry_at - now))
             return "early"
-        return self._admit(conn, row, now, out)
+        tracer = tracing.active()
+        if tracer is None:
+            return self._admit(conn, row, now, out)
+        # Tracing on: each admission of a batch is a span of its own, opened once the policies answered (_Admission).
+        with contextlib.ExitStack() as stack:
+            traced = _Admission(tracer, row, now, stack)
+            outcome = self._admit(conn, row, now, out, traced)
+            if traced.span is not None:
+                traced.span.set_attribute("cogo.outcome", outcome)
+            return outcome
 
-    def _admit(self, conn, row: Any, now: float, out: _Written) -> str:
+    def _admit(self, conn, row: Any, now: float, out: _Written, traced: _Admission | None = None) -> str:
+        """Ask the policies and act on their answer; ``traced`` (tracing on) opens the admission's span with the
+        answer, and the worker's and a denial's report carry its context."""
         route = Route(row.service, row.role, row.shard, row.tenant)
         envelope = AssignmentEnvelope.of(row.payload)
         token = envelope.token
@@ -175,17 +187,19 @@ class Dispatcher:
             else:
                 log.exception("admission of %s failed", row.id)
                 verdict = Verdict(False, "policy.error", f"admission failed: {type(exc).__name__}: {exc}")
+        span = None if traced is None else traced.answered(verdict)
         if verdict.deferred:
             return self._defer(conn, row, verdict, token, now, out)
         if not verdict.admitted:
-            self._deny(conn, row, verdict, token, now, out)
+            self._deny(conn, row, verdict, token, now, out, span)
             return "denied"
         retry = row.status == ledger.RETRY_WAIT
         # The backoff or deferral it waited out is over: a dispatched row's age is its own (the reclaimer's rule).
         budget = contract.budget
         held = budgets.holding(budget) if above is not None else {}  # held by the row until it is settled
         if not ledger.move(conn, row.id, from_=(row.status,), to=ledger.DISPATCHED, now=now,
-                           values={"retry_at": None, "waiting_for": None, "waiting_since": None, **held}):
+                           values={"retry_at": None, "waiting_for": None, "waiting_since": None, **held,
+                                   "dispatched_at": now, **_carrying(row.payload, span)}):
             return "duplicate"
         if above is not None:
             budgets.reserve(conn, above, budget)
@@ -207,7 +221,7 @@ class Dispatcher:
         ``DEFER_MIN_S`` up to ``DEFER_MAX_S``). The row keeps what it waits for (``waiting_for``, the code) and
         since when; that is said when a wait starts and when what it waits for changes (``_kind``), not at every
         re-check."""
-        same = row.waiting_for is not None and _kind(row.waiting_for) == _kind(verdict.code)
+        same = _same_wait(row, verdict.code)
         since = row.waiting_since if same and row.waiting_since is not None else now
         if verdict.until is not None:
             delay_s = min(DEFER_UNTIL_MAX_S, max(DEFER_MIN_S / 10, verdict.until - now))
@@ -230,19 +244,76 @@ class Dispatcher:
         out.deliveries.append(Delivery(TASK_EXECUTE, execute_queue(row.shard), row.id, delay_s))
         return "deferred"
 
-    def _deny(self, conn, row: Any, verdict: Verdict, token: TokenRef, now: float, out: _Written) -> None:
+    def _deny(self, conn, row: Any, verdict: Verdict, token: TokenRef, now: float, out: _Written,
+              span: Any = None) -> None:
         error = verdict.problem().to_dict()
         if not ledger.move(conn, row.id, from_=(row.status,), to=ledger.FAILED, now=now,
                            values={"last_error": f"{verdict.code}: {verdict.reason}", "last_error_at": now}):
             return
         kind = "budget_violation" if verdict.code.startswith("budget") else "policy_denied"
+        # ``route`` and ``end``: the assignment ended here, denied (``coordinator/metrics`` counts it).
         out.audit.append({"message_id": row.id, "run_id": row.run_id, "tenant": row.tenant, "kind": kind,
-                          "attempt": row.attempts, "detail": error})
+                          "attempt": row.attempts,
+                          "detail": {**error, "route": f"{row.service}.{row.role}", "end": "denied"}})
         if row.run_id:
             out.events.append(token.event("dispatch.assignment.denied", row.run_id, {"assignment_id": row.id, **error}))
             out.deliveries.append(outcomes.report(conn, assignment_id=row.id, run_id=row.run_id, tenant=row.tenant,
                                                   payload=row.payload, kind=outcomes.TASK_FAILED, now=now,
-                                                  shard=row.shard, body={"error": error, "attempts": row.attempts}))
+                                                  shard=row.shard, body={"error": error, "attempts": row.attempts},
+                                                  traceparent=None if span is None else tracing.traceparent(span)))
+
+
+_NOTHING: dict[str, Any] = {}
+
+
+def _carrying(payload: Any, span: Any) -> dict[str, Any]:
+    """Tracing on, what an admitted row's payload becomes: it carries the admission's span, so the worker's span
+    is its child. Off: nothing to change."""
+    return _NOTHING if span is None else {"payload": tracing.carrying(payload, tracing.traceparent(span))}
+
+
+class _Admission:
+    """Tracing on, one admission's span (``cogo.admit``), under the context its row carries: opened once the
+    policies answered (its start: before they were asked) — for an admission or a denial, and for a deferral only
+    when a wait starts or what it waits for changes (the rule that writes the ``deferred`` event). A re-check of the
+    same wait opens none, so an assignment deferred for minutes adds one span, not one per re-check; the
+    admission that ends a wait says what it waited for and for how long (``cogo.waited_for``, ``cogo.waited_s``)."""
+
+    def __init__(self, tracer: tracing.Tracing, row: Any, now: float, stack: contextlib.ExitStack):
+        self.tracer, self.row, self.now, self.stack = tracer, row, now, stack
+        self.started = tracer.clock_ns()
+        self.span: Any = None
+
+    def answered(self, verdict: Verdict) -> Any:
+        """The span that hears ``verdict``, open until the admission ends; None for a re-check of the same wait."""
+        row = self.row
+        if verdict.deferred and _same_wait(row, verdict.code):
+            return None
+        attributes = {"cogo.assignment_id": row.id, "cogo.route": f"{row.service}.{row.role}",
+                      "cogo.attempt": row.attempts + 1}
+        if row.waiting_for is not None and not verdict.deferred:
+            attributes["cogo.waited_for"] = row.waiting_for
+            if row.waiting_since is not None:
+                attributes["cogo.waited_s"] = round(max(0.0, self.now - row.waiting_since), 3)
+        self.span = self.stack.enter_context(self.tracer.span(
+            "cogo.admit", carrier=tracing.carried(row.payload), root_run_id=row.run_root_run_id or row.run_id,
+            run_id=row.run_id, tenant=row.tenant, node=AssignmentEnvelope.of(row.payload).token.node_id,
+            start_ns=self.started, attributes=attributes))
+        _answered(self.span, verdict)
+        return self.span
+
+
+def _same_wait(row: Any, code: str) -> bool:
+    """Whether deferring ``row`` for ``code`` goes on with the wait it is in (rather than starting one)."""
+    return row.waiting_for is not None and _kind(row.waiting_for) == _kind(code)
+
+
+def _answered(span: Any, verdict: Verdict) -> None:
+    """What the policies answered, on the admission's span: a denial's code is its error."""
+    if verdict.code:
+        span.set_attribute("cogo.verdict", verdict.code)
+    if not verdict.admitted and not verdict.deferred:
+        tracing.fail(span, verdict.code)
 
 
 ONE_WAIT = frozenset({"concurrency", "agents"})

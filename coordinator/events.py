@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from bus.errors import ContractError, Problem
+from bus.tracing import TRACE_KEY
 
 
 @dataclass(frozen=True)
@@ -146,6 +147,8 @@ def from_row(*, id: str, run_id: str, kind: str, payload: dict[str, Any]) -> Eve
     cls = EVENT_TYPES.get(kind)
     if cls is None:
         raise ContractError(f"unknown brain event kind {kind!r}", code="event.unknown")
+    if TRACE_KEY in payload:  # the trace context the row carries (bus/tracing.py) is not part of the event
+        payload = {k: v for k, v in payload.items() if k != TRACE_KEY}
     known = {f.name for f in fields(cls)}
     extra = set(payload) - known
     if extra:

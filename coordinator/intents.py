@@ -18,6 +18,7 @@ from bus.envelope import Budget, Intent
 from bus.errors import InvalidRequest, NotFound
 from bus.outbox import Delivery, delivery_for
 from bus.routing import shard_for
+from bus.tracing import TRACE_KEY
 from coordinator.definitions import Registry, WorkflowDefinition
 from coordinator.inputs import check_payload
 from coordinator.schema import runs
@@ -95,8 +96,10 @@ def catalogue(registry: Registry) -> list[IntentInfo]:
 
 
 def create_run(conn: Connection, intent: Intent, definition: WorkflowDefinition, *, now: float, shards: int,
-               run_id: str | None = None, parent: dict[str, Any] | None = None) -> tuple[str, Delivery]:
-    """Insert the run (pending) and its start event; returns the run id and the start's delivery."""
+               run_id: str | None = None, parent: dict[str, Any] | None = None,
+               traceparent: str | None = None) -> tuple[str, Delivery]:
+    """Insert the run (pending) and its start event; returns the run id and the start's delivery. The start event
+    carries ``traceparent`` (the API's root span, or the parent's step: ``bus/tracing.py``) when tracing is on."""
     run_id = run_id or str(uuid.uuid4())
     parent = parent or {}
     root = parent.get("root_run_id", run_id)  # a run tree lives in one shard: its root's
@@ -108,7 +111,8 @@ def create_run(conn: Connection, intent: Intent, definition: WorkflowDefinition,
         parent_token_id=parent.get("token_id"), root_run_id=root,
         depth=parent.get("depth", 0), input=intent.payload, context={}, budget=budget, visits={},
         token_seq=0, version=0, spent_tokens=0, spent_cost_usd=0.0, created_at=now, updated_at=now))
-    start = ledger.brain_event(run_id=run_id, tenant=intent.tenant, kind="start", payload={},
+    start = ledger.brain_event(run_id=run_id, tenant=intent.tenant, kind="start",
+                               payload={} if traceparent is None else {TRACE_KEY: traceparent},
                                shard=shard_for(root, shards))
     ledger.insert_messages(conn, [start], now=now)
     return run_id, delivery_for(start, now=now)

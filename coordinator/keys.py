@@ -23,8 +23,9 @@ from sqlalchemy import Connection, insert, select, update
 from bus.errors import Forbidden, InvalidRequest, NotFound, Unauthenticated
 from coordinator.schema import api_keys
 
-SCOPES = ("intents:write", "runs:read", "runs:cancel", "approvals:decide", "admin")
-"""Every scope a key or token may carry; ``admin`` implies the others, for every tenant."""
+SCOPES = ("intents:write", "runs:read", "runs:cancel", "approvals:decide", "metrics:read", "admin")
+"""Every scope a key or token may carry; ``admin`` implies the others, for every tenant. ``metrics:read`` is
+Prometheus's: ``/metrics`` (every tenant's counters, no run's data) and nothing else."""
 TENANT_PATTERN = r"^[A-Za-z0-9_.:-]{1,128}$"
 _PREFIX = "cogo_"
 _ID_HEX = 12

@@ -80,6 +80,9 @@ def process(name: Annotated[str, typer.Argument(help="A process of the table (se
     settings = recorded_broker(Settings.from_env())
     fn = load_entry(entry)
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from bus import tracing
+
+    tracing.setup(settings, service=name)  # off unless an OpenTelemetry endpoint is set (docs/tracing.md)
     fn(settings, name)
 
 
@@ -136,6 +139,9 @@ def up(only: Annotated[list[str] | None, typer.Option("--only", help="Start only
         with fleet:
             api = "" if fleet.api_url == default_api_url(settings) else f" --api {fleet.api_url}"
             out.print(render.fleet_summary(fleet))
+            link = render.dashboard_link(fleet) if out.is_terminal else None  # no key in a log or a pipe
+            if link is not None:
+                out.print(link, soft_wrap=True)
             out.print(Text.assemble(("try:  ", "bold"), f"cogo submit codegen --tenant demo --payload "
                                     f"'{CODEGEN_PAYLOAD}' --wait{api}"), soft_wrap=True)
             out.print("Ctrl-C stops the fleet.", style="dim")

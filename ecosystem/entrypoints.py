@@ -38,17 +38,22 @@ def api(settings: Settings, name: str) -> None:
                               publisher=Publisher(make_celery(settings, name=name)),
                               registry=Registry.load(settings.workflows_dir), settings=settings))
     app.router.on_startup.append(mark_ready)
+    # An open live stream (GET /api/stream) never ends by itself: stop waiting for it after a few seconds.
     uvicorn.run(app, host=settings.api_host, port=settings.api_port, log_level=settings.log_level.lower(),
-                access_log=False)
+                access_log=False, timeout_graceful_shutdown=3)
 
 
 def metrics(settings: Settings, name: str) -> None:
-    """``cogo-metrics-server``: Prometheus ``/metrics`` and the JSON cards on ``api_host:metrics_port``."""
+    """``cogo-metrics-server``: Prometheus ``/metrics`` and the JSON cards on ``api_host:metrics_port``; it folds the
+    audit log into the counters every second (``coordinator/metrics/fold.py``)."""
     import uvicorn
 
-    from coordinator.metrics import create_app
+    from coordinator.definitions import Registry
+    from coordinator.metrics.server import FOLD_EVERY_S, create_app
 
-    app = create_app(make_engine(settings.database_url), settings)
+    app = create_app(make_engine(settings.database_url), settings,
+                     publisher=Publisher(make_celery(settings, name=name)),
+                     registry=Registry.load(settings.workflows_dir), fold_every_s=FOLD_EVERY_S)
     app.router.on_startup.append(mark_ready)
     uvicorn.run(app, host=settings.api_host, port=settings.metrics_port, log_level=settings.log_level.lower(),
                 access_log=False)
@@ -161,7 +166,8 @@ def reclaimer(settings: Settings, name: str) -> None:
 
 
 def retention(settings: Settings, name: str) -> None:
-    """``cogo-bus-retention``: prune ended run trees every ``retention_interval_s``."""
+    """``cogo-bus-retention``: prune ended run trees every ``retention_interval_s`` (the audit rows it deletes are
+    folded into the counters first: ``coordinator/retention.py``)."""
     from coordinator.retention import prune
 
     _logging(settings)

@@ -1,4 +1,5 @@
-"""Deployment manifests derived from the process table: ``docker-compose.yml``, ``Procfile`` and ``k8s/``.
+"""Deployment manifests derived from the process table: ``docker-compose.yml``, ``Procfile`` and ``k8s/``; and
+beside them Prometheus's and Grafana's configuration (``ecosystem/observability.py``).
 
 ``cogo manifests`` (or ``python -m ecosystem.manifests``) writes them; ``--check`` fails when the
 committed files differ from what the table says, and a test does the same.
@@ -14,6 +15,7 @@ import yaml
 
 from bus.readiness import READY_ENV
 from bus.settings import Settings
+from ecosystem import observability
 from ecosystem.launcher import SECRETS
 from ecosystem.processes import PROCESSES, Process
 
@@ -140,7 +142,9 @@ def compose(processes: Sequence[Process] = PROCESSES, shards: int = 1) -> dict:
                 services[f"{process.name}-{shard}"] = _process_service(process, shards, {"COGO_SHARD": str(shard)})
         else:
             services[process.name] = _process_service(process, shards, {})
-    return {"name": "cogo", "services": services, "volumes": {"pg-data": {}, "cogo-data": {}}}
+    services.update(observability.compose_services())  # optional: `docker compose --profile observability up`
+    return {"name": "cogo", "services": services, "volumes": {"pg-data": {}, "cogo-data": {}, **observability.VOLUMES},
+            "secrets": observability.SECRETS}
 
 
 class _Dumper(yaml.SafeDumper):
@@ -166,11 +170,12 @@ def procfile(processes: Sequence[Process] = PROCESSES) -> str:
 
 
 def rendered(processes: Sequence[Process] = PROCESSES, shards: int = 1) -> dict[str, str]:
-    """Every manifest by its path under the root: the compose file, the Procfile and ``k8s/`` (``ecosystem/k8s.py``)."""
+    """Every manifest by its path under the root: the compose file, the Procfile, ``k8s/`` (``ecosystem/k8s.py``) and
+    the Prometheus and Grafana files (``ecosystem/observability.py``)."""
     from ecosystem import k8s
 
     return {"docker-compose.yml": compose_yaml(processes, shards), "Procfile": procfile(processes),
-            **k8s.rendered(processes, shards)}
+            **k8s.rendered(processes, shards), **observability.rendered()}
 
 
 def _left_over(root: Path, names: Sequence[str]) -> list[str]:

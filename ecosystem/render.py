@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from typing import Any
+from urllib.parse import quote
 
 from rich import box
 from rich.console import Group, RenderableType
@@ -80,13 +81,30 @@ def _json(value: Any) -> RenderableType:
         return Text(repr(value))
 
 
+def dashboard_url(fleet: Fleet, key: str | None = None) -> str:
+    """The dashboard's URL; with ``key`` in its fragment it signs a browser in (a fragment never reaches a server)."""
+    url = f"{fleet.api_url}/ui/"
+    return f"{url}#key={quote(key, safe='')}" if key else url
+
+
+def dashboard_link(fleet: Fleet) -> Text | None:
+    """The dashboard's URL with the admin key in its fragment, to open from a terminal (like Jupyter's token URL);
+    None without an API or a key."""
+    key = getattr(fleet, "api_key", None)
+    if not key or "orchestrator-chat" not in {p.name for p in fleet.selected}:
+        return None
+    return Text.assemble(("open:  ", "bold"), dashboard_url(fleet, key), ("  (signs you in as admin)", "dim"))
+
+
 def fleet_summary(fleet: Fleet) -> RenderableType:
     """Where everything of a healthy fleet is."""
     names = {p.name for p in fleet.selected}
     settings = fleet.settings
     rows = []
+    key_file = settings.home / ADMIN_KEY_FILE
     if "orchestrator-chat" in names:
         rows.append(("API", fleet.api_url))
+        rows.append(("Dashboard", f"{dashboard_url(fleet)}  (sign in with the key in {key_file})"))
     if "flower" in names:
         auth = getattr(fleet, "flower_auth", None)
         login = f"  (user {auth[0]}; its password is printed above)" if isinstance(auth, tuple) else ""
@@ -96,7 +114,6 @@ def fleet_summary(fleet: Fleet) -> RenderableType:
     rows += [("Ledger", redact(settings.database_url)),
              ("Broker", redact(settings.broker_url) + (" (embedded)" if fleet.broker else "")),
              ("Logs", str(settings.home / "logs"))]
-    key_file = settings.home / ADMIN_KEY_FILE
     if getattr(fleet, "api_key", None) or key_file.exists():
         rows.append(("API key", f"in {key_file} (the cogo CLI reads it from there; or set COGO_API_KEY)"))
     table = Table.grid(padding=(0, 2))

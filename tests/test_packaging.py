@@ -33,6 +33,9 @@ def _requirements(specs: list[str]) -> dict[str, Requirement]:
 
 RUNTIME = _requirements(PROJECT["dependencies"])
 TEST_EXTRA = _requirements(PROJECT["optional-dependencies"]["test"])
+OPTIONAL = {"opentelemetry": ("otel", {"bus/tracing.py"})}
+"""Modules only an extra brings, with the only files that may import them (each handles their absence: without the
+``otel`` extra, tracing is off)."""
 
 
 def _build_stage() -> list[list[str]]:
@@ -98,6 +101,11 @@ def test_the_shipped_code_imports_only_the_standard_library_itself_and_declared_
         if module in sys.stdlib_module_names or module in local or module == "__future__":
             continue
         names = {canonicalize_name(d) for d in distributions.get(module, [])}
+        if module in OPTIONAL:
+            extra, allowed = OPTIONAL[module]
+            assert files <= allowed, f"only {sorted(allowed)} may import {module} (the [{extra}] extra)"
+            assert names & set(_requirements(PROJECT["optional-dependencies"][extra])), f"declare {module} in [{extra}]"
+            continue
         if not names & set(RUNTIME):
             undeclared[module] = sorted(files)
     assert undeclared == {}, "declare these in [project.dependencies] (not only in an extra)"

@@ -19,7 +19,7 @@ from typing import Any
 
 from sqlalchemy import Engine
 
-from bus import faults, ledger, outcomes
+from bus import faults, ledger, outcomes, tracing
 from bus.agents import Agent, Presence
 from bus.celery_app import TASK_EXECUTE
 from bus.envelope import AssignmentEnvelope, Usage, check_json
@@ -83,6 +83,8 @@ class Runtime:
     def handle(self, message_id: str) -> str:
         """Run one dispatched assignment; returns ``done``, ``retry``, ``failed``, ``held`` (a dead letter),
         ``duplicate`` or ``lost``."""
+        tracer = tracing.active()
+        started = tracer.clock_ns() if tracer is not None else 0
         now = self.clock()
         with self.engine.begin() as conn:
             claim = ledger.claim(conn, message_id, lease_s=self.settings.lease_s, now=now)
@@ -92,8 +94,33 @@ class Runtime:
                 token = AssignmentEnvelope.of(claim.payload).token
                 write(conn, [token.event("dispatch.assignment.started", claim.run_id,
                                          {"assignment_id": claim.id, "attempt": claim.attempt})], now=now)
+        if tracer is not None:
+            return self._traced(tracer, claim, started)
         result, failure, ctx = self._run(claim)
         return self._finish(claim, ctx, result, failure)
+
+    def _traced(self, tracer: tracing.Tracing, claim: ledger.Claim, started_ns: int) -> str:
+        """Tracing on: the attempt is a span (``cogo.work <service.role>``) under the admission's, current while the
+        handler runs, and its outcome's report carries it (so is the next admission's parent, after a retry)."""
+        route = f"{claim.route.service}.{claim.route.role}"
+        envelope = AssignmentEnvelope.of(claim.payload)
+        # No carried context (its admission was not traced): the run tree's root span is the parent.
+        root = None if envelope.traceparent else tracing.root_run_of(self.engine, claim.run_id,
+                                                                     envelope.token.parent_run_id)
+        with tracer.span(f"cogo.work {route}", carrier=envelope.traceparent, root_run_id=root,
+                         run_id=claim.run_id, tenant=claim.tenant, node=envelope.token.node_id, start_ns=started_ns,
+                         attributes={"cogo.assignment_id": claim.id, "cogo.attempt": claim.attempt,
+                                     "cogo.route": route}) as span:
+            result, failure, ctx = self._run(claim)
+            status = self._finish(claim, ctx, result, failure, tracing.traceparent(span))
+            spent = ctx.usage if ctx is not None else claim.spent  # every attempt so far: this one's is the rest
+            span.set_attributes({"cogo.outcome": status, "cogo.tokens": spent.tokens - claim.spent.tokens,
+                                 "cogo.cost_usd": round(spent.cost_usd - claim.spent.cost_usd, 9)})
+            if ctx is not None:
+                span.set_attribute("cogo.model", ctx.assignment.model)
+            if failure is not None:
+                tracing.fail(span, failure.problem.code)
+            return status
 
     def _run(self, claim: ledger.Claim) -> tuple[WorkResult | None, Failure | None, WorkContext | None]:
         envelope = AssignmentEnvelope.of(claim.payload)
@@ -120,9 +147,9 @@ class Runtime:
             return None, _over_budget(ctx) or classify(exc), ctx
 
     def _finish(self, claim: ledger.Claim, ctx: WorkContext | None, result: WorkResult | None,
-                failure: Failure | None) -> str:
+                failure: Failure | None, traceparent: str | None = None) -> str:
         def write_outcome() -> tuple[str, Outcome]:
-            outcome = Outcome(self, claim, ctx)
+            outcome = Outcome(self, claim, ctx, traceparent)
             with self.engine.begin() as conn:
                 if failure is None:
                     return outcome.done(conn, result), outcome
@@ -144,8 +171,10 @@ class Runtime:
 class Outcome:
     """Writes one attempt's end: the fenced status change, its audit rows, its trace and its report."""
 
-    def __init__(self, runtime: Runtime, claim: ledger.Claim, ctx: WorkContext | None):
+    def __init__(self, runtime: Runtime, claim: ledger.Claim, ctx: WorkContext | None,
+                 traceparent: str | None = None):
         self.runtime, self.claim, self.now = runtime, claim, runtime.clock()
+        self.traceparent = traceparent  # the attempt's span (tracing on): its report and its retry carry it
         total = ctx.usage if ctx else claim.spent  # every attempt so far, this one included
         self.usage = total.model_dump()
         self.usage_values = {"usage_tokens": total.tokens, "usage_cost_usd": total.cost_usd}
@@ -158,7 +187,7 @@ class Outcome:
         if not self._move(conn, ledger.DONE, {"result_snippet": ledger.snippet(result.output),
                                               "result_url": result.result_url}):
             return "lost"
-        self._audit(conn, [("execute_done", {"usage": self.usage})])
+        self._audit(conn, [("execute_done", {"usage": self.usage, **self._end("done")})])
         self._trace(conn, "dispatch.assignment.completed", usage=self.usage)
         self._report(conn, outcomes.TASK_COMPLETED, {"output": result.output})
         return "done"
@@ -168,10 +197,12 @@ class Outcome:
         policy = self.envelope.retry_policy(self.claim.max_attempts)
         backoff_ms = compute_backoff(self.claim.attempt, policy, self.runtime.rng)
         retry_at = self.now + backoff_ms / 1000
+        carry = {} if self.traceparent is None else {"payload": tracing.carrying(self.claim.payload, self.traceparent)}
         if not self._move(conn, ledger.RETRY_WAIT, {"retry_at": retry_at, "lease_until": None,
-                                                     **_error(failure, self.now)}):
+                                                     **_error(failure, self.now), **carry}):
             return "lost"
-        self._audit(conn, [(failure.audit, failure.problem.to_dict()), ("execute_retry", {"backoff_ms": backoff_ms})])
+        self._audit(conn, [(failure.audit, failure.problem.to_dict()),
+                           ("execute_retry", {"backoff_ms": backoff_ms, **self._end("retry")})])
         self._trace(conn, "dispatch.attempt.failed", error=failure.problem.to_dict())
         self._trace(conn, "dispatch.retry.scheduled", backoff_ms=backoff_ms, next_attempt=self.claim.attempt + 1,
                     max_attempts=self.claim.max_attempts)
@@ -190,8 +221,10 @@ class Outcome:
             return "lost"
         error = failure.problem.to_dict()
         kinds = [failure.audit] + (["execute_failed"] if failure.audit != "execute_failed" else [])
-        self._audit(conn, [(k, error) for k in kinds]
-                    + ([("dead_letter_held", {"error": error, "attempts": self.claim.attempt})] if hold else []))
+        end = self._end("held" if hold else "failed")  # held: the assignment has not ended, its run waits
+        self._audit(conn, [(k, {**error, **end} if k == "execute_failed" else error) for k in kinds]
+                    + ([("dead_letter_held", {"error": error, "attempts": self.claim.attempt, **self._route()})]
+                       if hold else []))
         if hold:
             self._trace(conn, "dispatch.assignment.dead_lettered", error=error)
             return "held"
@@ -222,6 +255,19 @@ class Outcome:
         ledger.record(conn, [{"message_id": c.id, "run_id": c.run_id, "tenant": c.tenant, "attempt": c.attempt,
                               "kind": kind, "detail": detail} for kind, detail in kinds], now=self.now)
 
+    def _route(self) -> dict[str, str]:
+        return {"route": f"{self.claim.route.service}.{self.claim.route.role}"}
+
+    def _end(self, end: str) -> dict[str, Any]:
+        """What the row that closes an attempt adds (``coordinator/metrics`` folds it, with no pairing): its route and
+        model, how the attempt ended (``done``, ``retry``, ``failed``, ``held``: kept as a dead letter), how long it
+        waited in its worker queue (``wait_s``: dispatched → claimed) and how long it ran (``run_s``: claimed → this
+        outcome)."""
+        wait_s = self.claim.wait_s
+        waited = {"wait_s": wait_s} if wait_s is not None else {}
+        return {**self._route(), "model": ledger.model_of(self.claim.payload), "end": end,
+                "run_s": max(0.0, self.now - self.claim.claimed_at), **waited}
+
     def _trace(self, conn, type_: str, **data: Any) -> None:
         if self.claim.run_id:
             write(conn, [self.token.event(type_, self.claim.run_id,
@@ -234,7 +280,7 @@ class Outcome:
             self.deliveries.append(outcomes.report(
                 conn, assignment_id=c.id, run_id=c.run_id, tenant=c.tenant, payload=c.payload, kind=kind,
                 now=self.now, shard=self.claim.route.shard,
-                body={**body, "attempts": c.attempt, "usage": self.usage}))
+                body={**body, "attempts": c.attempt, "usage": self.usage}, traceparent=self.traceparent))
 
 
 def _error(failure: Failure, now: float) -> dict[str, Any]:

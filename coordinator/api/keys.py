@@ -14,7 +14,7 @@ from coordinator.api.deps import Services, services
 from coordinator.keys import Principal
 
 router = APIRouter()
-Scope = Literal["intents:write", "runs:read", "runs:cancel", "approvals:decide", "admin"]
+Scope = Literal["intents:write", "runs:read", "runs:cancel", "approvals:decide", "metrics:read", "admin"]
 assert set(Scope.__args__) == set(keys.SCOPES)  # one list of scopes: keys.SCOPES
 
 

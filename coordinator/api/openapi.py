@@ -94,6 +94,8 @@ _DECLARED: dict[tuple[str, str], dict[int, list[str]]] = {
     ("post", "/api/runs/{run_id}/cancel"): {409: ["run.terminal"]},
     ("post", "/api/dead-letters/{letter_id}/requeue"): {409: ["dead_letter.not_held"], 422: ["budget.over_ceiling"]},
     ("post", "/api/dead-letters/{letter_id}/discard"): {409: ["dead_letter.not_held"]},
+    ("get", "/api/runs/{run_id}/artifacts/{assignment_id}"): {403: ["artifact.outside"],
+                                                             404: ["artifact.unknown", "artifact.missing"]},
 }
 """What the generated document cannot know: which handlers raise which conflicts and lookups."""
 _METHODS = ("get", "put", "post", "delete", "patch", "head", "options", "trace")

@@ -10,7 +10,7 @@ from pydantic import BaseModel
 from sqlalchemy import ColumnElement, Table, select
 from sqlalchemy.exc import IntegrityError
 
-from bus import introspection
+from bus import introspection, tracing
 from bus.envelope import Intent
 from bus.errors import CogoError, Forbidden
 from bus.schema import agent_messages, bus_events
@@ -50,7 +50,19 @@ def post_intent(body: Intent, s: Services = Depends(services), who: Principal = 
 
 
 def accept(body: Intent, s: Services, who: Principal, idempotency_key: str | None = None) -> dict[str, str]:
-    """Admit and record one intent for ``who`` (``POST /api/intents`` and ``/api/orchestrator/execute``)."""
+    """Admit and record one intent for ``who`` (``POST /api/intents`` and ``/api/orchestrator/execute``). Tracing
+    on, the request is the run's root span, ``cogo.run <intent>`` (``bus/tracing.py``)."""
+    tracer = tracing.active()
+    if tracer is None:
+        return _accept(body, s, who, idempotency_key)
+    with tracer.ingress(tenant=body.tenant) as ingress:
+        answer = _accept(body, s, who, idempotency_key, ingress)
+        ingress.created(answer["id"], intent=body.intent)
+        return answer
+
+
+def _accept(body: Intent, s: Services, who: Principal, idempotency_key: str | None,
+            ingress: tracing.Ingress | None = None) -> dict[str, str]:
     if not who.sees(body.tenant):
         raise Forbidden(f"this key acts for tenant {who.tenant!r}, not {body.tenant!r}", code="auth.tenant")
     definition = intents.admit(body, s.registry)
@@ -65,7 +77,9 @@ def accept(body: Intent, s: Services, who: Principal, idempotency_key: str | Non
                 if earlier is not None:
                     return {"id": earlier}
             ratelimit.take(conn, body.tenant, now=now, rate_per_s=s.settings.rate_per_s, burst=s.settings.rate_burst)
-            run_id, delivery = intents.create_run(conn, body, definition, now=now, shards=s.settings.shards)
+            run_id, delivery = intents.create_run(conn, body, definition, now=now, shards=s.settings.shards,
+                                                  run_id=None if ingress is None else ingress.run_id,
+                                                  traceparent=None if ingress is None else ingress.traceparent)
             if idempotency_key is not None:
                 idempotency.record(conn, body.tenant, idempotency_key, asked, run_id, now=now)
     except IntegrityError:

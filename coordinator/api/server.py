@@ -8,12 +8,18 @@ from fastapi import FastAPI
 from sqlalchemy import select
 
 from coordinator.api import agents, dead_letters, fleet, intents, keys, openapi, orchestrator, people, runs
+from coordinator.api.cards import router as cards_router
+from coordinator.api.dashboard import router as dashboard_router
 from coordinator.api.deps import Services
 from coordinator.api.errors import install_error_handlers
 from coordinator.api.limits import BodyGuard
+from coordinator.api.run_detail import router as run_detail_router
+from coordinator.api.stream import router as stream_router
 
 ROUTERS = [runs.router, intents.router, people.router, orchestrator.router, fleet.router, keys.router,
            agents.router, dead_letters.router]
+ROUTERS += [dashboard_router, run_detail_router, stream_router]  # the dashboard (docs/dashboard.md)
+ROUTERS += [cards_router]  # the metric cards the dashboard reads (docs/metrics.md)
 """Every router of the API; a module adds its router here."""
 
 

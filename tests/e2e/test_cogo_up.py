@@ -62,6 +62,10 @@ def test_cogo_up_serves_a_workflow_and_stops_cleanly_on_sigterm(tmp_path):
         assert httpx.get(f"{flower_url}/api/workers", timeout=30).status_code == 401
         assert httpx.get(f"{flower_url}/api/workers", auth=(user, password), timeout=30).status_code == 200
         assert (home / "redis" / "password").read_text().strip() not in up.output
+        # the dashboard's URL is printed; its output is not a terminal, so the admin key is not in it
+        assert re.search(r"^Dashboard +" + re.escape(api) + r"/ui/", up.output, re.MULTILINE), up.output
+        assert (home / "admin.key").read_text().strip() not in up.output
+        assert httpx.get(f"{api}/ui/", timeout=30).status_code == 200
         with client_for(api, home) as client:
             run_id = client.submit("codegen", tenant="e2e", payload={"spec": "a function add(a, b) returning a + b"})
             run = client.wait(run_id, timeout_s=120)

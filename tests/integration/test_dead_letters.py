@@ -133,7 +133,7 @@ def test_a_requeued_dead_letter_completes_its_run_with_its_spend_settled_once(wo
     answer = http(app_of(fleet), key).post(f"/api/dead-letters/{letter_id}/requeue",
                                            json={"budget": new_budget} if new_budget else {})
     assert answer.status_code == 200, answer.text
-    assert answer.json()["settled"] == {"tokens": 3 * TOKENS, "cost_usd": 3 * COST,
+    assert answer.json()["settled"] == {"tokens": 3 * TOKENS, "cost_usd": 3 * COST, "model": "cogo-local",
                                         "released": {"tokens": 100, "cost_usd": 1.0}}
     # The spend of the three failed attempts is settled, the hold released: the re-admission reserves afresh.
     assert _counters(fleet, run_id) == (3 * TOKENS, 3 * TOKENS, 0, 0)

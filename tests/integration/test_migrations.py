@@ -9,12 +9,14 @@ import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import text
+from sqlalchemy import select, text
 
 import coordinator.schema  # noqa: F401  (its tables share the ledger's MetaData)
 from bus.db import make_engine
 from bus.migrate import alembic_config, upgrade
-from bus.schema import metadata
+from bus.schema import bus_events, metadata
+from coordinator.metrics.fold import fold
+from tests.integration.test_metrics_fold import NOW, audit_row, counted, cursor
 from tests.support.services import POSTGRES_URL, require, unique
 
 
@@ -94,3 +96,34 @@ def test_arrivals_written_as_a_list_become_rows_and_a_count_and_go_back(blank):
         lists = {fan: json.loads(a) if isinstance(a, str) else a
                  for fan, a in conn.execute(text("SELECT fan_id, arrived FROM fan_ins")).all()}
     assert lists == {"split.1": [2, 0], "other.2": []}  # in arrival order, as the list was kept
+
+
+def test_the_migration_brings_the_counters_a_cursor_that_folds_what_was_there_and_ids_never_reused(blank):
+    upgrade(blank, "0013")
+    with blank.begin() as conn:
+        audit_row(conn, "execute_done")
+        audit_row(conn, "execute_done")
+    upgrade(blank)
+    assert cursor(blank) == (0, [])
+    with blank.begin() as conn:
+        conn.execute(text("INSERT INTO agent_messages (id, service, role, shard, tenant, kind, payload, status, "
+                          "attempts, max_attempts, usage_tokens, usage_cost_usd, created_at, updated_at, "
+                          "dispatched_at) VALUES ('a', 's', 'r', 0, 't', 'assignment', '{}', 'dispatched', 0, 1, 0, "
+                          "0, 1, 1, 2.5)"))
+        newest = conn.execute(select(bus_events.c.id).order_by(bus_events.c.id.desc())).scalars().first()
+        conn.execute(bus_events.delete().where(bus_events.c.id == newest))  # retention took the newest row
+        audit_row(conn, "probe")
+        assert conn.execute(select(bus_events.c.id).where(bus_events.c.kind == "probe")).scalar_one() > newest
+    fold(blank, clock=lambda: NOW)
+    assert counted(blank, "execute_done") == 1 and counted(blank, "probe") == 1  # what the ledger held, once
+    cfg = alembic_config(blank)
+    with blank.connect() as conn:
+        cfg.attributes["connection"] = conn
+        command.downgrade(cfg, "0013")
+        conn.commit()
+        tables = set(conn.execute(text(
+            "SELECT name FROM sqlite_master WHERE type = 'table'" if blank.dialect.name == "sqlite" else
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = current_schema()")).scalars())
+    assert "metric_totals" not in tables and "metric_cursor" not in tables and "bus_events" in tables
+    upgrade(blank)
+    assert cursor(blank) == (0, [])

@@ -19,16 +19,9 @@ from sqlalchemy import select
 
 from coordinator.api.openapi import PUBLIC_PATHS, STATIC_PREFIX
 from coordinator.schema import approvals
-from tests.support.api import app_of, http, make_key
+from tests.support.api import ASK, app_of, http, make_key
 from tests.support.harness import Fleet, registry_of
 
-ASK = """
-name: ask
-start: gate
-nodes:
-  gate: {kind: approval, prompt: "ship?", approve: done, reject: done}
-  done: {kind: end}
-"""
 MAX_BODY = 4096
 BODIES = {
     "/api/intents": {"tenant": "acme", "intent": "echo", "payload": {"x": 1}},

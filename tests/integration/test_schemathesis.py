@@ -5,29 +5,15 @@ No input may answer 5xx, and no answer may contradict the schema (status, conten
 
 from __future__ import annotations
 
-import socket
-import threading
-import time
-
 import pytest
 import schemathesis
-import uvicorn
 from hypothesis import HealthCheck, given, settings
 from schemathesis import GenerationMode, checks
 
 from bus.db import make_engine
 from bus.migrate import upgrade
-from coordinator.api.deps import Services
-from coordinator.api.server import create_app
-from tests.integration.test_openapi import ASK
-from tests.support.api import make_key
+from tests.support.api import ASK, app_of, make_key, serving
 from tests.support.harness import Fleet, registry_of
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -36,19 +22,8 @@ def api_server(tmp_path_factory):
     engine = make_engine(f"sqlite:///{tmp_path_factory.mktemp('fuzz') / 'ledger.db'}")
     upgrade(engine)
     fleet = Fleet(engine, {}, registry=registry_of(ASK, builtin=True))
-    app = create_app(Services(engine=engine, publisher=fleet.publisher, registry=fleet.registry,
-                              settings=fleet.settings))
-    port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error", access_log=False))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert time.monotonic() < deadline, "the API did not start"
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}", make_key(engine, "fuzz", ["admin"])
-    server.should_exit = True
-    thread.join(10)
+    with serving(app_of(fleet)) as url:
+        yield url, make_key(engine, "fuzz", ["admin"])
     engine.dispose()
 
 
