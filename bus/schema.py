@@ -147,17 +147,21 @@ circuits = Table(
     Column("updated_at", Double, nullable=False),
 )
 
-circuit_cursor = Table(
-    # The one row of what the circuit sweep has read of ``bus_events``: every id up to ``low_id``, the ids
-    # above it in ``seen`` (ids may commit out of order on PostgreSQL, so the sweep reads again above low_id), and
-    # when it read up to which id (``marks``, by its own clock: ``bus/cursor.py``).
-    "circuit_cursor", metadata,
-    Column("id", Integer, primary_key=True, autoincrement=False),
-    Column("low_id", BIGID, nullable=False),
-    Column("seen", JSON, nullable=False),
-    Column("marks", JSON, nullable=True),
-    Column("updated_at", Double, nullable=False),
-)
+def cursor_table(name: str, *extra: Column) -> Table:
+    """The one row of what a reader of ``bus_events`` has read (``bus/cursor.py``): every id up to ``low_id``, the
+    ids above it in ``seen`` (ids may commit out of order on PostgreSQL, so the reader reads again above low_id),
+    and when it read up to which id (``marks``, by its own clock)."""
+    return Table(name, metadata,
+                 Column("id", Integer, primary_key=True, autoincrement=False),
+                 Column("low_id", BIGID, nullable=False),
+                 Column("seen", JSON, nullable=False),
+                 Column("marks", JSON, nullable=True),
+                 *extra,
+                 Column("updated_at", Double, nullable=False))
+
+
+circuit_cursor = cursor_table("circuit_cursor")
+"""The circuit sweep's cursor (``bus/circuits.py``)."""
 
 metric_totals = Table(
     # The fleet's Prometheus counters and histogram buckets, folded from ``bus_events`` exactly once
@@ -169,18 +173,9 @@ metric_totals = Table(
     Column("value", Double, nullable=False),
 )
 
-metric_cursor = Table(
-    # The one row of what the metrics fold has read of ``bus_events`` (``bus/cursor.py``): every id up to
-    # ``low_id``, the ids above it in ``seen``, when it read up to which id (``marks``); and since when retention
-    # has waited for the fold to read the audit rows of the runs it would prune (NULL: it does not wait).
-    "metric_cursor", metadata,
-    Column("id", Integer, primary_key=True, autoincrement=False),
-    Column("low_id", BIGID, nullable=False),
-    Column("seen", JSON, nullable=False),
-    Column("marks", JSON, nullable=True),
-    Column("retention_waiting_since", Double, nullable=True),
-    Column("updated_at", Double, nullable=False),
-)
+metric_cursor = cursor_table("metric_cursor", Column("retention_waiting_since", Double, nullable=True))
+"""The metrics fold's cursor (``coordinator/metrics/fold.py``), and since when retention has waited for the fold to
+read the audit rows of the runs it would prune (NULL: it does not wait)."""
 
 agents = Table(
     "agents", metadata,
