@@ -151,13 +151,14 @@ def targets(conn: Connection, *, now: float, tenant: str | None = None) -> dict[
         return {"name": name, "value": value, "ok": ok, "target": target, "window_s": window_s, "n": n,
                 "alert": alert}
 
+    failure_max, wait_max, quality_min = f.FAILURE_RATE_MAX, f.WAIT_AVG_MAX_S, f.DECISION_QUALITY_MIN
     return {"targets": [
-        judged("bus failure rate", rate, None if rate is None else rate < 0.05, "< 5 %", FAILURE_WINDOW_S,
-               len(ends), "CogoBusFailureRateHigh"),
-        judged("average queue wait", mean_wait, None if mean_wait is None else mean_wait < 5.0, "< 5 s",
-               WAIT_WINDOW_S, len(waits), "CogoQueueWaitHigh"),
-        judged("decision quality", quality, None if quality is None else quality >= 0.85, ">= 85 %",
-               FAILURE_WINDOW_S, len(ends), "CogoDecisionQualityLow")]}
+        judged("bus failure rate", rate, None if rate is None else rate < failure_max,
+               f"< {failure_max * 100:g} %", FAILURE_WINDOW_S, len(ends), "CogoBusFailureRateHigh"),
+        judged("average queue wait", mean_wait, None if mean_wait is None else mean_wait < wait_max,
+               f"< {wait_max:g} s", WAIT_WINDOW_S, len(waits), "CogoQueueWaitHigh"),
+        judged("decision quality", quality, None if quality is None else quality >= quality_min,
+               f">= {quality_min * 100:g} %", FAILURE_WINDOW_S, len(ends), "CogoDecisionQualityLow")]}
 
 
 def _failures_by_hour(conn: Connection, window_s: float, now: float, tenant: str | None) -> list[dict[str, Any]]:

@@ -106,6 +106,14 @@ READ_AT_SCRAPE: tuple[Family, ...] = (PROCESS_RESTARTS, PROCESS_CRASH_LOOPING, Q
 CIRCUIT_VALUES = {"closed": 0, "half_open": 1, "open": 2}
 
 
+FAILURE_RATE_MAX = 0.05
+"""Seed 003: the bus failure rate stays under 5 % over 24 h (the alert rules and the targets card)."""
+WAIT_AVG_MAX_S = 5.0
+"""Seed 003: the average queue wait stays under 5 s."""
+DECISION_QUALITY_MIN = 0.85
+"""Seed 003: decision quality stays at 85 % or more (``decision_quality``)."""
+
+
 def decision_quality(first_attempt_done: float, ended: float) -> float | None:
     """Decision quality (seed 003's target: at least 0.85): of the assignments that ended — done, failed for good
     (or denied at admission), dead — the share that ended done on their first attempt. Such an assignment had no
