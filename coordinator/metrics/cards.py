@@ -95,7 +95,8 @@ def workflow_summary(conn: Connection, *, window_s: float, now: float, tenant: s
     since = now - window_s
     quality, ended = _decision_quality(conn, since, tenant)
     return {"window_s": window_s, "runs": _runs(conn, since, tenant), "decision_quality": quality,
-            "decision_quality_n": ended, "failures_by_hour": _failures_by_hour(conn, window_s, now, tenant),
+            "decision_quality_n": ended, "decision_quality_definition": f.DECISION_QUALITY_TEXT,
+            "failures_by_hour": _failures_by_hour(conn, window_s, now, tenant),
             "recent_gates": _gates(conn, since, tenant)}
 
 

@@ -106,6 +106,10 @@ READ_AT_SCRAPE: tuple[Family, ...] = (PROCESS_RESTARTS, PROCESS_CRASH_LOOPING, Q
 CIRCUIT_VALUES = {"closed": 0, "half_open": 1, "open": 2}
 
 
+DECISION_QUALITY_TEXT = ("Decision quality: of the assignments that ended (done, failed for good, denied or "
+                         "dead-lettered and discarded), the share that ended done on their first attempt — no retry, "
+                         "no lost lease, no budget violation.")
+"""``decision_quality`` in words: the dashboard shows it beside the number (the summary card carries it)."""
 FAILURE_RATE_MAX = 0.05
 """Seed 003: the bus failure rate stays under 5 % over 24 h (the alert rules and the targets card)."""
 WAIT_AVG_MAX_S = 5.0

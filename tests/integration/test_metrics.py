@@ -257,6 +257,7 @@ def test_the_cards_tell_the_known_runs_and_a_tenant_sees_only_its_own(engine):
         summary = admin["workflows/summary"]
         assert summary["runs"] == {"metered": {"completed": 3, "failed": 2}, "banned": {"failed": 1}}
         assert (summary["decision_quality"], summary["decision_quality_n"]) == (pytest.approx(2 / 6), 6)
+        assert "first attempt" in summary["decision_quality_definition"]
         hours = summary["failures_by_hour"]
         assert len(hours) == 168 and sum(h["failed"] for h in hours) == 3
         assert [h["hour_start"] for h in hours] == sorted(h["hour_start"] for h in hours)

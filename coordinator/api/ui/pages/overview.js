@@ -8,9 +8,6 @@ import {adminOnly, badge, card, clear, empty, errorBox, h, loading, runLink, tab
 import {ago, count, iso, ms, percent, seconds, when} from "../format.js";
 
 const WINDOWS = [["3600", "last hour"], ["86400", "last 24 h"], ["604800", "last 7 days"]];
-export const QUALITY_DEFINITION = "Decision quality: of the window's assignments that ended (done, failed for good, " +
-  "denied or dead-lettered), the share that ended done on their first attempt — no retry, no lost lease, no budget " +
-  "violation.";
 
 /** Render a card's body from a load; the card shows "loading", then the data or the API's error. */
 async function fill(body, load, render, what) {
@@ -89,10 +86,10 @@ export async function mount(root, ctx) {
 function qualityTile(summary) {
   const value = summary.decision_quality;
   const tone = value === null || value === undefined ? "" : value >= 0.85 ? "good" : value >= 0.7 ? "warn" : "bad";
-  return [h("div", {class: ["big", tone], title: QUALITY_DEFINITION, "data-value": value ?? ""},
+  return [h("div", {class: ["big", tone], title: summary.decision_quality_definition || "", "data-value": value ?? ""},
     value === null || value === undefined ? "—" : percent(value)),
   h("p", {class: "muted small"}, `${count(summary.decision_quality_n)} assignments · target ≥ 85 %`),
-  h("p", {class: "definition small"}, QUALITY_DEFINITION)];
+  h("p", {class: "definition small"}, summary.decision_quality_definition || "")];
 }
 
 function approvalsTile(found) {
